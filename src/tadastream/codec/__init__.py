@@ -1,0 +1,1 @@
+"""The TADA codec: waveform decoder (and its streaming form), encoder, aligner."""

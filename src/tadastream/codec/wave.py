@@ -1,0 +1,202 @@
+"""The codec's waveform CNN, written as stateful streaming steps.
+
+Every layer exposes ``init`` (its per-stream state), ``step`` (new input samples in, the output
+samples they finalise out) and ``flush`` (end of input: the right-hand padding). The one-pass
+decode is simply ``step(all) + flush()``, so streaming and one-pass run the same arithmetic.
+State lives in plain objects owned by the caller, never on the modules, so one loaded decoder
+serves any number of concurrent streams.
+
+What a state holds is bounded by the kernels: a convolution keeps its last
+``dilation * (kernel - 1)`` input samples, a transposed convolution one input frame, a residual
+unit the inputs still waiting for its branch (``3 * dilation`` samples).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..nn.conv import Snake, WNConv1d, WNConvTranspose1d
+
+
+def _empty_like(x: torch.Tensor, channels: int) -> torch.Tensor:
+    return x.new_zeros(x.shape[0], channels, 0)
+
+
+@dataclass
+class ConvState:
+    buffer: torch.Tensor | None = None
+
+
+@dataclass
+class TransposeState:
+    prev: torch.Tensor | None = None
+    to_crop: int = 0
+
+
+@dataclass
+class ResidualState:
+    pending: torch.Tensor | None = None
+    branch: list = field(default_factory=list)
+
+
+def conv_step(conv: WNConv1d, state: ConvState, x: torch.Tensor) -> torch.Tensor:
+    if state.buffer is None:  # left edge: the layer's own zero padding
+        state.buffer = x.new_zeros(x.shape[0], conv.in_channels, conv.padding)
+    buf = torch.cat((state.buffer, x), dim=2) if x.shape[2] else state.buffer
+    if buf.shape[2] <= conv.receptive:
+        state.buffer = buf
+        return _empty_like(x, conv.out_channels)
+    state.buffer = buf[:, :, buf.shape[2] - conv.receptive:]
+    return conv.forward_unpadded(buf)
+
+
+def conv_flush(conv: WNConv1d, state: ConvState, like: torch.Tensor) -> torch.Tensor:
+    pad = like.new_zeros(like.shape[0], conv.in_channels, conv.padding)
+    return conv_step(conv, state, pad)
+
+
+def transpose_step(conv: WNConvTranspose1d, state: TransposeState, x: torch.Tensor) -> torch.Tensor:
+    if state.prev is None:  # the frame before the first one is zero
+        state.prev = x.new_zeros(x.shape[0], conv.in_channels, 1)
+        state.to_crop = conv.padding
+    if not x.shape[2]:
+        return _empty_like(x, conv.out_channels)
+    y = conv.forward_frames(torch.cat((state.prev, x), dim=2))
+    state.prev = x[:, :, -1:]
+    if state.to_crop:
+        cut = min(state.to_crop, y.shape[2])
+        y, state.to_crop = y[:, :, cut:], state.to_crop - cut
+    return y
+
+
+def transpose_flush(conv: WNConvTranspose1d, state: TransposeState, like: torch.Tensor) -> torch.Tensor:
+    if state.prev is None:
+        return _empty_like(like, conv.out_channels)
+    tail = transpose_step(conv, state, like.new_zeros(like.shape[0], conv.in_channels, 1))
+    return tail[:, :, : tail.shape[2] - conv.padding]
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, dim: int, dilation: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            Snake(dim), WNConv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation), Snake(dim), WNConv1d(dim, dim, 1)
+        )
+
+    def init(self) -> ResidualState:
+        return ResidualState(branch=[ConvState(), ConvState()])
+
+    def _join(self, state: ResidualState, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        if x is None:
+            pending = state.pending
+        else:
+            pending = x if state.pending is None else torch.cat((state.pending, x), dim=2)
+        n = y.shape[2]
+        state.pending = pending[:, :, n:]
+        return pending[:, :, :n] + y
+
+    def step(self, state: ResidualState, x: torch.Tensor) -> torch.Tensor:
+        snake1, conv1, snake2, conv2 = self.block
+        y = conv_step(conv1, state.branch[0], snake1(x))
+        y = conv_step(conv2, state.branch[1], snake2(y))
+        return self._join(state, x, y)
+
+    def flush(self, state: ResidualState, like: torch.Tensor) -> torch.Tensor:
+        snake1, conv1, snake2, conv2 = self.block
+        y = conv_flush(conv1, state.branch[0], like)
+        y = conv_step(conv2, state.branch[1], snake2(y))
+        y = torch.cat((y, conv_flush(conv2, state.branch[1], like)), dim=2)
+        return self._join(state, None, y)
+
+
+class DecoderBlock(nn.Module):
+    """Snake, upsampling transposed conv, three dilated residual units (keys ``block.N``)."""
+
+    def __init__(self, in_dim: int, out_dim: int, stride: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            Snake(in_dim),
+            WNConvTranspose1d(in_dim, out_dim, stride),
+            ResidualUnit(out_dim, 1),
+            ResidualUnit(out_dim, 3),
+            ResidualUnit(out_dim, 9),
+        )
+
+
+class WaveDecoder(nn.Module):
+    """Frames (B, hidden, T) -> waveform (B, 1, 480 T - 6) for strides (4, 4, 5, 6)."""
+
+    def __init__(self, in_channels: int, channels: int, strides: list[int]):
+        super().__init__()
+        layers: list[nn.Module] = [WNConv1d(in_channels, channels, 7, padding=3)]
+        dim = channels
+        for stride in strides:
+            layers.append(DecoderBlock(dim, dim // 2, stride))
+            dim //= 2
+        layers += [Snake(dim), WNConv1d(dim, 1, 7, padding=3), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+        self._ops = self._flatten()
+
+    def _flatten(self) -> list[nn.Module]:
+        ops: list[nn.Module] = [self.model[0]]
+        for block in list(self.model)[1:-3]:
+            ops.extend(block.block)
+        ops.extend(list(self.model)[-3:])
+        return ops
+
+    def init_state(self) -> list:
+        states = []
+        for op in self._ops:
+            if isinstance(op, WNConv1d):
+                states.append(ConvState())
+            elif isinstance(op, WNConvTranspose1d):
+                states.append(TransposeState())
+            elif isinstance(op, ResidualUnit):
+                states.append(op.init())
+            else:
+                states.append(None)
+        return states
+
+    @staticmethod
+    def _apply(op: nn.Module, state, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(op, WNConv1d):
+            return conv_step(op, state, x)
+        if isinstance(op, WNConvTranspose1d):
+            return transpose_step(op, state, x)
+        if isinstance(op, ResidualUnit):
+            return op.step(state, x)
+        return op(x)
+
+    @staticmethod
+    def _finish(op: nn.Module, state, like: torch.Tensor) -> torch.Tensor:
+        if isinstance(op, WNConv1d):
+            return conv_flush(op, state, like)
+        if isinstance(op, WNConvTranspose1d):
+            return transpose_flush(op, state, like)
+        if isinstance(op, ResidualUnit):
+            return op.flush(state, like)
+        return like[:, :, :0]
+
+    def step(self, states: list, x: torch.Tensor) -> torch.Tensor:
+        for op, state in zip(self._ops, states):
+            x = self._apply(op, state, x)
+        return x
+
+    def flush(self, states: list, like: torch.Tensor) -> torch.Tensor:
+        """Emit what the right-hand padding releases; ``like`` gives batch, dtype and device."""
+        out: torch.Tensor | None = None
+        for op, state in zip(self._ops, states):
+            out = self._apply(op, state, out) if out is not None else None
+            tail = self._finish(op, state, like)
+            if tail.shape[2]:
+                out = tail if out is None else torch.cat((out, tail), dim=2)
+        return out if out is not None else like.new_zeros(like.shape[0], 1, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        states = self.init_state()
+        head = self.step(states, x)
+        return torch.cat((head, self.flush(states, x)), dim=2)
+

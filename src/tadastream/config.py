@@ -1,0 +1,115 @@
+"""Configurations with the published defaults.
+
+Codec configs are plain dataclasses: a ``config.json`` may omit any field (absent means the
+default) and may carry fields we do not use (kept, so a round trip loses nothing). The LLM
+config is transformers' ``LlamaConfig`` plus TADA's fields, read the same tolerant way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import LlamaConfig
+
+
+@dataclass
+class _JsonConfig:
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.extra)
+        out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
+        return out
+
+
+@dataclass
+class DecoderConfig(_JsonConfig):
+    embed_dim: int = 512
+    hidden_dim: int = 1024
+    num_attn_layers: int = 6
+    num_attn_heads: int = 8
+    attn_dim_feedforward: int = 4096
+    wav_decoder_channels: int = 1536
+    strides: list[int] = field(default_factory=lambda: [4, 4, 5, 6])
+    block_attention: str = "v2"
+
+    def __post_init__(self):
+        if self.block_attention != "v2":
+            raise ValueError(f"decoder block_attention {self.block_attention!r} is not supported; only 'v2' is")
+
+    @property
+    def samples_per_frame(self) -> int:
+        return math.prod(self.strides)
+
+
+@dataclass
+class EncoderConfig(_JsonConfig):
+    hidden_dim: int = 1024
+    embed_dim: int = 512
+    strides: list[int] = field(default_factory=lambda: [6, 5, 4, 4])
+    num_attn_layers: int = 6
+    num_attn_heads: int = 8
+    attn_dim_feedforward: int = 4096
+    dist_type: str = "fixed"
+    block_attention: str = "v2"
+    num_frames_per_second: int = 50
+    std: float = 0.5
+    acoustic_mean: float = 0.0
+    acoustic_std: float = 1.5
+
+    def __post_init__(self):
+        if self.block_attention != "v2":
+            raise ValueError(f"encoder block_attention {self.block_attention!r} is not supported; only 'v2' is")
+        if self.dist_type not in ("fixed", "gaussian"):
+            raise ValueError(f"encoder dist_type {self.dist_type!r} is not supported; use 'fixed' or 'gaussian'")
+
+
+@dataclass
+class AlignerConfig(_JsonConfig):
+    base_model_name: str = "facebook/wav2vec2-large"
+    tokenizer_name: str = "meta-llama/Llama-3.2-1B"
+    emb_dim: int = 4096
+
+
+@dataclass
+class AcousticSpkrVerfConfig(_JsonConfig):
+    input_dim: int = 512
+    hidden_dim: int = 768
+    embed_dim: int = 192
+    num_layers: int = 3
+
+
+TADA_DEFAULTS: dict[str, Any] = {
+    "acoustic_dim": 512,
+    "num_time_classes": 1024,
+    "shift_acoustic": 5,
+    "head_layers": 4,
+    "head_ffn_ratio": 3.0,
+    "bottleneck_dim": None,
+    "acoustic_mean": 0.0,
+    "acoustic_std": 1.5,
+    "diffusion_head_type": "vibevoice",
+}
+
+
+def tada_config(data: dict[str, Any] | None = None, **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` carrying TADA's extra fields (defaults as in the reference)."""
+    merged = {**TADA_DEFAULTS, **(data or {}), **overrides}
+    merged["model_type"] = "llama"
+    config = LlamaConfig(**merged)
+    if config.diffusion_head_type != "vibevoice":
+        raise ValueError(f"diffusion_head_type {config.diffusion_head_type!r} is not supported; use 'vibevoice'")
+    return config
+
+
+def num_time_bits(config: LlamaConfig) -> int:
+    return math.ceil(math.log2(config.num_time_classes))

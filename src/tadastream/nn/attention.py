@@ -1,0 +1,145 @@
+"""Block-masked local attention (the codec's transformer) with an incremental path.
+
+The codec masks attention by blocks of frames delimited by "marked" frames (frames that carry
+a token's acoustic vector). The masks are built per call from the marks, never as a dense
+8192x8192 table. For the decoder rule (a frame sees its own block and the previous one),
+``forward_block`` computes one completed block against the cached keys/values of the block
+before it, which is what lets the streaming decoder run the transformer exactly once per frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float = 10000.0):
+    """cos/sin tables (len(positions), head_dim/2) in fp32, for interleaved-pair RoPE."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    freqs = torch.outer(positions.float(), inv_freq)
+    return freqs.cos(), freqs.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (x[2i], x[2i+1]) pairs of ``x`` (B, H, T, D) by the position angles."""
+    b, h, t, d = x.shape
+    pairs = x.reshape(b, h, t, d // 2, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.reshape(b, h, t, d).to(x.dtype)
+
+
+def decoder_block_ids(marks: torch.Tensor) -> torch.Tensor:
+    """Block index per frame: a marked frame closes its block."""
+    marks = marks.long()
+    return torch.cumsum(marks, dim=-1) - marks
+
+
+def decoder_attention_mask(marks: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) bool, True where frame i may attend to frame j (own or previous block)."""
+    ids = decoder_block_ids(marks)
+    diff = ids.unsqueeze(2) - ids.unsqueeze(1)
+    return (diff == 0) | (diff == 1)
+
+
+def encoder_attention_mask(marks: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) bool for the encoder's rule, True where frame i may attend to frame j.
+
+    A marked frame opens its block. Unmarked frames see the unmarked frames of their block;
+    a marked frame sees its whole block and the unmarked frames of the previous block.
+    """
+    marked = marks.bool()
+    ids = torch.cumsum(marks.long(), dim=-1)
+    diff = ids.unsqueeze(2) - ids.unsqueeze(1)
+    marked_i, marked_j = marked.unsqueeze(2), marked.unsqueeze(1)
+    same = diff == 0
+    return (same & (~marked_j | marked_i)) | (marked_i & (diff == 1) & ~marked_j)
+
+
+class LocalSelfAttention(nn.Module):
+    """Multi-head self-attention with RoPE, post-norm residual (``layer_norm(x + attn(x))``)."""
+
+    def __init__(self, d_model: int, num_heads: int):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.layer_norm = nn.LayerNorm(d_model)
+
+    def _project(self, x: torch.Tensor, positions: torch.Tensor):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        cos, sin = rope_cos_sin(positions, self.head_dim)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = attn.shape
+        return self.layer_norm(x + self.out_proj(attn.transpose(1, 2).reshape(b, t, -1)))
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        q, k, v = self._project(x, positions)
+        mask = None if allowed is None else allowed.unsqueeze(1)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim))
+        return self._finish(x, attn)
+
+    def forward_block(self, x: torch.Tensor, start: int, prev_kv: tuple[torch.Tensor, torch.Tensor] | None):
+        positions = torch.arange(start, start + x.shape[1], device=x.device)
+        q, k, v = self._project(x, positions)
+        keys, values = (k, v) if prev_kv is None else (torch.cat((prev_kv[0], k), 2), torch.cat((prev_kv[1], v), 2))
+        attn = F.scaled_dot_product_attention(q, keys, values, scale=1.0 / math.sqrt(self.head_dim))
+        return self._finish(x, attn), (k, v)
+
+
+class LocalAttentionLayer(nn.Module):
+    def __init__(self, d_model: int, num_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = LocalSelfAttention(d_model, num_heads)
+        # Indices 0 and 3 match the checkpoints' ffn.0 / ffn.3 (dropouts sat in between).
+        self.ffn = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Identity(), nn.Linear(d_ff, d_model))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        x = self.self_attn(x, allowed)
+        return self.norm(x + self.ffn(x))
+
+    def forward_block(self, x, start, prev_kv):
+        x, kv = self.self_attn.forward_block(x, start, prev_kv)
+        return self.norm(x + self.ffn(x)), kv
+
+
+@dataclass
+class BlockCache:
+    """Keys/values of the last completed block at every layer, and where the next block starts."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    next_position: int = 0
+
+
+class LocalAttentionStack(nn.Module):
+    def __init__(self, d_model: int, num_layers: int, num_heads: int, d_ff: int):
+        super().__init__()
+        self.layers = nn.ModuleList(LocalAttentionLayer(d_model, num_heads, d_ff) for _ in range(num_layers))
+        self.final_norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, allowed)
+        return self.final_norm(x)
+
+    def forward_block(self, x: torch.Tensor, cache: BlockCache) -> torch.Tensor:
+        """One whole decoder block; valid only under the decoder's own+previous block rule."""
+        new_kv = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer.forward_block(x, cache.next_position, None if cache.kv is None else cache.kv[i])
+            new_kv.append(kv)
+        cache.kv = new_kv
+        cache.next_position += x.shape[1]
+        return self.final_norm(x)
