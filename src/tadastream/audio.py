@@ -1,0 +1,382 @@
+"""Audio input and output, kept in one place so every entry point validates and encodes alike.
+
+Conventions: waveforms are float tensors in [-1, 1]; a 1-D tensor is one mono channel and a
+2-D tensor is ``(channels, samples)``. Anything shaped like ``(samples, channels)`` (more rows
+than columns) is rejected rather than guessed at, because silently averaging the wrong axis
+produces a one-sample "clip" and no error.
+
+Problems the user can fix (missing file, silent prompt, unknown extension) raise
+:class:`AudioError`, whose message is one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import secrets
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+__all__ = [
+    "AudioError",
+    "available_formats",
+    "check_prompt_audio",
+    "encode_audio",
+    "float_to_pcm16",
+    "load_audio",
+    "resample",
+    "save_audio",
+    "to_mono",
+    "wav_header",
+]
+
+#: Codec frame rate of TADA; a prompt shorter than one frame cannot be encoded.
+FRAME_RATE = 50
+#: Peak amplitude below which a prompt counts as silence.
+SILENCE_PEAK = 1e-4
+
+# name -> (libsndfile container, subtype, sample rates the encoder accepts or None for any)
+_ENCODINGS: dict[str, tuple[str, str, tuple[int, ...] | None]] = {
+    "wav": ("WAV", "PCM_16", None),
+    "flac": ("FLAC", "PCM_16", None),
+    "ogg": ("OGG", "VORBIS", None),
+    "opus": ("OGG", "OPUS", (8000, 12000, 16000, 24000, 48000)),
+    "mp3": ("MP3", "MPEG_LAYER_III", None),
+}
+_SAVE_EXTENSIONS = ("wav", "flac", "ogg", "opus", "mp3")
+
+
+class AudioError(ValueError):
+    """A problem with the user's audio or audio request; the message says how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _readable_formats() -> str:
+    known = sf.available_formats()
+    names = ["WAV", "FLAC", "OGG (Vorbis, Opus)"]
+    if "MP3" in known:
+        names.append("MP3")
+    return ", ".join(names)
+
+
+def load_audio(source: str | os.PathLike[str] | bytes | BinaryIO) -> tuple[torch.Tensor, int]:
+    """Read an audio file, bytes or binary stream into a float32 ``(channels, samples)`` tensor.
+
+    Returns the tensor and its sample rate. Anything libsndfile can decode is accepted;
+    unreadable input raises :class:`AudioError` naming the source and the supported formats.
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        name = "<audio bytes>"
+        handle: BinaryIO | str | os.PathLike[str] = io.BytesIO(bytes(source))
+    elif isinstance(source, str | os.PathLike):
+        path = Path(source)
+        name = str(path)
+        if not path.exists():
+            raise AudioError(f"audio file not found: {name}; check the path")
+        if path.is_dir():
+            raise AudioError(f"{name} is a folder, not an audio file; pass the path of a file")
+        handle = path
+    else:
+        name = str(getattr(source, "name", "<audio stream>"))
+        handle = source
+    try:
+        data, sample_rate = sf.read(handle, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as err:
+        detail = str(err).splitlines()[-1].strip() if str(err) else type(err).__name__
+        raise AudioError(
+            f"could not read audio from {name} ({detail}); supported formats are "
+            f"{_readable_formats()}: convert other files first, e.g. `ffmpeg -i input.m4a output.wav`"
+        ) from err
+    if data.shape[0] == 0:
+        raise AudioError(f"{name} contains no audio samples; use a recording of a few seconds")
+    return torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate)
+
+
+# --------------------------------------------------------------------------------------------
+# shape and rate helpers
+
+
+def _as_channels(audio: torch.Tensor, what: str) -> torch.Tensor:
+    """View 1-D or ``(channels, samples)`` audio as 2-D, rejecting ambiguous shapes."""
+    if audio.dim() == 1:
+        return audio.unsqueeze(0)
+    if audio.dim() != 2:
+        raise AudioError(
+            f"{what} must be 1-D (samples) or 2-D (channels, samples), got shape {tuple(audio.shape)}"
+        )
+    channels, samples = audio.shape
+    if channels > samples:
+        raise AudioError(
+            f"{what} has shape {tuple(audio.shape)}, which looks like (samples, channels); "
+            "pass (channels, samples), e.g. audio.T"
+        )
+    return audio
+
+
+def to_mono(audio: torch.Tensor) -> torch.Tensor:
+    """Average the channels of ``(channels, samples)`` audio into a 1-D ``(samples,)`` tensor.
+
+    1-D input is returned unchanged and ``(1, n)`` is squeezed. 2-D input is always read as
+    ``(channels, samples)``, so a ``(batch, n)`` tensor would be mixed down: call this per item.
+    A tensor with more rows than columns (e.g. ``(n, 1)``) raises :class:`AudioError`.
+    """
+    if not audio.is_floating_point():
+        raise AudioError(f"expected floating-point audio in [-1, 1], got {audio.dtype}")
+    if audio.dim() == 1:
+        return audio
+    audio = _as_channels(audio, "audio")
+    return audio[0] if audio.shape[0] == 1 else audio.mean(dim=0)
+
+
+def _check_rate(rate: int, name: str) -> int:
+    if isinstance(rate, bool) or not isinstance(rate, int | np.integer) or rate <= 0:
+        raise AudioError(f"{name} must be a positive integer number of Hz, got {rate!r}")
+    return int(rate)
+
+
+def resample(audio: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
+    """Resample 1-D or ``(rows, samples)`` audio from ``orig_sr`` to ``new_sr`` Hz with soxr (VHQ).
+
+    Rows are independent (channels or batch items). The result keeps the input's dtype and
+    device and has ``round(samples * new_sr / orig_sr)`` samples; equal rates return the input
+    itself.
+    """
+    orig_sr = _check_rate(orig_sr, "orig_sr")
+    new_sr = _check_rate(new_sr, "new_sr")
+    if not audio.is_floating_point():
+        raise AudioError(f"expected floating-point audio in [-1, 1], got {audio.dtype}")
+    if audio.dim() not in (1, 2):
+        raise AudioError(f"audio must be 1-D or 2-D (rows, samples), got shape {tuple(audio.shape)}")
+    if orig_sr == new_sr:
+        return audio
+    # soxr works in float32 or float64; half-precision input is upsampled to float32 for it.
+    work_dtype = torch.float64 if audio.dtype == torch.float64 else torch.float32
+    x = audio.detach().to("cpu", work_dtype).numpy()
+    if x.shape[-1] == 0:
+        out = np.zeros(x.shape, dtype=x.dtype)
+    elif x.ndim == 1:
+        out = soxr.resample(x, orig_sr, new_sr, quality="VHQ")
+    elif x.shape[0] == 0:
+        length = round(x.shape[1] * new_sr / orig_sr)
+        out = np.zeros((0, length), dtype=x.dtype)
+    else:
+        # soxr wants (frames, channels); every row is filtered independently.
+        out = soxr.resample(np.ascontiguousarray(x.T), orig_sr, new_sr, quality="VHQ").T
+    return torch.from_numpy(np.ascontiguousarray(out)).to(device=audio.device, dtype=audio.dtype)
+
+
+def check_prompt_audio(audio: torch.Tensor, sample_rate: int) -> None:
+    """Reject a voice prompt the codec cannot use, with a message saying what to record instead.
+
+    Catches a bad sample rate, empty or non-finite audio, audio shorter than one 20 ms codec
+    frame and silence (peak below 1e-4), all of which otherwise fail deep inside the encoder or
+    aligner with an unhelpful error, or quietly produce a garbage voice.
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
+        raise AudioError(f"prompt sample rate must be a positive integer number of Hz, got {sample_rate!r}")
+    if audio.numel() == 0:
+        raise AudioError("prompt audio is empty; use several seconds of clear speech")
+    values = audio.detach()
+    if not values.is_floating_point():
+        values = values.to(torch.float32)
+    if not bool(torch.isfinite(values).all()):
+        raise AudioError("prompt audio contains NaN or infinite samples; re-export the recording")
+    min_samples = -(-int(sample_rate) // FRAME_RATE)
+    if audio.shape[-1] < min_samples:
+        seconds = audio.shape[-1] / sample_rate
+        raise AudioError(
+            f"prompt audio is {seconds * 1000:.1f} ms long, shorter than one 20 ms codec frame; "
+            "use several seconds of clear speech"
+        )
+    peak = float(values.abs().max())
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"prompt audio is silent (peak {peak:.1e}); check the recording and its input level")
+
+
+# --------------------------------------------------------------------------------------------
+# encoding
+
+
+def _to_numpy_frames(audio: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
+    """(channels, samples) audio as a float32 ``(samples, channels)`` array for libsndfile."""
+    tensor = torch.as_tensor(audio).detach()
+    if not tensor.is_floating_point():
+        raise AudioError(f"expected floating-point audio in [-1, 1], got {tensor.dtype}")
+    tensor = _as_channels(tensor, what).to("cpu", torch.float32)
+    return np.ascontiguousarray(tensor.numpy().T)
+
+
+def _quantize16(x: np.ndarray) -> np.ndarray:
+    """Float samples to int16: NaN to 0, clip to [-1, 1], scale by 32767, round to nearest."""
+    x = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.rint(np.clip(x, -1.0, 1.0) * np.float32(32767.0)).astype("<i2")
+
+
+def float_to_pcm16(audio: torch.Tensor | np.ndarray) -> bytes:
+    """Float audio to little-endian signed 16-bit PCM bytes.
+
+    Samples are clipped to [-1, 1], scaled by 32767 (symmetric, so +1 and -1 both fit) and
+    rounded to nearest; NaN becomes 0. 2-D input is ``(channels, samples)`` and is interleaved
+    frame by frame. WAV and FLAC output of :func:`encode_audio` use the same quantization, so
+    streamed and whole-file audio are bit-identical.
+    """
+    x = audio.detach().to("cpu", torch.float32).numpy() if isinstance(audio, torch.Tensor) else audio
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = x.T
+    elif x.ndim != 1:
+        raise AudioError(f"audio must be 1-D or 2-D (channels, samples), got shape {x.shape}")
+    return _quantize16(x).tobytes()
+
+
+def wav_header(sample_rate: int, num_channels: int = 1, num_samples: int | None = None) -> bytes:
+    """A 44-byte RIFF/WAVE header for 16-bit PCM.
+
+    ``num_samples`` counts frames (samples per channel). With ``None`` the RIFF and data sizes
+    are 0xFFFFFFFF, the usual "length unknown" form for streams, which players such as ffplay
+    and aplay start playing at once.
+    """
+    sample_rate = _check_rate(sample_rate, "sample_rate")
+    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or not 1 <= num_channels <= 0xFFFF:
+        raise AudioError(f"num_channels must be an integer in [1, 65535], got {num_channels!r}")
+    block_align = 2 * num_channels
+    if num_samples is None:
+        riff_size = data_size = 0xFFFFFFFF
+    else:
+        if num_samples < 0:
+            raise AudioError(f"num_samples must be >= 0, got {num_samples}")
+        data_size = num_samples * block_align
+        riff_size = 36 + data_size
+        if riff_size > 0xFFFFFFFF:
+            raise AudioError(f"{num_samples} samples do not fit in a WAV file; use FLAC or split the audio")
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        riff_size,
+        b"WAVE",
+        b"fmt ",
+        16,  # fmt chunk size
+        1,  # PCM
+        num_channels,
+        sample_rate,
+        sample_rate * block_align,  # byte rate
+        block_align,
+        16,  # bits per sample
+        b"data",
+        data_size,
+    )
+
+
+def _encode(frames: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+    container, subtype, rates = _ENCODINGS[fmt]
+    if rates is not None and sample_rate not in rates:
+        # Opus only takes a few rates; 48 kHz is what it runs at internally anyway.
+        resampled = resample(torch.from_numpy(np.ascontiguousarray(frames.T)), sample_rate, 48000)
+        frames, sample_rate = np.ascontiguousarray(resampled.numpy().T), 48000
+    # 16-bit formats get our own quantization (libsndfile's differs by one step on some values).
+    data = _quantize16(frames) if subtype == "PCM_16" else np.clip(frames, -1.0, 1.0)
+    buffer = io.BytesIO()
+    sf.write(buffer, data, sample_rate, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+def available_formats() -> set[str]:
+    """Formats :func:`encode_audio` can produce with this libsndfile build.
+
+    "wav", "flac", "ogg" (Vorbis) and "pcm" (raw s16le) are always there with any supported
+    libsndfile; "opus" and "mp3" depend on how it was built, so each is probed once by
+    encoding a short tone. Returns a fresh set the caller may modify.
+    """
+    return set(_probe_formats())
+
+
+@functools.cache
+def _probe_formats() -> frozenset[str]:
+    found = {"pcm"}
+    tone = (0.1 * np.sin(np.arange(4800, dtype=np.float32) * 0.05)).reshape(-1, 1)
+    for fmt in _ENCODINGS:
+        try:
+            _encode(tone, 48000, fmt)
+        except Exception:  # any failure means "not available with this libsndfile"
+            continue
+        found.add(fmt)
+    return frozenset(found)
+
+
+def _check_format(fmt: str) -> str:
+    name = fmt.lower().lstrip(".")
+    if name not in _probe_formats():
+        supported = ", ".join(sorted(_probe_formats()))
+        raise AudioError(f"audio format {fmt!r} is not supported here; choose one of: {supported}")
+    return name
+
+
+def encode_audio(audio: torch.Tensor | np.ndarray, sample_rate: int, format: str) -> bytes:
+    """Encode 1-D or ``(channels, samples)`` float audio as a complete file in memory.
+
+    ``format`` is one of :func:`available_formats`: "wav" (PCM16), "flac" (16-bit), "ogg"
+    (Vorbis), "opus" (Ogg Opus; resampled to 48 kHz unless the rate is 8/12/16/24/48 kHz),
+    "mp3", or "pcm" (raw little-endian int16, no header). Samples are clipped to [-1, 1].
+    """
+    sample_rate = _check_rate(sample_rate, "sample_rate")
+    fmt = _check_format(format)
+    frames = _to_numpy_frames(audio, "audio")
+    if not np.isfinite(frames).all():
+        raise AudioError("audio contains NaN or infinite samples; nothing was encoded")
+    if fmt == "pcm":
+        return float_to_pcm16(frames.T)
+    return _encode(frames, sample_rate, fmt)
+
+
+def save_audio(
+    path: str | os.PathLike[str],
+    audio: torch.Tensor | np.ndarray,
+    sample_rate: int,
+    format: str | None = None,
+) -> Path:
+    """Write audio to ``path``, choosing the encoding from ``format`` or the file extension.
+
+    Supports .wav (PCM16), .flac, .ogg (Vorbis) and, where :func:`available_formats` lists
+    them, .opus and .mp3. The file is written under a temporary name in the same folder and
+    renamed into place, so a crash or error never leaves a truncated file at ``path``.
+    Returns the path written.
+    """
+    target = Path(path)
+    fmt = format if format is not None else target.suffix.lstrip(".")
+    allowed = [ext for ext in _SAVE_EXTENSIONS if ext in _probe_formats()]
+    if fmt.lower().lstrip(".") not in allowed:
+        shown = f"format {format!r}" if format is not None else f"extension {target.suffix or '(none)'!r}"
+        raise AudioError(
+            f"cannot save {target.name}: unknown audio {shown}; use one of "
+            + ", ".join(f".{e}" for e in allowed)
+        )
+    parent = target.parent
+    if not parent.is_dir():
+        raise AudioError(f"cannot save {target}: folder {parent} does not exist; create it first")
+    if target.is_dir():
+        raise AudioError(f"cannot save to {target}: it is a folder; give a file name")
+    data = encode_audio(audio, sample_rate, fmt)
+
+    temp = parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask decide permissions.
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return target
