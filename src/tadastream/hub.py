@@ -129,8 +129,10 @@ def load_weights(
     kept = {k: v for k, v in state.items() if not any(p.fullmatch(k) for p in ignore_re)}
     unexpected = sorted(set(kept) - set(own))
     if unexpected:
-        raise CheckpointError(f"{source} has weight {unexpected[0]!r} that this model does not have "
-                              f"({len(unexpected)} unexpected in all): wrong model type or config?")
+        raise CheckpointError(
+            f"{source} has weight {unexpected[0]!r} that this model does not have "
+            f"({len(unexpected)} unexpected in all): wrong model type or config?"
+        )
     missing = sorted(k for k in set(own) - set(kept) if not any(p.fullmatch(k) for p in optional_re))
     if missing:
         raise CheckpointError(f"{source} lacks weight {missing[0]!r} ({len(missing)} missing in all)")
@@ -165,8 +167,15 @@ def save_checkpoint(module: nn.Module, config: dict[str, Any], folder: str | os.
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16, "auto": None}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "auto": None,
+    }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}: use one of float32, bfloat16, float16")
     return names[dtype]
@@ -194,12 +203,21 @@ class PretrainedModule(nn.Module):
         **_ignored: Any,
     ):
         sub = subfolder if subfolder is not None else cls.default_subfolder
-        if sub is not None and Path(name_or_path).expanduser().exists() \
-                and (Path(name_or_path).expanduser() / "config.json").is_file() \
-                and not (Path(name_or_path).expanduser() / sub).is_dir():
+        if (
+            sub is not None
+            and Path(name_or_path).expanduser().exists()
+            and (Path(name_or_path).expanduser() / "config.json").is_file()
+            and not (Path(name_or_path).expanduser() / sub).is_dir()
+        ):
             sub = None  # the directory is the component itself
-        folder = resolve_checkpoint(name_or_path, sub, revision=revision, token=token, cache_dir=cache_dir,
-                                    local_files_only=local_files_only)
+        folder = resolve_checkpoint(
+            name_or_path,
+            sub,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
         model = cls(cls.config_class.from_dict(read_config(folder)))
         load_weights(model, read_state_dict(folder), ignore=cls.ignore_keys, source=str(folder))
         dtype = resolve_dtype(torch_dtype)

@@ -50,8 +50,11 @@ class StreamingDecoder:
 
     def set_skip_leading_frames(self, frames: int) -> None:
         """Change the leading skip before any audio has been produced."""
-        if self.samples_out or self._like is not None and self._to_skip != self.skip_leading_frames * \
-                self.decoder.samples_per_frame:
+        if (
+            self.samples_out
+            or self._like is not None
+            and self._to_skip != self.skip_leading_frames * self.decoder.samples_per_frame
+        ):
             raise RuntimeError("the leading skip can only be set before audio is produced")
         self.skip_leading_frames = int(frames)
         self._to_skip = self.skip_leading_frames * self.decoder.samples_per_frame
@@ -71,7 +74,7 @@ class StreamingDecoder:
         start = 0
         for i, marked in enumerate(marks):
             if marked:
-                self._pending.append(frames[start: i + 1])
+                self._pending.append(frames[start : i + 1])
                 out.append(self._run_block())
                 start = i + 1
         if start < frames.shape[0]:
@@ -103,12 +106,14 @@ class StreamingDecoder:
     def _run_block(self) -> torch.Tensor:
         block = torch.cat(self._pending, dim=0).unsqueeze(0)
         self._pending = []
-        hidden = self.decoder.local_attention_decoder.forward_block(self.decoder.decoder_proj(block), self._cache)
+        hidden = self.decoder.local_attention_decoder.forward_block(
+            self.decoder.decoder_proj(block), self._cache
+        )
         hidden = hidden.transpose(1, 2)
         if self._like is None:
             self._like = hidden[:, :, :0]
         pieces = [
-            self.decoder.wav_decoder.step(self._cnn, hidden[:, :, i: i + self.window_size])
+            self.decoder.wav_decoder.step(self._cnn, hidden[:, :, i : i + self.window_size])
             for i in range(0, hidden.shape[2], self.window_size)
         ]
         return torch.cat(pieces, dim=2)

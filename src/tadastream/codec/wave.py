@@ -49,7 +49,7 @@ def conv_step(conv: WNConv1d, state: ConvState, x: torch.Tensor) -> torch.Tensor
     if buf.shape[2] <= conv.receptive:
         state.buffer = buf
         return _empty_like(x, conv.out_channels)
-    state.buffer = buf[:, :, buf.shape[2] - conv.receptive:]
+    state.buffer = buf[:, :, buf.shape[2] - conv.receptive :]
     return conv.forward_unpadded(buf)
 
 
@@ -83,7 +83,10 @@ class ResidualUnit(nn.Module):
     def __init__(self, dim: int, dilation: int):
         super().__init__()
         self.block = nn.Sequential(
-            Snake(dim), WNConv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation), Snake(dim), WNConv1d(dim, dim, 1)
+            Snake(dim),
+            WNConv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation),
+            Snake(dim),
+            WNConv1d(dim, dim, 1),
         )
 
     def init(self) -> ResidualState:
@@ -199,4 +202,3 @@ class WaveDecoder(nn.Module):
         states = self.init_state()
         head = self.step(states, x)
         return torch.cat((head, self.flush(states, x)), dim=2)
-

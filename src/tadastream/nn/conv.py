@@ -78,8 +78,15 @@ def _norm_except_dim0(v: torch.Tensor) -> torch.Tensor:
 class WNConv1d(_WeightNormed):
     """Conv1d with weight norm and symmetric "same"-style zero padding."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1,
-                 padding: int = 0, stride: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        dilation: int = 1,
+        padding: int = 0,
+        stride: int = 1,
+    ):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.dilation, self.padding, self.stride = kernel_size, dilation, padding, stride
         super().__init__((out_channels, in_channels, kernel_size), out_channels)

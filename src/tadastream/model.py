@@ -1,0 +1,255 @@
+"""TadaForCausalLM: Llama 3.2 backbone + acoustic/duration embeddings + flow-matching head."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaModel
+
+from .codec.decoder import Decoder
+from .config import num_time_bits, tada_config
+from .hub import (
+    CheckpointError,
+    load_weights,
+    read_config,
+    read_state_dict,
+    resolve_checkpoint,
+    resolve_dtype,
+    save_checkpoint,
+)
+from .nn.flow_head import FlowHead
+
+DEFAULT_CODEC = "HumeAI/tada-codec"
+DEFAULT_TOKENIZER = "meta-llama/Llama-3.2-1B"
+# Written by the reference's conversion path: untrained copies of lazily built codec modules.
+_UNUSED_CHECKPOINT_KEYS = (r"_decoder\..*", r"_encoder\..*", r"_acoustic_spkr_verf\..*")
+
+
+class TadaForCausalLM(nn.Module):
+    """The TADA language model. ``generate`` lives in :mod:`tadastream.generation`."""
+
+    def __init__(self, config: LlamaConfig, decoder: Decoder | None = None, tokenizer: Any = None):
+        super().__init__()
+        self.config = config
+        self.num_time_bits = num_time_bits(config)
+        self.time_dim = 2 * self.num_time_bits
+        hidden = config.hidden_size
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        head_dim = config.bottleneck_dim or hidden
+        self.prediction_head = FlowHead(
+            head_dim, config.acoustic_dim + self.time_dim, config.head_layers, config.head_ffn_ratio
+        )
+        self.bottleneck_proj = (
+            nn.Linear(hidden, config.bottleneck_dim) if config.bottleneck_dim else nn.Identity()
+        )
+        self.acoustic_proj = nn.Linear(config.acoustic_dim, hidden)
+        self.time_start_embed = nn.Embedding(config.num_time_classes, hidden)
+        self.time_end_embed = nn.Embedding(config.num_time_classes, hidden)
+        self.acoustic_mask_emb = nn.Embedding(2, hidden)
+        nn.init.zeros_(self.acoustic_mask_emb.weight)
+        self.decoder = decoder
+        self._tokenizer = tokenizer
+        self._spkr_verf = None
+        self._codec_source: Any = DEFAULT_CODEC
+        self._hub_kwargs: dict[str, Any] = {}
+
+    # -- components -------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            raise RuntimeError("this model has no tokenizer: pass tokenizer=... to from_pretrained")
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._tokenizer = value
+
+    @property
+    def device(self) -> torch.device:
+        return self.acoustic_proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.acoustic_proj.weight.dtype
+
+    def require_decoder(self) -> Decoder:
+        if self.decoder is None:
+            raise RuntimeError("this model has no codec decoder: pass codec=... to from_pretrained")
+        return self.decoder
+
+    def load_acoustic_spkr_verf(self, name_or_path: Any = None, subfolder: str = "spkr-verf"):
+        """Load the speaker-verification MLP used by the ``spkr_verification`` scorer."""
+        from .codec.spkr_verf import AcousticSpkrVerf
+
+        source = name_or_path or self._codec_source
+        if isinstance(source, nn.Module) or source is None:
+            raise RuntimeError("no codec location to load spkr-verf from: call load_acoustic_spkr_verf(path)")
+        self._spkr_verf = AcousticSpkrVerf.from_pretrained(
+            source, subfolder=subfolder, device=self.device, **self._hub_kwargs
+        )
+        return self._spkr_verf
+
+    @property
+    def acoustic_spkr_verf(self):
+        return self._spkr_verf
+
+    # -- one step ---------------------------------------------------------------------------
+    def embed(self, input_ids, acoustic, acoustic_masks, time_before, time_after) -> torch.Tensor:
+        """Input embedding: token + acoustic vector + mask + the two duration embeddings."""
+        return (
+            self.model.embed_tokens(input_ids)
+            + self.acoustic_proj(acoustic.to(self.dtype))
+            + self.acoustic_mask_emb(acoustic_masks.long())
+            + self.time_start_embed(time_before)
+            + self.time_end_embed(time_after)
+        )
+
+    def backbone(self, inputs_embeds: torch.Tensor, cache=None, start: int = 0) -> torch.Tensor:
+        """Last hidden states; appends to ``cache`` (a transformers Cache) when given."""
+        positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
+        out = self.model(
+            inputs_embeds=inputs_embeds,
+            cache=cache,
+            use_cache=cache is not None,
+            position_ids=positions.unsqueeze(0).expand(inputs_embeds.shape[0], -1),
+        )
+        return out.last_hidden_state
+
+    def forward_one_step(
+        self,
+        input_ids,
+        acoustic_features,
+        acoustic_masks,
+        time_len_before,
+        time_len_after,
+        cache=None,
+        start: int = 0,
+        compute_logits: bool = True,
+    ):
+        """Hidden states (and logits) for a run of positions; mirrors the reference's method."""
+        hidden = self.backbone(
+            self.embed(input_ids, acoustic_features, acoustic_masks, time_len_before, time_len_after),
+            cache,
+            start,
+        )
+        return hidden, (self.lm_head(hidden) if compute_logits else None)
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        codec: str | os.PathLike | Decoder | None = DEFAULT_CODEC,
+        tokenizer: Any = None,
+        torch_dtype: str | torch.dtype | None = torch.float32,
+        device: str | torch.device | None = None,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        **_ignored: Any,
+    ) -> TadaForCausalLM:
+        """Load the LLM, the codec decoder (``codec``: hub id, directory or a Decoder; None to skip)
+        and the tokenizer (object, directory or hub id; default: files in the checkpoint, else the
+        config's ``tokenizer_name``, else meta-llama/Llama-3.2-1B)."""
+        hub = dict(revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
+        folder = resolve_checkpoint(name_or_path, subfolder, **hub)
+        raw = read_config(folder)
+        if raw.get("model_type", "llama") != "llama" or "acoustic_dim" not in raw:
+            raise CheckpointError(f"{folder} is not a TADA LLM checkpoint (config.json lacks acoustic_dim)")
+        config = tada_config(raw)
+        with torch.device("meta"):
+            model = cls(config)
+        model.to_empty(device="cpu")
+        model._init_non_persistent()
+        load_weights(
+            model,
+            read_state_dict(folder),
+            ignore=_UNUSED_CHECKPOINT_KEYS,
+            optional=(r"lm_head\.weight",) if config.tie_word_embeddings else (),
+            source=str(folder),
+        )
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model._hub_kwargs = {k: v for k, v in hub.items() if k != "revision"}
+        model._tokenizer = load_tokenizer(tokenizer, folder, raw, **model._hub_kwargs)
+        if isinstance(codec, Decoder):
+            model.decoder = codec
+        elif codec is not None:
+            model.decoder = Decoder.from_pretrained(codec, subfolder="decoder", **model._hub_kwargs)
+        model._codec_source = codec
+        model.to(device=device, dtype=resolve_dtype(torch_dtype))
+        return model.eval()
+
+    def _init_non_persistent(self) -> None:
+        """Buffers not stored in checkpoints (rotary frequencies) after building on the meta device."""
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        for module in self.modules():
+            if hasattr(module, "rope_type") and hasattr(module, "inv_freq"):
+                init = (
+                    module.compute_default_rope_parameters
+                    if module.rope_type == "default"
+                    else ROPE_INIT_FUNCTIONS[module.rope_type]
+                )
+                inv_freq, scaling = init(module.config, device=torch.device("cpu"))
+                module.inv_freq = inv_freq
+                module.original_inv_freq = inv_freq.clone()
+                module.attention_scaling = scaling
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """config.json + model.safetensors of the LLM (the codec is saved separately)."""
+        decoder, self.decoder = self.decoder, None
+        try:
+            config = self.config.to_dict()
+            config["architectures"] = ["TadaForCausalLM"]
+            path = save_checkpoint(self, config, folder)
+        finally:
+            self.decoder = decoder
+        tok = self._tokenizer
+        if tok is not None and hasattr(tok, "save_pretrained"):
+            tok.save_pretrained(str(path))
+        return path
+
+
+def load_tokenizer(tokenizer: Any, folder: Path | None = None, config: dict | None = None, **hub: Any):
+    """Resolve the tokenizer argument the way ``from_pretrained`` documents it."""
+    from transformers import AutoTokenizer
+
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    if tokenizer is None and folder is not None and (folder / "tokenizer.json").is_file():
+        tokenizer = folder
+    if tokenizer is None:
+        tokenizer = (config or {}).get("tokenizer_name") or DEFAULT_TOKENIZER
+    try:
+        return AutoTokenizer.from_pretrained(
+            str(tokenizer), **{k: v for k, v in hub.items() if v is not None}
+        )
+    except OSError as exc:
+        gated = "meta-llama" in str(tokenizer)
+        hint = (
+            " (a gated repo: accept the Llama 3.2 licence on the hub and log in, or pass tokenizer=<local dir>)"
+            if gated
+            else " (pass tokenizer=<local dir with tokenizer.json>)"
+        )
+        raise CheckpointError(f"could not load tokenizer {tokenizer}{hint}") from exc
+
+
+def _generate(self, *args, **kwargs):
+    from .generation import generate
+
+    return generate(self, *args, **kwargs)
+
+
+_generate.__doc__ = "Speak text in a prompt's voice; see :func:`tadastream.generation.generate`."
+TadaForCausalLM.generate = _generate

@@ -1,0 +1,170 @@
+"""AudioStream: audio chunks out while the LLM is still generating.
+
+Iterating pulls LLM steps one at a time; every settled token goes to a per-stream
+:class:`~tadastream.codec.streaming.StreamingDecoder`, and whatever samples became final are
+yielded at once. Nothing is stored on the shared model, so streams can be interleaved or run in
+threads. Closing (``close()``, ``break`` + garbage collection, or leaving a ``with`` block) drops
+the KV cache and decoder state immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import torch
+
+from .codec.streaming import StreamingDecoder
+from .generation import (
+    GenerationOutput,
+    StepOutput,
+    SyncTokGenerationOutput,
+    finish_output,
+    generate_steps,
+    leading_trim_frames,
+    plan_generation,
+)
+
+SAMPLE_RATE = 24000
+
+
+class AudioStream:
+    """Iterate ``for chunk, sample_rate in stream``; ``stream.result`` is set after the last chunk.
+
+    Chunks are float32 mono 1-D tensors at 24 kHz; concatenated they equal the non-streaming
+    audio of the same seed. ``async for`` works too: each step runs in a worker thread, and
+    cancelling the consuming task stops generation after the step in progress.
+    """
+
+    def __init__(self, model, prompt, text, *, window_size: int = 100, **plan_kwargs):
+        self.started_at = time.perf_counter()
+        self.model = model
+        self.window_size = window_size
+        self._plan = plan_generation(model, prompt, text, **plan_kwargs)
+        self._steps: Iterator | None = None
+        self._decoder: StreamingDecoder | None = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._done = False
+        self.result: GenerationOutput | None = None
+        self.chunk_times: list[float] = []
+        self.chunk_samples: list[int] = []
+        self.time_to_first_audio: float | None = None
+        self.sample_rate = SAMPLE_RATE
+
+    # -- sync iteration -----------------------------------------------------------------------
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        while True:
+            chunk = self._next_chunk()
+            if chunk is None:
+                return
+            yield chunk, self.sample_rate
+
+    def _next_chunk(self) -> torch.Tensor | None:
+        with self._lock:
+            if self._done:
+                return None
+            if self._steps is None:
+                self._steps = generate_steps(self.model, self._plan)
+                self._decoder = StreamingDecoder(self.model.require_decoder(), self.window_size)
+            try:
+                while True:
+                    if self._cancelled:
+                        self._release()
+                        return None
+                    item = next(self._steps)
+                    chunk = self._consume(item)
+                    if chunk is not None and chunk.numel():
+                        return self._record(chunk)
+                    if self._done:
+                        return None
+            except BaseException:
+                self._release()
+                raise
+
+    def _consume(self, item) -> torch.Tensor | None:
+        plan, cfg = self._plan, self.model.config
+        if isinstance(item, StepOutput):
+            if not item.final_pass or item.index < plan.decode_start:
+                return None
+            if item.index == plan.decode_start:
+                self._decoder.set_skip_leading_frames(leading_trim_frames(int(item.time_before[0])))
+            vector = item.acoustic_features[0] * cfg.acoustic_std + cfg.acoustic_mean
+            return self._decoder.decode_block(vector, int(item.time_before[0]))
+        assert isinstance(item, SyncTokGenerationOutput)
+        tail = self._decoder.flush(int(item.time_before[0, -1]))
+        self.result = finish_output(self.model, plan, item, None)
+        self._done = True
+        if tail.numel():
+            self._record(tail)
+        self._finalise_result()
+        self._release()
+        return tail
+
+    def _record(self, chunk: torch.Tensor) -> torch.Tensor:
+        now = time.perf_counter() - self.started_at
+        if self.time_to_first_audio is None:
+            self.time_to_first_audio = now
+        self.chunk_times.append(now)
+        self.chunk_samples.append(int(chunk.numel()))
+        return chunk.detach().to("cpu", torch.float32)
+
+    def _finalise_result(self) -> None:
+        if self.result is not None:
+            self.result.time_to_first_audio = self.time_to_first_audio
+            self.result.chunk_times = self.chunk_times
+            self.result.chunk_samples = self.chunk_samples
+            self.result.total_time = time.perf_counter() - self.started_at
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def _release(self) -> None:
+        self._done = True
+        if self._steps is not None:
+            self._steps.close()  # runs the generator's cleanup: the KV cache goes now
+        self._steps = None
+        self._decoder = None
+
+    def close(self) -> None:
+        """Stop generating and free the KV cache and decoder state now."""
+        self._cancelled = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self._release()
+            finally:
+                self._lock.release()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @property
+    def decode_start(self) -> int:
+        return self._plan.decode_start
+
+    # -- async iteration ----------------------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[tuple[torch.Tensor, int]]:
+        return self._aiter()
+
+    async def _aiter(self):
+        try:
+            while True:
+                chunk = await asyncio.to_thread(self._next_chunk)
+                if chunk is None:
+                    return
+                yield chunk, self.sample_rate
+        except (asyncio.CancelledError, GeneratorExit):
+            self._cancelled = True  # the worker stops after the step in progress
+            raise
+        finally:
+            if not self._done:
+                self._cancelled = True
