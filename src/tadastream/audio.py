@@ -111,9 +111,7 @@ def _as_channels(audio: torch.Tensor, what: str) -> torch.Tensor:
     if audio.dim() == 1:
         return audio.unsqueeze(0)
     if audio.dim() != 2:
-        raise AudioError(
-            f"{what} must be 1-D (samples) or 2-D (channels, samples), got shape {tuple(audio.shape)}"
-        )
+        raise AudioError(f"{what} must be 1-D (samples) or 2-D (channels, samples), got shape {tuple(audio.shape)}")
     channels, samples = audio.shape
     if channels > samples:
         raise AudioError(
@@ -357,8 +355,7 @@ def save_audio(
     if fmt.lower().lstrip(".") not in allowed:
         shown = f"format {format!r}" if format is not None else f"extension {target.suffix or '(none)'!r}"
         raise AudioError(
-            f"cannot save {target.name}: unknown audio {shown}; use one of "
-            + ", ".join(f".{e}" for e in allowed)
+            f"cannot save {target.name}: unknown audio {shown}; use one of " + ", ".join(f".{e}" for e in allowed)
         )
     parent = target.parent
     if not parent.is_dir():

@@ -44,9 +44,7 @@ class DecoderConfig(_JsonConfig):
 
     def __post_init__(self):
         if self.block_attention != "v2":
-            raise ValueError(
-                f"decoder block_attention {self.block_attention!r} is not supported; only 'v2' is"
-            )
+            raise ValueError(f"decoder block_attention {self.block_attention!r} is not supported; only 'v2' is")
 
     @property
     def samples_per_frame(self) -> int:
@@ -70,13 +68,9 @@ class EncoderConfig(_JsonConfig):
 
     def __post_init__(self):
         if self.block_attention != "v2":
-            raise ValueError(
-                f"encoder block_attention {self.block_attention!r} is not supported; only 'v2' is"
-            )
+            raise ValueError(f"encoder block_attention {self.block_attention!r} is not supported; only 'v2' is")
         if self.dist_type not in ("fixed", "gaussian"):
-            raise ValueError(
-                f"encoder dist_type {self.dist_type!r} is not supported; use 'fixed' or 'gaussian'"
-            )
+            raise ValueError(f"encoder dist_type {self.dist_type!r} is not supported; use 'fixed' or 'gaussian'")
 
 
 @dataclass
@@ -113,9 +107,7 @@ def tada_config(data: dict[str, Any] | None = None, **overrides: Any) -> LlamaCo
     merged["model_type"] = "llama"
     config = LlamaConfig(**merged)
     if config.diffusion_head_type != "vibevoice":
-        raise ValueError(
-            f"diffusion_head_type {config.diffusion_head_type!r} is not supported; use 'vibevoice'"
-        )
+        raise ValueError(f"diffusion_head_type {config.diffusion_head_type!r} is not supported; use 'vibevoice'")
     return config
 
 

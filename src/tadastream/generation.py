@@ -62,13 +62,9 @@ class InferenceOptions:
     def validate(self) -> InferenceOptions:
         for name, allowed in self._CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise GenerationInputError(
-                    f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
-                )
+                raise GenerationInputError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if self.num_flow_matching_steps < 1 or self.num_acoustic_candidates < 1:
-            raise GenerationInputError(
-                "num_flow_matching_steps and num_acoustic_candidates must be at least 1"
-            )
+            raise GenerationInputError("num_flow_matching_steps and num_acoustic_candidates must be at least 1")
         if self.text_do_sample and self.text_temperature <= 0:
             raise GenerationInputError("text_temperature must be > 0 when text_do_sample is True")
         if not 0.0 <= self.text_top_p <= 1.0 or self.text_top_k < 0:
@@ -209,9 +205,7 @@ def plan_generation(
     text = normalize_text_fn(text) if normalize_text else text
     prompt_text = (p["text"] or [""])[0] or ""
     n_prompt = (
-        int(p["text_tokens_len"][0])
-        if p.get("text_tokens_len") is not None and p["text_tokens_len"].numel()
-        else 0
+        int(p["text_tokens_len"][0]) if p.get("text_tokens_len") is not None and p["text_tokens_len"].numel() else 0
     )
     known = None
     if p.get("text_tokens") is not None and p["text_tokens"].numel() and n_prompt:
@@ -226,9 +220,7 @@ def plan_generation(
     n_values = features.shape[1]
     positions = p["token_positions"][:, :n_values].long()
     if positions.shape[1] != n_values:
-        raise GenerationInputError(
-            "prompt token_positions and token_values disagree in length: re-encode the voice"
-        )
+        raise GenerationInputError("prompt token_positions and token_values disagree in length: re-encode the voice")
 
     eot = _special_id(tok, "<|eot_id|>")
     bos = tok.bos_token_id
@@ -247,11 +239,7 @@ def plan_generation(
 
     prefix = (
         f"<|start_header_id|>system<|end_header_id|>{system_prompt or ''}<|eot_id|>"
-        + (
-            f"<|start_header_id|>user<|end_header_id|>{user_turn_prompt}<|eot_id|>"
-            if user_turn_prompt
-            else ""
-        )
+        + (f"<|start_header_id|>user<|end_header_id|>{user_turn_prompt}<|eot_id|>" if user_turn_prompt else "")
         + "<|start_header_id|>assistant<|end_header_id|>"
     )
     prefix_ids = torch.tensor([tok.encode(prefix, add_special_tokens=False)], device=model.device)
@@ -276,9 +264,7 @@ def plan_generation(
     masks = torch.cat([masks[:, 1:], torch.ones_like(masks[:, :1])], dim=1)
     decode_start = features.shape[1] + num_transition_steps - 1
     if num_steps - shift <= decode_start:
-        raise GenerationInputError(
-            "nothing to speak after the prompt: pass more text or fewer transition steps"
-        )
+        raise GenerationInputError("nothing to speak after the prompt: pass more text or fewer transition steps")
     return GenerationPlan(
         input_ids,
         features,
@@ -295,9 +281,7 @@ def plan_generation(
 
 def _mask_prompt_text(input_ids: torch.Tensor, n: int, tok) -> torch.Tensor:
     """Replace prompt-transcript tokens by the pad token, keeping the chat structure."""
-    start, end, eot = (
-        _special_id(tok, t) for t in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
-    )
+    start, end, eot = (_special_id(tok, t) for t in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"))
     pad = _special_id(tok, "<|finetune_right_pad_id|>")
     keep_always = {eot, tok.bos_token_id, tok.eos_token_id}
     out = input_ids.clone()
@@ -381,15 +365,9 @@ def solve_flow_ranked(model, cond, neg_cond, opts: InferenceOptions, ref_spkr_em
     neg_n = neg_cond.repeat(n, 1, 1)
     flat = solve_flow(model, noise.clone(), cond_n, neg_n, opts)
     cands = flat.view(n, batch, total)
-    if (
-        opts.scorer == "spkr_verification"
-        and model.acoustic_spkr_verf is not None
-        and ref_spkr_emb is not None
-    ):
+    if opts.scorer == "spkr_verification" and model.acoustic_spkr_verf is not None and ref_spkr_emb is not None:
         sv = model.acoustic_spkr_verf
-        acoustic = (
-            cands[..., : model.config.acoustic_dim] - model.config.acoustic_mean
-        ) / model.config.acoustic_std
+        acoustic = (cands[..., : model.config.acoustic_dim] - model.config.acoustic_mean) / model.config.acoustic_std
         emb = sv(acoustic.reshape(-1, acoustic.shape[-1]).to(next(sv.parameters()).dtype)).view(n, batch, -1)
         best = (opts.spkr_verification_weight * torch.einsum("nbe,be->nb", emb, ref_spkr_emb)).argmax(dim=0)
     elif opts.scorer == "spkr_verification":
@@ -503,14 +481,10 @@ def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use
     shift, dev, B = cfg.shift_acoustic, model.device, input_ids.shape[0]
     if not use_text_in_prompt:
         input_ids = _mask_prompt_text(input_ids, p_feat.shape[1], tok)
-    start_h, end_h, eot = (
-        _special_id(tok, t) for t in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
-    )
+    start_h, end_h, eot = (_special_id(tok, t) for t in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"))
     pad = _special_id(tok, "<|finetune_right_pad_id|>")
     clock = _Clock(dev)
-    need_neg_batch = (
-        opts.acoustic_cfg_scale != 1.0 and opts.negative_condition_source == "negative_step_output"
-    )
+    need_neg_batch = opts.acoustic_cfg_scale != 1.0 and opts.negative_condition_source == "negative_step_output"
     text_only = opts.text_only_logit_scale > 0.0
     zeros_long = torch.zeros(B, 1, device=dev, dtype=torch.long)
 
@@ -581,9 +555,7 @@ def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use
         rows = [(current, acoustic, a_mask, tb, ta)]
         if need_neg_batch:
             structural = (current == start_h) | (current == end_h) | (current == eot)
-            rows.append(
-                (torch.where(structural, current, torch.full_like(current, pad)), acoustic, a_mask, tb, ta)
-            )
+            rows.append((torch.where(structural, current, torch.full_like(current, pad)), acoustic, a_mask, tb, ta))
         if text_only:
             rows.append((current, torch.zeros_like(acoustic), zeros_long, zeros_long, zeros_long))
         cols = [torch.cat(c, dim=0) for c in zip(*rows)]
@@ -686,9 +658,7 @@ def finish_output(model, plan: GenerationPlan, raw: SyncTokGenerationOutput, aud
         input_str=[tok.decode(row) for row in plan.input_ids],
         output_text_ids=raw.text_token_ids,
         text_token_ids=raw.text_token_ids,
-        output_str=[tok.decode(row) for row in raw.text_token_ids]
-        if raw.text_token_ids is not None
-        else None,
+        output_str=[tok.decode(row) for row in raw.text_token_ids] if raw.text_token_ids is not None else None,
         llm_time=torch.tensor(raw.llm_time),
         diffusion_time=torch.tensor(raw.diffusion_time),
         step_logs=raw.step_logs,

@@ -46,9 +46,7 @@ class TadaForCausalLM(nn.Module):
         self.prediction_head = FlowHead(
             head_dim, config.acoustic_dim + self.time_dim, config.head_layers, config.head_ffn_ratio
         )
-        self.bottleneck_proj = (
-            nn.Linear(hidden, config.bottleneck_dim) if config.bottleneck_dim else nn.Identity()
-        )
+        self.bottleneck_proj = nn.Linear(hidden, config.bottleneck_dim) if config.bottleneck_dim else nn.Identity()
         self.acoustic_proj = nn.Linear(config.acoustic_dim, hidden)
         self.time_start_embed = nn.Embedding(config.num_time_classes, hidden)
         self.time_end_embed = nn.Embedding(config.num_time_classes, hidden)
@@ -232,9 +230,7 @@ def load_tokenizer(tokenizer: Any, folder: Path | None = None, config: dict | No
     if tokenizer is None:
         tokenizer = (config or {}).get("tokenizer_name") or DEFAULT_TOKENIZER
     try:
-        return AutoTokenizer.from_pretrained(
-            str(tokenizer), **{k: v for k, v in hub.items() if v is not None}
-        )
+        return AutoTokenizer.from_pretrained(str(tokenizer), **{k: v for k, v in hub.items() if v is not None})
     except OSError as exc:
         gated = "meta-llama" in str(tokenizer)
         hint = (

@@ -58,9 +58,7 @@ class Decoder(PretrainedModule):
         return self.local_attention_decoder(x, decoder_attention_mask(token_masks))
 
     @torch.no_grad()
-    def forward(
-        self, encoded_expanded: torch.Tensor, token_masks: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, encoded_expanded: torch.Tensor, token_masks: torch.Tensor | None = None) -> torch.Tensor:
         """Waveform (B, 1, samples) for frames (B, T, embed)."""
         return self.wav_decoder(self.hidden(encoded_expanded, token_masks).transpose(1, 2))
 

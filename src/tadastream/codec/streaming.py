@@ -106,9 +106,7 @@ class StreamingDecoder:
     def _run_block(self) -> torch.Tensor:
         block = torch.cat(self._pending, dim=0).unsqueeze(0)
         self._pending = []
-        hidden = self.decoder.local_attention_decoder.forward_block(
-            self.decoder.decoder_proj(block), self._cache
-        )
+        hidden = self.decoder.local_attention_decoder.forward_block(self.decoder.decoder_proj(block), self._cache)
         hidden = hidden.transpose(1, 2)
         if self._like is None:
             self._like = hidden[:, :, :0]

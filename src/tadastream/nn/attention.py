@@ -93,9 +93,7 @@ class LocalSelfAttention(nn.Module):
     def forward_block(self, x: torch.Tensor, start: int, prev_kv: tuple[torch.Tensor, torch.Tensor] | None):
         positions = torch.arange(start, start + x.shape[1], device=x.device)
         q, k, v = self._project(x, positions)
-        keys, values = (
-            (k, v) if prev_kv is None else (torch.cat((prev_kv[0], k), 2), torch.cat((prev_kv[1], v), 2))
-        )
+        keys, values = (k, v) if prev_kv is None else (torch.cat((prev_kv[0], k), 2), torch.cat((prev_kv[1], v), 2))
         attn = F.scaled_dot_product_attention(q, keys, values, scale=1.0 / math.sqrt(self.head_dim))
         return self._finish(x, attn), (k, v)
 

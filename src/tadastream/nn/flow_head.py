@@ -87,9 +87,7 @@ class FlowHead(nn.Module):
         self.noisy_images_proj = nn.Linear(latent, hidden, bias=False)
         self.cond_proj = nn.Linear(hidden, hidden, bias=False)
         self.t_embedder = TimestepEmbedder(hidden)
-        self.layers = nn.ModuleList(
-            HeadLayer(hidden, int(hidden * ffn_ratio), eps) for _ in range(num_layers)
-        )
+        self.layers = nn.ModuleList(HeadLayer(hidden, int(hidden * ffn_ratio), eps) for _ in range(num_layers))
         self.final_layer = FinalLayer(hidden, latent, eps)
 
     def forward(self, latent: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
