@@ -79,7 +79,7 @@ def build_demo_model(seed: int = 0, **sizes) -> TadaForCausalLM:
                 torch.nn.init.uniform_(p, 0.5, 1.5)
         model = TadaForCausalLM(llm_config, decoder=decoder.eval(), tokenizer=demo_tokenizer())
         with torch.no_grad():
-            for name, p in model.prediction_head.named_parameters():
+            for p in model.prediction_head.parameters():
                 torch.nn.init.normal_(p, std=0.5 / max(p.shape[-1], 1) ** 0.5)
             torch.nn.init.normal_(model.acoustic_mask_emb.weight, std=0.02)
     model._codec_source = None
