@@ -140,6 +140,30 @@ class GenerationPlan:
     text: str
 
 
+@dataclass
+class Rng:
+    """Where a generation draws its random numbers.
+
+    ``None`` means torch's global generators, as the reference does (so ``torch.manual_seed``
+    reproduces it). A stream forks the global state into its own generators when it is created,
+    so concurrent streams neither disturb nor depend on each other, and a stream gives the same
+    audio as the non-streaming call made after the same ``manual_seed``.
+    """
+
+    cpu: torch.Generator | None = None
+    device: torch.Generator | None = None
+
+    @classmethod
+    def fork_global(cls, device: torch.device) -> Rng:
+        cpu = torch.Generator()
+        cpu.set_state(torch.get_rng_state())
+        if device.type == "cpu":
+            return cls(cpu, cpu)
+        dev = torch.Generator(device=device)
+        dev.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else dev.get_state())
+        return cls(cpu, dev)
+
+
 # -- prompt and token layout ------------------------------------------------------------------
 def _special_id(tokenizer, token: str) -> int:
     idx = tokenizer.convert_tokens_to_ids(token)
@@ -355,10 +379,11 @@ def _reconstruction_scores(model, samples, noise, cond, points: int = 3) -> torc
     return -err.view(points, batch).mean(dim=0)
 
 
-def solve_flow_ranked(model, cond, neg_cond, opts: InferenceOptions, ref_spkr_emb=None) -> torch.Tensor:
+def solve_flow_ranked(model, cond, neg_cond, opts: InferenceOptions, ref_spkr_emb=None, rng: Rng | None = None):
     batch, n = cond.shape[0], opts.num_acoustic_candidates
     total = model.config.acoustic_dim + model.time_dim
-    noise = torch.randn(n * batch, total, device=cond.device, dtype=cond.dtype) * opts.noise_temperature
+    gen = rng.device if rng else None
+    noise = torch.randn(n * batch, total, device=cond.device, dtype=cond.dtype, generator=gen) * opts.noise_temperature
     cond_n = cond.repeat(n, 1, 1)
     if neg_cond.dim() == 2:
         neg_cond = neg_cond.unsqueeze(1)
@@ -392,7 +417,7 @@ def _prompt_speaker_embedding(model, features: torch.Tensor) -> torch.Tensor:
 
 
 # -- text sampling ----------------------------------------------------------------------------
-def sample_next_token(logits: torch.Tensor, input_ids: torch.Tensor, opts: InferenceOptions) -> torch.Tensor:
+def sample_next_token(logits: torch.Tensor, input_ids: torch.Tensor, opts: InferenceOptions, generator=None):
     if not opts.text_do_sample:
         return logits.argmax(dim=-1, keepdim=True)
     if opts.text_repetition_penalty != 1.0:
@@ -409,7 +434,7 @@ def sample_next_token(logits: torch.Tensor, input_ids: torch.Tensor, opts: Infer
         drop_sorted = torch.cumsum(probs, dim=-1) - probs >= opts.text_top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
+    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator)
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -424,26 +449,13 @@ class _Clock:
 
 
 @torch.inference_mode()
-def generate_steps(model, plan: GenerationPlan) -> Iterator[StepOutput | SyncTokGenerationOutput]:
+def generate_steps(
+    model, plan: GenerationPlan, rng: Rng | None = None
+) -> Iterator[StepOutput | SyncTokGenerationOutput]:
     """Yield a StepOutput per settled frame, then the final SyncTokGenerationOutput."""
     opts = plan.options
-    if opts.speed_up_factor is None:
-        yield from _run_pass(
-            model,
-            plan.input_ids,
-            plan.prompt_features,
-            plan.prompt_masks,
-            plan.prompt_time_before,
-            plan.prompt_time_after,
-            plan.num_steps,
-            opts,
-            plan.use_text_in_prompt,
-            final_pass=True,
-        )
-        return
-    # Two passes: the first settles durations, which are then scaled and forced in the second.
-    first = None
-    for item in _run_pass(
+    rng = rng or Rng()
+    first_pass = _run_pass(
         model,
         plan.input_ids,
         plan.prompt_features,
@@ -453,8 +465,15 @@ def generate_steps(model, plan: GenerationPlan) -> Iterator[StepOutput | SyncTok
         plan.num_steps,
         opts,
         plan.use_text_in_prompt,
-        final_pass=False,
-    ):
+        rng,
+        final_pass=opts.speed_up_factor is None,
+    )
+    if opts.speed_up_factor is None:
+        yield from first_pass
+        return
+    # Two passes: the first settles durations, which are then scaled and forced in the second.
+    first = None
+    for item in first_pass:
         if isinstance(item, SyncTokGenerationOutput):
             first = item
         else:
@@ -462,6 +481,7 @@ def generate_steps(model, plan: GenerationPlan) -> Iterator[StepOutput | SyncTok
     scaled = (first.time_before.float() / opts.speed_up_factor).round().long()
     forced_before = torch.cat([torch.zeros_like(scaled[:, :1]), scaled], dim=1)
     forced_after = torch.cat([scaled, torch.ones_like(scaled[:, :1])], dim=1)
+    # As in the reference, the second pass masks the prompt text whatever use_text_in_prompt said.
     yield from _run_pass(
         model,
         first.input_ids,
@@ -472,11 +492,12 @@ def generate_steps(model, plan: GenerationPlan) -> Iterator[StepOutput | SyncTok
         first.input_ids.shape[1] - 1,
         replace(opts, speed_up_factor=None),
         False,
+        rng,
         final_pass=True,
     )
 
 
-def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use_text_in_prompt, final_pass):
+def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use_text_in_prompt, rng, final_pass):
     tok, cfg = model.tokenizer, model.config
     shift, dev, B = cfg.shift_acoustic, model.device, input_ids.shape[0]
     if not use_text_in_prompt:
@@ -569,10 +590,10 @@ def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use
 
         t0 = clock.now()
         if opts.num_acoustic_candidates > 1:
-            speech = solve_flow_ranked(model, cond, neg_cond, opts, ref_spkr)
+            speech = solve_flow_ranked(model, cond, neg_cond, opts, ref_spkr, rng)
         else:
-            noise = torch.randn(B, cfg.acoustic_dim).to(cond) * opts.noise_temperature
-            noise_t = torch.randn(B, model.time_dim).to(cond) * opts.noise_temperature
+            noise = torch.randn(B, cfg.acoustic_dim, generator=rng.cpu).to(cond) * opts.noise_temperature
+            noise_t = torch.randn(B, model.time_dim, generator=rng.cpu).to(cond) * opts.noise_temperature
             speech = solve_flow(model, torch.cat([noise, noise_t], dim=-1), cond, neg_cond, opts)
         speech = speech.reshape(B, -1)
         bits = model.num_time_bits
@@ -586,7 +607,7 @@ def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use
             if text_only:
                 mix = opts.text_only_logit_scale
                 logits = (model.lm_head(hidden[-B:, -1]).float() * mix + logits) / (mix + 1)
-            nxt = sample_next_token(logits, input_ids, opts)
+            nxt = sample_next_token(logits, input_ids, opts, rng.device)
             input_ids = torch.cat([input_ids, nxt.long()], dim=1)
             token_out.append(nxt)
         else:

@@ -19,6 +19,7 @@ import torch
 from .codec.streaming import StreamingDecoder
 from .generation import (
     GenerationOutput,
+    Rng,
     StepOutput,
     SyncTokGenerationOutput,
     finish_output,
@@ -43,6 +44,7 @@ class AudioStream:
         self.model = model
         self.window_size = window_size
         self._plan = plan_generation(model, prompt, text, **plan_kwargs)
+        self._rng = Rng.fork_global(model.device)
         self._steps: Iterator | None = None
         self._decoder: StreamingDecoder | None = None
         self._lock = threading.Lock()
@@ -67,7 +69,7 @@ class AudioStream:
             if self._done:
                 return None
             if self._steps is None:
-                self._steps = generate_steps(self.model, self._plan)
+                self._steps = generate_steps(self.model, self._plan, self._rng)
                 self._decoder = StreamingDecoder(self.model.require_decoder(), self.window_size)
             try:
                 while True:
