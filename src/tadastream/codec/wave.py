@@ -164,7 +164,7 @@ class WaveDecoder(nn.Module):
         return states
 
     @staticmethod
-    def _apply(op: nn.Module, state, x: torch.Tensor) -> torch.Tensor:
+    def _step_op(op: nn.Module, state, x: torch.Tensor) -> torch.Tensor:
         if isinstance(op, WNConv1d):
             return conv_step(op, state, x)
         if isinstance(op, WNConvTranspose1d):
@@ -174,7 +174,7 @@ class WaveDecoder(nn.Module):
         return op(x)
 
     @staticmethod
-    def _finish(op: nn.Module, state, like: torch.Tensor) -> torch.Tensor:
+    def _finish_op(op: nn.Module, state, like: torch.Tensor) -> torch.Tensor:
         if isinstance(op, WNConv1d):
             return conv_flush(op, state, like)
         if isinstance(op, WNConvTranspose1d):
@@ -185,15 +185,15 @@ class WaveDecoder(nn.Module):
 
     def step(self, states: list, x: torch.Tensor) -> torch.Tensor:
         for op, state in zip(self._ops, states):
-            x = self._apply(op, state, x)
+            x = self._step_op(op, state, x)
         return x
 
     def flush(self, states: list, like: torch.Tensor) -> torch.Tensor:
         """Emit what the right-hand padding releases; ``like`` gives batch, dtype and device."""
         out: torch.Tensor | None = None
         for op, state in zip(self._ops, states):
-            out = self._apply(op, state, out) if out is not None else None
-            tail = self._finish(op, state, like)
+            out = self._step_op(op, state, out) if out is not None else None
+            tail = self._finish_op(op, state, like)
             if tail.shape[2]:
                 out = tail if out is None else torch.cat((out, tail), dim=2)
         return out if out is not None else like.new_zeros(like.shape[0], 1, 0)
