@@ -11,8 +11,14 @@ from tadastream.nn.attention import BlockCache, decoder_attention_mask, encoder_
 
 def tiny_decoder(seed=0):
     torch.manual_seed(seed)
-    config = DecoderConfig(embed_dim=16, hidden_dim=32, num_attn_layers=2, num_attn_heads=4,
-                           attn_dim_feedforward=64, wav_decoder_channels=32)
+    config = DecoderConfig(
+        embed_dim=16,
+        hidden_dim=32,
+        num_attn_layers=2,
+        num_attn_heads=4,
+        attn_dim_feedforward=64,
+        wav_decoder_channels=32,
+    )
     dec = Decoder(config).eval()
     with torch.no_grad():
         for name, p in dec.named_parameters():
@@ -39,10 +45,17 @@ def test_decoder_mask_own_and_previous_block():
     marks = torch.tensor([[0, 1, 0, 0, 1, 1, 0]])
     allowed = decoder_attention_mask(marks)[0].int()
     # blocks: [0,1] [2,3,4] [5] [6]
-    expected = torch.tensor([
-        [1, 1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0, 0],
-        [0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1, 1]])
+    expected = torch.tensor(
+        [
+            [1, 1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0, 0],
+            [1, 1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1, 0, 0],
+            [0, 0, 1, 1, 1, 1, 0],
+            [0, 0, 0, 0, 0, 1, 1],
+        ]
+    )
     assert torch.equal(allowed, expected)
 
 
@@ -72,8 +85,9 @@ def test_block_attention_equals_full_pass(decoder):
     with torch.no_grad():
         for end in ends:
             if end > start:
-                outs.append(decoder.local_attention_decoder.forward_block(decoder.decoder_proj(frames[:, start:end]),
-                                                                          cache))
+                outs.append(
+                    decoder.local_attention_decoder.forward_block(decoder.decoder_proj(frames[:, start:end]), cache)
+                )
             start = end
     assert (torch.cat(outs, 1) - full).abs().max() < 1e-5
 
@@ -85,7 +99,7 @@ def test_wave_cnn_steps_equal_one_pass(decoder, chunk):
     with torch.no_grad():
         full = cnn(x)
         states = cnn.init_state()
-        parts = [cnn.step(states, x[:, :, i:i + chunk]) for i in range(0, x.shape[2], chunk)]
+        parts = [cnn.step(states, x[:, :, i : i + chunk]) for i in range(0, x.shape[2], chunk)]
         parts.append(cnn.flush(states, x))
     streamed = torch.cat(parts, 2)
     assert streamed.shape == full.shape
@@ -122,7 +136,7 @@ def test_streaming_decoder_equals_one_pass_with_skip(decoder):
     chunks.append(sd.flush(int(time_before[-1])))
     streamed = torch.cat(chunks)
     assert streamed.shape[0] == full.shape[0] - 5 * 480
-    assert (streamed - full[5 * 480:]).abs().max() < 1e-5
+    assert (streamed - full[5 * 480 :]).abs().max() < 1e-5
     assert sum(c.numel() > 0 for c in chunks) >= 3
 
 

@@ -76,12 +76,13 @@ class AudioStream:
                     if self._cancelled:
                         self._release()
                         return None
-                    item = next(self._steps)
-                    chunk = self._consume(item)
-                    if chunk is not None and chunk.numel():
-                        return self._record(chunk)
+                    chunk = self._consume(next(self._steps))
+                    chunk = self._record(chunk) if chunk is not None and chunk.numel() else None
                     if self._done:
-                        return None
+                        self._finalise_result()
+                        self._release()
+                    if chunk is not None or self._done:
+                        return chunk
             except BaseException:
                 self._release()
                 raise
@@ -99,10 +100,6 @@ class AudioStream:
         tail = self._decoder.flush(int(item.time_before[0, -1]))
         self.result = finish_output(self.model, plan, item, None)
         self._done = True
-        if tail.numel():
-            self._record(tail)
-        self._finalise_result()
-        self._release()
         return tail
 
     def _record(self, chunk: torch.Tensor) -> torch.Tensor:
@@ -164,9 +161,7 @@ class AudioStream:
                 if chunk is None:
                     return
                 yield chunk, self.sample_rate
-        except (asyncio.CancelledError, GeneratorExit):
-            self._cancelled = True  # the worker stops after the step in progress
-            raise
         finally:
             if not self._done:
-                self._cancelled = True
+                # Cancelled or abandoned: free now, or (if a worker is mid-step) after that step.
+                self.close()
