@@ -53,11 +53,9 @@ CORPUS = [
     "The examination and testimony of the experts, enabled the commission to conclude that five "
     "shots may have been fired.",
     "Please call Stella. Ask her to bring these things with her from the store.",
-    "Six spoons of fresh snow peas, five thick slabs of blue cheese, and maybe a snack for her "
-    "brother Bob.",
+    "Six spoons of fresh snow peas, five thick slabs of blue cheese, and maybe a snack for her brother Bob.",
     "We also need a small plastic snake and a big toy frog for the kids.",
-    "She can scoop these things into three red bags, and we will go meet her Wednesday at the "
-    "train station.",
+    "She can scoop these things into three red bags, and we will go meet her Wednesday at the train station.",
     "The quick brown fox jumps over the lazy dog!",
     "How are you doing today? I'm doing well, thank you.",
     "It's 7:30 in the morning; the meeting starts at 9:15 and ends around 11:45.",
@@ -65,7 +63,7 @@ CORPUS = [
     "Call me at 555-0123 or 555-0199, extension 42.",
     "The price rose from $3.50 to $4.75, an increase of 35.7 percent.",
     "Wait... what did you just say?",
-    "\"Never,\" she said, \"never again.\"",
+    '"Never," she said, "never again."',
     "Is it raining outside, or is that just the sprinklers?",
     "Hello, world! This is a test of the text-to-speech system.",
     "The commission concluded that the shots were fired from the sixth floor window.",
