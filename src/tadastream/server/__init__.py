@@ -1,0 +1,187 @@
+"""``tadastream serve``: an HTTP/WebSocket speech server around one loaded model.
+
+Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is set):
+
+* ``POST /v1/audio/speech``: OpenAI-compatible JSON body ``model`` (ignored), ``input``, ``voice``
+  (name, OpenAI name = default voice, or omitted), ``response_format`` (pcm, wav stream chunk by
+  chunk; flac, opus, ogg, mp3 are encoded at the end; default mp3 as OpenAI, else wav),
+  ``speed`` (0.25-4, maps to ``speed_up_factor``: two LLM passes, so later first audio),
+  ``stream_format`` ("audio" or "sse": ``speech.audio.delta`` events with base64 PCM16, then
+  ``speech.audio.done`` with usage and timings), plus ``seed`` and ``options`` (InferenceOptions
+  fields). Audio is 24 kHz mono; the ``x-seed`` header gives the seed used.
+* ``WS /v1/audio/stream`` (key as ``Authorization`` header or ``?api_key=``): send a config
+  ``{"voice", "seed", "speed", "options"}``; receive ``{"type": "ready", "sample_rate": 24000,
+  "encoding": "pcm_s16le", "seed"}``; send ``{"type": "text", "text": ...}`` any number of times,
+  then ``{"type": "end"}``; receive binary PCM16 frames as they are made, then ``{"type":
+  "audio.done", "samples"}`` and ``{"type": "result", "time_to_first_audio", "total_time",
+  "queue_time", "audio_seconds", "real_time_factor", "seed", "cancelled"}``, and the server closes
+  (1000). ``{"type": "cancel"}`` stops generation after the current step (the two final messages
+  still come); a disconnect stops it too. Errors: ``{"type": "error", "error": {...}}`` then a close
+  (1008; 1013 when busy). Text is buffered until ``end`` for now; starting on the first pieces
+  later needs no protocol change.
+* ``GET /v1/voices``, ``POST /v1/voices`` (multipart ``name`` + ``file`` = a ``.voice`` file, or
+  ``audio`` + ``transcript`` when the server has an encoder), ``GET /v1/models``, ``GET /health``,
+  and a demo page at ``/``.
+
+Same seed, same audio: each stream carries its own RNG state (see :mod:`.engine`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+__all__ = ["add_serve_arguments", "create_app", "main", "run_server"]
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+DEFAULT_CODEC = "HumeAI/tada-codec"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``serve`` options to ``parser``; options it already has (a shared ``--model``) are kept."""
+
+    def add(*flags: str, **kw: Any) -> None:
+        try:
+            parser.add_argument(*flags, **kw)
+        except argparse.ArgumentError:
+            pass
+
+    add("--model", default="HumeAI/tada-1b", help="hub id, checkpoint folder, or 'demo' (tiny built-in model)")
+    add("--codec", default=DEFAULT_CODEC, help="codec hub id or folder (its decoder/ is used)")
+    add("--tokenizer", default=None, help="tokenizer hub id or folder (default: from the checkpoint)")
+    add("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bfloat16 on cuda, else float32)")
+    add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; set --api-key before exposing)")
+    add("--port", type=int, default=8000)
+    add("--voices", metavar="DIR", default=None, help="folder of NAME.voice files; enables POST /v1/voices")
+    add("--default-voice", metavar="NAME", default=None, help="voice used when a request names none")
+    add("--encoder", metavar="ID|DIR", default=None, help="codec encoder for WAV voice uploads (optional)")
+    add("--max-streams", type=int, default=4, help="generations at once (default 4)")
+    add("--queue", type=int, default=16, help="requests that may wait for a stream; more get 429 (default 16)")
+    add("--queue-timeout", type=float, default=30.0, help="seconds a request may wait before a 503 (default 30)")
+    add(
+        "--api-key",
+        default=os.environ.get("TADASTREAM_API_KEY"),
+        help="require this bearer key on /v1 (default: $TADASTREAM_API_KEY)",
+    )
+    add("--max-input-chars", type=int, default=4096, help="longest input text (default 4096)")
+    add("--max-voice-mb", type=float, default=16.0, help="largest voice upload in MiB (default 16)")
+    add("--max-voice-seconds", type=float, default=60.0, help="longest voice prompt in seconds (default 60)")
+    add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _options(args: argparse.Namespace | None, kwargs: dict[str, Any]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_serve_arguments(parser)
+    merged = vars(parser.parse_args([]))
+    if args is not None:
+        merged.update({k: v for k, v in vars(args).items() if k in merged})
+    for key, value in kwargs.items():
+        key = key.replace("-", "_")
+        if key not in merged:
+            raise TypeError(f"run_server() got an unexpected option {key!r}")
+        merged[key] = value
+    return argparse.Namespace(**merged)
+
+
+def load_model(opts: argparse.Namespace):
+    """(model, default voice or None) for the ``--model`` option (or an already loaded model)."""
+    import torch
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if not isinstance(opts.model, str):
+        return opts.model, None
+    if opts.model == "demo":
+        from ..demo import build_demo_model, demo_voice
+
+        model = build_demo_model()
+        return model, demo_voice(model)
+    from ..model import TadaForCausalLM
+
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = opts.dtype if opts.dtype not in (None, "auto") else None
+    dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    model = TadaForCausalLM.from_pretrained(
+        opts.model, codec=opts.codec or DEFAULT_CODEC, tokenizer=opts.tokenizer, torch_dtype=dtype, device=device
+    )
+    return model, None
+
+
+def _load_encoder(opts: argparse.Namespace, model):
+    if not opts.encoder:
+        return None
+    from ..codec.encoder import Encoder
+
+    return Encoder.from_pretrained(opts.encoder, tokenizer=model.tokenizer).to(model.device).eval()
+
+
+def build_app(opts: argparse.Namespace):
+    """The app for parsed ``serve`` options: load the model, voices and encoder."""
+    from .app import ServerSettings, create_app
+    from .engine import VoiceStore
+
+    model, default_voice = load_model(opts)
+    settings = ServerSettings(
+        model_id=opts.model if isinstance(opts.model, str) else "tada",
+        max_streams=opts.max_streams,
+        queue=opts.queue,
+        queue_timeout=opts.queue_timeout,
+        api_key=opts.api_key or None,
+        max_input_chars=opts.max_input_chars,
+        max_body_bytes=max(256 * 1024, 8 * opts.max_input_chars),
+        max_voice_bytes=int(opts.max_voice_mb * 1024 * 1024),
+        max_voice_seconds=opts.max_voice_seconds,
+        voices_dir=opts.voices,
+    )
+    if opts.default_voice:
+        default_voice = VoiceStore(opts.voices, None, model).resolve(opts.default_voice)
+    return create_app(model, settings=settings, default_voice=default_voice, encoder=_load_encoder(opts, model))
+
+
+def run_server(args: argparse.Namespace | None = None, **kwargs: Any) -> int:
+    """Load the model and serve until interrupted; returns 0 (an exit status) when stopped.
+
+    ``args`` comes from a parser set up by :func:`add_serve_arguments` (other attributes, such as
+    a CLI's handler, are ignored); keyword arguments override it (``run_server(model="demo",
+    port=8001)``; ``model`` may also be an already loaded model). Loading errors propagate.
+    """
+    import uvicorn
+
+    opts = _options(args, kwargs)
+    level = getattr(logging, opts.log_level.upper())
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("tadastream").setLevel(level)
+    log = logging.getLogger("tadastream.server")
+    if opts.host not in LOOPBACK and not opts.api_key:
+        log.warning("listening on %s without --api-key: anyone who can reach it can use it", opts.host)
+    app = build_app(opts)
+    log.info("serving %s on http://%s:%d", app.state.settings.model_id, opts.host, opts.port)
+    uvicorn.run(
+        app,
+        host=opts.host,
+        port=opts.port,
+        log_level=opts.log_level,
+        access_log=False,  # the app logs one JSON line per request itself
+        ws_max_size=max(1 << 16, 8 * opts.max_input_chars),
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def create_app(*args: Any, **kwargs: Any):
+    """See :func:`tadastream.server.app.create_app` (imported lazily: FastAPI is optional)."""
+    from .app import create_app as _create_app
+
+    return _create_app(*args, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tadastream.server [options]``."""
+    parser = argparse.ArgumentParser(prog="tadastream serve", description="Serve TADA speech over HTTP/WebSocket")
+    add_serve_arguments(parser)
+    return run_server(parser.parse_args(argv))

@@ -1,0 +1,408 @@
+"""The speech server end to end: a real uvicorn on 127.0.0.1 (free port) serving the demo model."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import gc
+import io
+import json
+import logging
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+import soundfile  # noqa: E402
+import torch  # noqa: E402
+
+from tadastream.audio import float_to_pcm16  # noqa: E402
+from tadastream.demo import build_demo_model, demo_voice  # noqa: E402
+from tadastream.generation import generate  # noqa: E402
+from tadastream.server.app import ServerSettings, create_app  # noqa: E402
+from tadastream.stream import AudioStream  # noqa: E402
+
+SHORT = "Hello there, how are you today?"
+LONG = " ".join(["This sentence keeps the only stream busy for a good while."] * 40)
+KEY = "test-key-123"
+
+
+class LiveServer:
+    """uvicorn in a background thread on a socket bound to 127.0.0.1:0."""
+
+    def __init__(self, app):
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.sock.close()
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, trust_env=False, **kw)
+
+    def health(self) -> dict:
+        with self.client() as c:
+            return c.get("/health").json()
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> float:
+        """Poll /health until predicate(streams) holds; returns the seconds it took."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if predicate(self.health()["streams"]):
+                return time.monotonic() - start
+            time.sleep(0.02)
+        raise AssertionError(f"server state not reached: {self.health()}")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the demo model is tiny: one thread is fastest, and CI machines are shared
+    model = build_demo_model()
+    yield model, demo_voice(model)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def server(demo, tmp_path_factory):
+    model, voice = demo
+    settings = ServerSettings(
+        max_streams=8, queue=8, voices_dir=str(tmp_path_factory.mktemp("voices")), max_voice_bytes=1 << 20
+    )
+    with LiveServer(create_app(model, settings=settings, default_voice=voice)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def tight(demo):
+    """One stream, one queue place, a short queue timeout and an API key."""
+    model, voice = demo
+    settings = ServerSettings(max_streams=1, queue=1, queue_timeout=0.5, api_key=KEY, max_input_chars=3000)
+    with LiveServer(create_app(model, settings=settings, default_voice=voice)) as live:
+        yield live
+
+
+def speak(client: httpx.Client, text: str, seed: int, **body) -> bytes:
+    res = client.post("/v1/audio/speech", json={"input": text, "seed": seed, "response_format": "pcm", **body})
+    assert res.status_code == 200, res.text
+    return res.content
+
+
+def reference_pcm(demo, text: str, seed: int) -> bytes:
+    """What the library gives in-process after torch.manual_seed(seed)."""
+    model, voice = demo
+    torch.manual_seed(seed)
+    with generate(model, voice, text, stream=True) as stream:
+        return b"".join(float_to_pcm16(chunk) for chunk, _ in stream)
+
+
+def error_of(res: httpx.Response) -> dict:
+    body = res.json()
+    assert set(body) == {"error"} and {"message", "type"} <= set(body["error"]), body
+    assert "Traceback" not in res.text
+    return body["error"]
+
+
+def test_info_endpoints_and_page(server):
+    with server.client() as c:
+        assert c.get("/health").json()["status"] == "ok"
+        assert c.get("/v1/models").json()["data"][0]["id"] == "demo"
+        voices = c.get("/v1/voices").json()["data"]
+        assert voices[0] == {"id": "default", "object": "voice", "source": "builtin", "default": True}
+        page = c.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert 'id="play"' in page.text and 'id="ttfa"' in page.text
+        assert error_of(c.get("/nope"))["type"] == "not_found_error"
+
+
+def test_audio_streams_in_chunks_and_matches_the_library(server, demo):
+    text = "Streaming means the first words play while the rest of this sentence is still being generated."
+    arrivals, parts = [], []
+    with server.client() as c:
+        start = time.perf_counter()
+        with c.stream("POST", "/v1/audio/speech", json={"input": text, "seed": 7, "response_format": "pcm"}) as res:
+            assert res.status_code == 200
+            assert res.headers["content-type"].startswith("audio/pcm") and res.headers["x-seed"] == "7"
+            assert res.headers.get("transfer-encoding") == "chunked"
+            for part in res.iter_raw():
+                arrivals.append(time.perf_counter() - start)
+                parts.append(part)
+    pcm = b"".join(parts)
+    first, total = arrivals[0], arrivals[-1]
+    print(f"\npcm stream: {len(parts)} reads, first audio {first * 1000:.0f} ms, total {total * 1000:.0f} ms, "
+          f"{len(pcm) / 48000:.2f} s of audio")  # fmt: skip
+    assert len(parts) >= 4, "the audio should arrive in several chunks"
+    assert first < 0.5 * total, f"first chunk at {first:.3f} s is not well before the end ({total:.3f} s)"
+    assert pcm == reference_pcm(demo, text, 7), "same seed must give the library's audio, bit for bit"
+
+    with server.client() as c:  # wav: the streaming header, then the same samples
+        res = c.post("/v1/audio/speech", json={"input": text, "seed": 7, "response_format": "wav"})
+    assert res.headers["content-type"] == "audio/wav"
+    riff, size, wave = struct.unpack("<4sI4s", res.content[:12])
+    assert (riff, size, wave) == (b"RIFF", 0xFFFFFFFF, b"WAVE") and res.content[44:] == pcm
+
+
+def test_concurrent_requests_match_sequential(server):
+    jobs = [("Good morning to you." if i % 2 else "See you very soon!", 100 + i) for i in range(8)]
+    with server.client() as c:
+        sequential = [speak(c, text, seed) for text, seed in jobs]
+    spans = {}
+
+    def one(i):
+        with server.client() as c:
+            t0 = time.perf_counter()
+            out = speak(c, *jobs[i])
+            spans[i] = (t0, time.perf_counter())
+            return out
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        concurrent_out = list(pool.map(one, range(8)))
+    assert max(s for s, _ in spans.values()) < min(e for _, e in spans.values()), "requests did not overlap"
+    for i, (a, b) in enumerate(zip(sequential, concurrent_out)):
+        assert a == b, f"request {i}: concurrent audio differs from the same request alone"
+    assert sequential[0] != sequential[2], "different seeds should give different audio"
+
+
+def test_disconnect_frees_the_slot(tight, caplog):
+    caplog.set_level(logging.INFO, logger="tadastream.server")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with tight.client(headers=auth) as c:
+        with c.stream("POST", "/v1/audio/speech", json={"input": LONG, "response_format": "pcm"}) as res:
+            assert res.status_code == 200
+            chunks = res.iter_raw()  # keep the iterator: dropping it would close the connection
+            next(chunks)  # audio is flowing
+            assert tight.health()["streams"]["active"] == 1
+            # leaving the block hangs up mid-stream
+        hung_up = time.monotonic()
+        tight.wait_for(lambda s: s["active"] == 0)
+        freed_after = time.monotonic() - hung_up
+        assert len(speak(c, SHORT, 1)) > 0  # max-streams 1: only possible if the slot came back
+    print(f"\nslot freed {freed_after * 1000:.0f} ms after the disconnect")
+    assert freed_after < 2.0, "the slot should come back within a step or two of the disconnect"
+    gc.collect()
+    alive = [s for s in gc.get_objects() if type(s) is AudioStream and s._steps is not None]
+    assert not alive, "a closed stream still holds its KV cache"
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    gone = [r for r in records if r.get("outcome") == "disconnected"]
+    assert gone and gone[0]["audio_seconds"] < 20, "generation should stop soon after the disconnect"
+    assert all({"status", "duration_ms", "request_id", "path"} <= set(r) for r in records)
+
+
+def test_queue_full_gives_429_and_waiting_too_long_503(tight):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with tight.client(headers=auth) as c:
+        with c.stream("POST", "/v1/audio/speech", json={"input": LONG, "response_format": "pcm"}) as busy:
+            chunks = busy.iter_raw()
+            next(chunks)
+
+            def queued():
+                with tight.client(headers=auth) as other:
+                    return other.post("/v1/audio/speech", json={"input": SHORT})
+
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(queued)
+                tight.wait_for(lambda s: s["waiting"] == 1)
+                full = c.post("/v1/audio/speech", json={"input": SHORT})
+                timed_out = waiting.result(timeout=30)
+    assert full.status_code == 429 and full.headers["retry-after"] and error_of(full)["code"] == "queue_full"
+    assert timed_out.status_code == 503 and int(timed_out.headers["retry-after"]) >= 1
+    assert error_of(timed_out)["code"] == "queue_timeout"
+    tight.wait_for(lambda s: s["active"] == 0 and s["waiting"] == 0)
+
+
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        ({"input": "x" * 3001}, 400, "input_too_long"),
+        ({"input": "   "}, 400, "empty_input"),
+        ({"input": "hi", "voice": "../../etc/passwd"}, 400, "invalid_voice_name"),
+        ({"input": "hi", "voice": "nobody"}, 400, "voice_not_found"),
+        ({"input": "hi", "response_format": "aac"}, 400, "unsupported_format"),
+        ({"input": "hi", "stream_format": "sse", "response_format": "mp3"}, 400, "unsupported_format"),
+        ({"input": "hi", "speed": 9}, 400, "invalid_speed"),
+        ({"input": "hi", "seed": -1}, 400, "invalid_seed"),
+        ({"input": "hi", "options": {"num_flow_matching_steps": 10000}}, 400, "invalid_option"),
+        ({"input": "hi", "options": {"nonsense": 1}}, 400, "invalid_option"),
+        ({"voice": "alloy"}, 400, "invalid_request"),
+    ],
+)
+def test_bad_requests_get_clear_4xx(tight, body, status, code):
+    with tight.client(headers={"Authorization": f"Bearer {KEY}"}) as c:
+        res = c.post("/v1/audio/speech", json=body)
+    assert res.status_code == status and error_of(res)["code"] == code
+
+
+def test_api_key_and_body_limit(tight):
+    with tight.client() as c:
+        assert c.get("/health").status_code == 200  # health stays open for load balancers
+        missing = c.post("/v1/audio/speech", json={"input": "hi"})
+        wrong = c.post("/v1/audio/speech", json={"input": "hi"}, headers={"Authorization": "Bearer nope"})
+        huge = c.post(
+            "/v1/audio/speech",
+            content=b'{"input": "' + b"x" * 400_000 + b'"}',
+            headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"},
+        )
+    for res in (missing, wrong):
+        assert res.status_code == 401 and error_of(res)["type"] == "authentication_error"
+    assert huge.status_code == 413 and error_of(huge)["code"] == "body_too_large"
+
+
+def test_openai_client_streams_a_file(server, tmp_path):
+    openai = pytest.importorskip("openai", reason="pip install openai to test the OpenAI client")
+    client = openai.OpenAI(
+        base_url=f"{server.url}/v1", api_key="unused", http_client=httpx.Client(trust_env=False), max_retries=0
+    )
+    target = tmp_path / "speech.wav"
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=SHORT, response_format="wav", extra_body={"seed": 5}
+    ) as res:
+        res.stream_to_file(target)
+    data = target.read_bytes()
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    with server.client() as c:
+        assert data[44:] == speak(c, SHORT, 5), "the OpenAI client got the same samples as a plain request"
+    flac = client.audio.speech.create(model="tts-1", voice="alloy", input=SHORT, response_format="flac")
+    audio, rate = soundfile.read(io.BytesIO(flac.content))
+    assert rate == 24000 and len(audio) > 0.3 * 24000
+
+
+def test_sse_events(server):
+    with server.client() as c:
+        res = c.post("/v1/audio/speech", json={"input": SHORT, "seed": 9, "stream_format": "sse"})
+        plain = speak(c, SHORT, 9)
+    assert res.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in res.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["input_tokens"] > 0
+    assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == plain
+
+
+def test_websocket_round_trip(server):
+    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    url = server.url.replace("http", "ws") + "/v1/audio/stream"
+    frames, messages = [], []
+    with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
+        ws.send(json.dumps({"seed": 11, "voice": "alloy"}))
+        ready = json.loads(ws.recv(timeout=30))
+        assert ready["type"] == "ready" and ready["sample_rate"] == 24000 and ready["seed"] == 11
+        for piece in ("Hello there, ", "how are you today?"):  # text may come in several messages
+            ws.send(json.dumps({"type": "text", "text": piece}))
+        ws.send(json.dumps({"type": "end"}))
+        for _ in range(10_000):
+            message = ws.recv(timeout=60)
+            if isinstance(message, bytes):
+                frames.append(message)
+                continue
+            messages.append(json.loads(message))
+            if messages[-1]["type"] == "result":
+                break
+    assert [m["type"] for m in messages] == ["audio.done", "result"]
+    result = messages[-1]
+    assert 0 < result["time_to_first_audio"] <= result["total_time"] and result["seed"] == 11
+    assert len(frames) >= 2 and messages[0]["samples"] * 2 == sum(len(f) for f in frames)
+    with server.client() as c:
+        assert b"".join(frames) == speak(c, SHORT, 11), "WebSocket and HTTP give the same audio"
+
+    with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:  # cancel mid-stream
+        ws.send(json.dumps({"seed": 1}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        ws.send(json.dumps({"type": "text", "text": LONG}))
+        ws.send(json.dumps({"type": "end"}))
+        assert isinstance(ws.recv(timeout=60), bytes)
+        ws.send(json.dumps({"type": "cancel"}))
+        for _ in range(10_000):
+            message = ws.recv(timeout=60)
+            if isinstance(message, str) and json.loads(message)["type"] == "result":
+                break
+        result = json.loads(message)
+        assert result["cancelled"] is True and result["audio_seconds"] < 20
+
+    with ws_client.connect(url, open_timeout=10, proxy=None) as ws:  # errors are JSON, then a close
+        ws.send(json.dumps({"voice": "../x"}))
+        error = json.loads(ws.recv(timeout=30))
+        assert error["type"] == "error" and error["error"]["code"] == "invalid_voice_name"
+
+
+def test_voice_upload(server, demo, tmp_path):
+    model, voice = demo
+    path = tmp_path / "mine.voice"
+    voice.save(path)
+    data = path.read_bytes()
+    with server.client() as c:
+        res = c.post("/v1/voices", data={"name": "mine"}, files={"file": ("mine.voice", data)})
+        if res.status_code == 501:
+            pytest.skip(res.json()["error"]["message"])
+        assert res.status_code == 201, res.text
+        assert res.json()["id"] == "mine"
+        assert "mine" in [v["id"] for v in c.get("/v1/voices").json()["data"]]
+        # the uploaded file holds the demo voice, so it must speak exactly like the default voice
+        assert speak(c, SHORT, 3, voice="mine") == speak(c, SHORT, 3)
+
+        again = c.post("/v1/voices", data={"name": "mine"}, files={"file": ("mine.voice", data)})
+        assert again.status_code == 409
+        bad_name = c.post("/v1/voices", data={"name": "../evil"}, files={"file": ("x.voice", data)})
+        assert bad_name.status_code == 400 and error_of(bad_name)["code"] == "invalid_voice_name"
+        junk = c.post("/v1/voices", data={"name": "junk"}, files={"file": ("junk.voice", b"not a voice")})
+        assert junk.status_code == 400 and error_of(junk)["code"] == "invalid_voice_file"
+        wav = c.post(
+            "/v1/voices", data={"name": "fromwav", "transcript": "hi"}, files={"audio": ("a.wav", b"RIFF....")}
+        )
+        assert wav.status_code == 415 and error_of(wav)["code"] == "encoder_unavailable"
+        too_big = c.post("/v1/voices", data={"name": "big"}, files={"file": ("big.voice", b"\0" * (2 << 20))})
+        assert too_big.status_code == 413
+
+
+def test_wav_upload_goes_through_the_encoder(server, demo):
+    model, voice = demo
+    calls = []
+
+    def fake_encoder(audio, text, sample_rate):  # stands in for tadastream.codec.encoder.Encoder
+        calls.append((tuple(audio.shape), text, sample_rate, torch.get_rng_state()))
+        return voice
+
+    tone = 0.3 * torch.sin(torch.arange(16000) * 0.05)
+    wav = io.BytesIO()
+    soundfile.write(wav, tone.numpy(), 16000, format="WAV")
+    app = server.app
+    app.state.encoder, limit = fake_encoder, app.state.settings.max_voice_seconds
+    try:
+        with server.client() as c:
+            form = {"name": "fromwav", "transcript": "a steady tone"}
+            res = c.post("/v1/voices", data=form, files={"audio": ("tone.wav", wav.getvalue())})
+            if res.status_code == 501:
+                pytest.skip(res.json()["error"]["message"])
+            assert res.status_code == 201, res.text
+            assert "fromwav" in [v["id"] for v in c.get("/v1/voices").json()["data"]]
+            no_text = c.post("/v1/voices", data={"name": "x"}, files={"audio": ("tone.wav", wav.getvalue())})
+            assert no_text.status_code == 400 and error_of(no_text)["code"] == "missing_transcript"
+            app.state.settings.max_voice_seconds = 0.5
+            too_long = c.post("/v1/voices", data={**form, "name": "y"}, files={"audio": ("tone.wav", wav.getvalue())})
+            assert too_long.status_code == 413 and error_of(too_long)["code"] == "voice_too_long"
+    finally:
+        app.state.encoder, app.state.settings.max_voice_seconds = None, limit
+    assert calls[0][:3] == ((16000,), "a steady tone", 16000)
+    # the encoder draws noise from the global RNG, so it runs seeded (seed 0) and isolated
+    assert torch.equal(calls[0][3], torch.Generator().manual_seed(0).get_state())

@@ -1,0 +1,108 @@
+"""The demo page in headless Chromium: type, press Play, audio arrives and is scheduled.
+
+Needs ``apt-get install -y chromium chromium-driver`` (Debian) and ``pip install selenium``;
+skips with the reason otherwise. Everything stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+
+import torch  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from tadastream.demo import build_demo_model, demo_voice  # noqa: E402
+from tadastream.server.app import ServerSettings, create_app  # noqa: E402
+
+BROWSER = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    BROWSER is None or DRIVER is None,
+    reason="headless browser test needs Chromium and its driver: apt-get install -y chromium chromium-driver",
+)
+TEXT = "Hello from the browser test."
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = build_demo_model()
+    app = create_app(model, settings=ServerSettings(max_streams=2), default_voice=demo_voice(model))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=20)
+    sock.close()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = Options()
+    options.binary_location = BROWSER
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",  # CI containers run as root
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--no-proxy-server",
+        "--autoplay-policy=no-user-gesture-required",
+        "--mute-audio",
+    ):
+        options.add_argument(flag)
+    try:
+        driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+    except Exception as exc:  # e.g. a driver that does not match the browser version
+        pytest.skip(f"could not start headless Chromium: {str(exc).splitlines()[0]}")
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_page_plays_the_stream(server_url, browser):
+    browser.get(server_url + "/")
+    wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "idle")
+    text = browser.find_element(By.ID, "text")
+    text.clear()
+    text.send_keys(TEXT)
+    browser.find_element(By.ID, "seed").send_keys("4")
+    browser.find_element(By.ID, "play").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error"))
+
+    status = browser.find_element(By.ID, "status")
+    assert status.get_attribute("data-state") == "done", status.text
+    ttfa = browser.find_element(By.ID, "ttfa").text
+    total = browser.find_element(By.ID, "total").text
+    received = int(browser.find_element(By.ID, "bytes").text)
+    print(f"\nbrowser: time to first audio {ttfa}, total {total}, {received} bytes ({status.text})")
+    assert ttfa.endswith(" ms") and int(ttfa.split()[0]) <= int(total.split()[0])
+    assert browser.find_element(By.ID, "seed-used").text == "4"
+    with httpx.Client(base_url=server_url, trust_env=False, timeout=60) as client:
+        expected = client.post("/v1/audio/speech", json={"input": TEXT, "seed": 4, "response_format": "pcm"})
+    assert received == len(expected.content) > 0, "the page received the whole stream"
+    # Web Audio: the chunks were decoded and scheduled one after another as they arrived.
+    assert "no audio output" not in status.text
+    assert int(browser.find_element(By.ID, "scheduled").text) > 1
