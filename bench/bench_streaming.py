@@ -1,0 +1,463 @@
+"""Streaming vs non-streaming benchmark for tadastream.
+
+    python bench/bench_streaming.py --mode tiny
+    python bench/bench_streaming.py --mode 1b --dtype fp32 --texts short
+
+Durations predicted by the flow head are replaced by a fixed 4-12 frame pattern (the bench
+patches ``tadastream.generation.decode_time``), so every run speaks the same number of frames
+and runs on different machines, dtypes or commits compare. Weights are random: audio is noise,
+timings are real.
+
+Writes a table to stdout and raw JSON to ``bench/results/<date>-<machine>-<mode>-<dtype>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+try:
+    import tadastream  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+import tadastream.generation as gen  # noqa: E402
+from tadastream.codec.decoder import Decoder, expand_tokens  # noqa: E402
+from tadastream.codec.streaming import StreamingDecoder  # noqa: E402
+from tadastream.config import DecoderConfig, tada_config  # noqa: E402
+from tadastream.demo import build_demo_model, demo_tokenizer, demo_voice  # noqa: E402
+from tadastream.model import TadaForCausalLM  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SAMPLE_RATE = 24000
+TEXT_TOKENS = {"short": 10, "medium": 40, "long": 150}
+WORDS = (
+    "the quick brown fox jumps over the lazy dog while seven wizards quietly judge a box of "
+    "mixed jams and the river keeps running past old stone bridges toward the distant sea"
+).split()
+
+# -- fixed durations ----------------------------------------------------------------------------
+_PATTERN = (4, 7, 5, 9, 6, 12, 8, 4, 10, 5, 11, 6)  # frames, mean 7.25
+_calls = [0]
+_real_decode_time = gen.decode_time
+
+
+def _fixed_decode_time(bits: torch.Tensor, num_bits: int) -> torch.Tensor:
+    value = _PATTERN[_calls[0] % len(_PATTERN)]
+    _calls[0] += 1
+    return torch.full(bits.shape[:-1], value, dtype=torch.long, device=bits.device)
+
+
+def reset_durations(seed: int = 0) -> None:
+    """Same durations and same random numbers for the next generation."""
+    _calls[0] = 0
+    torch.manual_seed(seed)
+
+
+gen.decode_time = _fixed_decode_time
+
+
+# -- models -------------------------------------------------------------------------------------
+def tada_1b_config():
+    tok_len = len(demo_tokenizer())
+    assert tok_len <= 128256
+    return tada_config(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        acoustic_dim=512,
+        num_time_classes=256,
+        shift_acoustic=5,
+        head_layers=6,
+        head_ffn_ratio=4.0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
+@torch.no_grad()
+def build_1b(dtype: torch.dtype, device: str) -> TadaForCausalLM:
+    config = tada_1b_config()
+    with torch.device("meta"):
+        model = TadaForCausalLM(config)
+        decoder = Decoder(DecoderConfig())
+    model.to_empty(device="cpu")
+    decoder.to_empty(device="cpu")
+    model._init_non_persistent()
+    gen_ = torch.Generator().manual_seed(0)
+    for name, p in list(model.named_parameters()) + [("decoder." + n, q) for n, q in decoder.named_parameters()]:
+        if name.endswith("alpha"):
+            p.uniform_(0.5, 1.5, generator=gen_)
+        elif p.dim() == 1:
+            p.fill_(1.0 if "norm" in name or name.endswith("weight_g") else 0.0)
+        else:
+            p.normal_(0.0, min(0.02, 1.0 / max(p.shape[-1], 1) ** 0.5), generator=gen_)
+    model.lm_head.weight = model.model.embed_tokens.weight
+    model.decoder = decoder.eval()
+    model.tokenizer = demo_tokenizer()
+    model._codec_source = None
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def build_model(args) -> TadaForCausalLM:
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    if args.mode == "tiny":
+        return build_demo_model().to(device=args.device, dtype=dtype).eval()
+    return build_1b(dtype, args.device)
+
+
+def make_text(tok, n_tokens: int) -> str:
+    words: list[str] = []
+    i = 0
+    while len(tok.encode(" ".join(words), add_special_tokens=False)) < n_tokens:
+        words.append(WORDS[i % len(WORDS)])
+        i += 1
+    return " ".join(words).capitalize() + "."
+
+
+# -- measurements -------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeat: int = 1):
+    """(min seconds, last result)."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def run_stream(model, voice, text):
+    reset_durations()
+    stream = gen.generate(model, voice, text, stream=True)
+    samples = 0
+    for chunk, _sr in stream:
+        samples += chunk.numel()
+    return stream, samples
+
+
+def bench_text(model, voice, text: str, repeat: int) -> dict:
+    dev = model.device
+    row: dict = {"text_tokens": len(model.tokenizer.encode(text, add_special_tokens=False)), "text": text}
+
+    # 1. non-streaming generate(): steps + one-pass decode
+    def non_stream():
+        reset_durations()
+        return gen.generate(model, voice, text)
+
+    t_ns, out = timed(non_stream, dev)
+    audio_s = out.audio[0].numel() / SAMPLE_RATE
+    row.update(nonstream_total_s=t_ns, audio_s=audio_s, nonstream_rtf=t_ns / audio_s)
+
+    # 2. streaming generate(stream=True)
+    _sync(dev)
+    t0 = time.perf_counter()
+    stream, samples = run_stream(model, voice, text)
+    _sync(dev)
+    t_s = time.perf_counter() - t0
+    res = stream.result
+    row.update(
+        stream_total_s=t_s,
+        stream_result_total_s=res.total_time,
+        ttfa_s=res.time_to_first_audio,
+        stream_audio_s=samples / SAMPLE_RATE,
+        stream_rtf=t_s / (samples / SAMPLE_RATE),
+        chunk_times=res.chunk_times,
+        chunk_samples=res.chunk_samples,
+        stream_over_nonstream=t_s / t_ns,
+    )
+
+    # 3. per-token LLM / flow split from generate_steps
+    reset_durations()
+    plan = gen.plan_generation(model, voice, text)
+    llm = flow = 0.0
+    n_pred = n_prompted = 0
+    raw = None
+    t0 = time.perf_counter()
+    for item in gen.generate_steps(model, plan):
+        if isinstance(item, gen.StepOutput):
+            if item.source == "predicted":
+                n_pred += 1
+                llm += item.llm_time
+                flow += item.flow_time
+            else:
+                n_prompted += 1
+        else:
+            raw = item
+    steps_total = time.perf_counter() - t0
+    row.update(
+        steps_total_s=steps_total,
+        predicted_tokens=n_pred,
+        prompted_frames=n_prompted,
+        llm_s_per_token=llm / max(n_pred, 1),
+        flow_s_per_token=flow / max(n_pred, 1),
+    )
+
+    # 4. decoder: streaming vs one pass on the same frames; transformer vs CNN
+    decoder = model.require_decoder()
+    vectors, time_before = gen.decode_frames(model, plan, raw)
+    vectors, time_before = vectors[0], time_before[0]
+    n_tok = vectors.shape[0]
+    param = decoder.decoder_proj.weight
+    frames = expand_tokens(vectors.to(param), time_before[: n_tok + 1]).unsqueeze(0)
+
+    with torch.inference_mode():
+        t_onepass, _ = timed(lambda: gen.decode_audio(model, vectors, time_before), dev, repeat)
+        t_hidden, hidden = timed(lambda: decoder.hidden(frames), dev, repeat)
+        t_cnn, _ = timed(lambda: decoder.wav_decoder(hidden.transpose(1, 2)), dev, repeat)
+
+        def stream_decode():
+            sd = StreamingDecoder(decoder, 100, gen.leading_trim_frames(int(time_before[0])))
+            n = 0
+            for k in range(n_tok):
+                n += sd.decode_block(vectors[k], int(time_before[k])).numel()
+            n += sd.flush(int(time_before[-1])).numel()
+            return n
+
+        t_sdec, _ = timed(stream_decode, dev, repeat)
+    row.update(
+        decoded_tokens=n_tok,
+        decoded_frames=int(frames.shape[1]),
+        onepass_decode_s=t_onepass,
+        stream_decode_s=t_sdec,
+        stream_decode_over_onepass=t_sdec / t_onepass,
+        dec_transformer_s_per_token=t_hidden / n_tok,
+        dec_cnn_s_per_token=t_cnn / n_tok,
+    )
+    return row
+
+
+def peak_memory(args, name: str) -> dict:
+    """Peak memory of one streaming generation, in a fresh process (CPU: ru_maxrss; GPU: allocator)."""
+    cmd = [sys.executable, __file__, "--mode", args.mode, "--dtype", args.dtype, "--device", args.device]
+    cmd += ["--_peak", name]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _peak_child(args) -> None:
+    model = build_model(args)
+    voice = demo_voice(model)
+    text = make_text(model.tokenizer, TEXT_TOKENS[args._peak])
+    dev = model.device
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run_stream(model, voice, text)
+        peak = torch.cuda.max_memory_allocated()
+        print(json.dumps({"kind": "cuda_allocated", "base_mb": base / 2**20, "peak_mb": peak / 2**20}))
+        return
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    run_stream(model, voice, text)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"kind": "ru_maxrss", "base_mb": base, "peak_mb": peak}))
+
+
+# -- output -------------------------------------------------------------------------------------
+def machine_name() -> str:
+    import os
+
+    name = f"{platform.system()}-{platform.machine()}-{os.cpu_count()}cpu-torch{torch.__version__}"
+    if torch.cuda.is_available():
+        name += "-" + torch.cuda.get_device_name(0)
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
+
+
+def print_table(rows: dict) -> None:
+    cols = [
+        ("tok", "text_tokens", "{:d}"),
+        ("audio s", "audio_s", "{:.2f}"),
+        ("non-str s", "nonstream_total_s", "{:.3f}"),
+        ("stream s", "stream_total_s", "{:.3f}"),
+        ("str/non", "stream_over_nonstream", "{:.3f}"),
+        ("TTFA s", "ttfa_s", "{:.3f}"),
+        ("RTF str", "stream_rtf", "{:.3f}"),
+        ("LLM s/tok", "llm_s_per_token", "{:.4f}"),
+        ("flow s/tok", "flow_s_per_token", "{:.4f}"),
+        ("decTF s/tok", "dec_transformer_s_per_token", "{:.5f}"),
+        ("CNN s/tok", "dec_cnn_s_per_token", "{:.5f}"),
+        ("1pass dec s", "onepass_decode_s", "{:.4f}"),
+        ("str dec s", "stream_decode_s", "{:.4f}"),
+        ("str/1pass", "stream_decode_over_onepass", "{:.3f}"),
+        ("peak MB", "stream_peak_mb", "{:.0f}"),
+    ]
+    head = f"{'text':<7}" + "".join(f"{h:>12}" for h, _, _ in cols)
+    print(head)
+    print("-" * len(head))
+    for name, row in rows.items():
+        cells = []
+        for _, key, fmt in cols:
+            v = row.get(key)
+            cells.append(f"{fmt.format(v):>12}" if v is not None else f"{'-':>12}")
+        print(f"{name:<7}" + "".join(cells))
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = result["texts"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, row in rows.items():
+        t = row["chunk_times"]
+        audio = [sum(row["chunk_samples"][: i + 1]) / SAMPLE_RATE for i in range(len(t))]
+        ax1.step(t, audio, where="post", label=f"{name} ({row['text_tokens']} tok)")
+    lim = max(max(r["chunk_times"]) for r in rows.values())
+    ax1.plot([0, lim], [0, lim], "k--", lw=0.8, label="real time")
+    ax1.set_xlabel("wall clock s")
+    ax1.set_ylabel("audio delivered s")
+    ax1.set_title("streaming chunk timeline")
+    ax1.legend()
+    parts = ["llm_s_per_token", "flow_s_per_token", "dec_transformer_s_per_token", "dec_cnn_s_per_token"]
+    names = list(rows)
+    bottom = [0.0] * len(names)
+    for part in parts:
+        vals = [rows[n][part] for n in names]
+        ax2.bar(names, vals, bottom=bottom, label=part.replace("_s_per_token", ""))
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax2.set_ylabel("s per token")
+    ax2.set_title("per-token time split")
+    ax2.legend()
+    fig.suptitle(f"tadastream {result['mode']} {result['dtype']} on {result['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("tiny", "1b"), default="tiny")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--texts", default="short,medium,long", help="comma-separated: short (~10 tok), medium, long")
+    ap.add_argument("--repeat", type=int, default=None, help="decoder timing repeats (min taken); 3 tiny, 1 for 1b")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--mem", action=argparse.BooleanOptionalAction, default=None,
+                    help="peak memory per text in a fresh process (default: on for tiny, off for 1b)")
+    ap.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--_peak", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args._peak:
+        _peak_child(args)
+        return 0
+    texts = [t.strip() for t in args.texts.split(",") if t.strip()]
+    for t in texts:
+        if t not in TEXT_TOKENS:
+            ap.error(f"unknown text {t!r}; use {', '.join(TEXT_TOKENS)}")
+    repeat = args.repeat or (3 if args.mode == "tiny" else 1)
+    mem = args.mem if args.mem is not None else args.mode == "tiny"
+
+    t0 = time.perf_counter()
+    model = build_model(args)
+    build_s = time.perf_counter() - t0
+    n_params = sum(p.numel() for p in model.parameters())
+    n_dec = sum(p.numel() for p in model.decoder.parameters())
+    print(f"model {args.mode} {args.dtype} on {args.device}: {n_params / 1e6:.1f} M params "
+          f"(codec decoder {n_dec / 1e6:.1f} M), built in {build_s:.1f} s, threads {torch.get_num_threads()}")
+    voice = demo_voice(model)
+
+    # warm-up (allocator, kernels) on a few words
+    t0 = time.perf_counter()
+    run_stream(model, voice, "Hello there.")
+    print(f"warm-up {time.perf_counter() - t0:.1f} s")
+
+    rows = {}
+    for name in texts:
+        text = make_text(model.tokenizer, TEXT_TOKENS[name])
+        rows[name] = bench_text(model, voice, text, repeat)
+        print(f"{name}: done ({rows[name]['stream_total_s']:.2f} s streaming)", flush=True)
+        if mem:
+            m = peak_memory(args, name)
+            rows[name].update(stream_peak_mb=m["peak_mb"], mem_base_mb=m["base_mb"], mem_kind=m["kind"])
+
+    ratios = {}
+    ratios["stream_total_over_nonstream_total"] = {n: r["stream_over_nonstream"] for n, r in rows.items()}
+    ratios["stream_decode_over_onepass_decode"] = {n: r["stream_decode_over_onepass"] for n, r in rows.items()}
+    if "short" in rows and "long" in rows:
+        ratios["ttfa_long_over_short"] = rows["long"]["ttfa_s"] / rows["short"]["ttfa_s"]
+        if mem:
+            s, lg = rows["short"], rows["long"]
+            ratios["peak_mem_stream_long_over_short"] = lg["stream_peak_mb"] / s["stream_peak_mb"]
+            gs, gl = s["stream_peak_mb"] - s["mem_base_mb"], lg["stream_peak_mb"] - lg["mem_base_mb"]
+            ratios["peak_mem_growth_over_weights_long_over_short"] = gl / gs if gs > 0 else None
+
+    print()
+    print_table(rows)
+    print()
+    for k, v in ratios.items():
+        if isinstance(v, dict):
+            print(f"{k}: " + ", ".join(f"{n}={x:.3f}" for n, x in v.items()))
+        else:
+            print(f"{k}: {v:.3f}" if v is not None else f"{k}: n/a")
+
+    date = _dt.date.today().isoformat()
+    machine = machine_name()
+    result = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine,
+        "platform": platform.platform(),
+        "cpu_count": __import__("os").cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "mode": args.mode,
+        "dtype": args.dtype,
+        "device": args.device,
+        "params": n_params,
+        "decoder_params": n_dec,
+        "build_s": build_s,
+        "duration_pattern_frames": list(_PATTERN),
+        "texts": rows,
+        "ratios": ratios,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{date}-{machine}-{args.mode}-{args.dtype}"
+    path = args.out / f"{stem}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {path}")
+    if args.plot:
+        png = args.out / f"{stem}.png"
+        print(f"wrote {png}" if plot(result, png) else "matplotlib not installed: no plot")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
