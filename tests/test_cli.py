@@ -1,0 +1,469 @@
+"""The ``tadastream`` command line, run as a subprocess like a user would.
+
+Each subprocess pays the torch import, and each model run a few seconds more, so the successful
+runs are few and each checks several things; the error paths never load a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / "ljspeech.wav"
+FAST = ["--flow-steps", "2"]  # fewer flow-matching steps: same machinery, less time
+
+
+def run_cli(*args, stdin: bytes | str | None = None, env: dict | None = None, pythonpath=(), cwd=None, timeout=300):
+    """``python -m tadastream ARGS``; returns the CompletedProcess (stdout as bytes, stderr as text)."""
+    environment = dict(os.environ)
+    environment.pop("TADASTREAM_MODEL", None)
+    environment["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), str(SRC)])
+    environment.update(env or {})
+    if isinstance(stdin, str):
+        stdin = stdin.encode()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tadastream", *map(str, args)],
+        input=stdin if stdin is not None else b"",
+        capture_output=True,
+        env=environment,
+        cwd=cwd,
+        timeout=timeout,
+    )
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, proc.stderr.decode(errors="replace"))
+
+
+def assert_user_error(proc, code: int, *needles: str) -> str:
+    """Non-zero exit, exactly one ``error:`` line, no traceback; returns that line."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def parse_streaming_wav(data: bytes) -> tuple[int, bytes]:
+    """Tolerant WAV reader: the sizes of a streamed header are 0xFFFFFFFF, so read to the end."""
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE", data[:16]
+    pos, rate = 12, None
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        body = pos + 8
+        if chunk_id == b"fmt ":
+            fmt, channels, rate, byte_rate, align, bits = struct.unpack("<HHIIHH", data[body : body + 16])
+            assert (fmt, channels, align, bits) == (1, 1, 2, 16)
+            assert byte_rate == rate * 2
+        elif chunk_id == b"data":
+            assert rate is not None, "data before fmt"
+            end = len(data) if size == 0xFFFFFFFF else body + size
+            return rate, data[body:end]
+        pos = body + size + (size & 1)
+    raise AssertionError("no data chunk")
+
+
+@pytest.fixture(scope="module")
+def demo_voice_file(tmp_path_factory) -> Path:
+    """The demo model's default voice saved as a .voice file."""
+    from tadastream.demo import build_demo_model, demo_voice
+
+    path = tmp_path_factory.mktemp("voice") / "demo.voice"
+    demo_voice(build_demo_model()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fake_modules(tmp_path_factory) -> dict[str, Path]:
+    """Stand-ins for ``sounddevice``: one that is absent, one that records what it plays."""
+    root = tmp_path_factory.mktemp("fake")
+    absent = root / "absent"
+    absent.mkdir()
+    (absent / "sounddevice.py").write_text("raise ImportError('No module named sounddevice')\n")
+    player = root / "player"
+    player.mkdir()
+    (player / "sounddevice.py").write_text(
+        """
+import json, os, threading, time
+import numpy as np
+
+class CallbackStop(Exception):
+    pass
+
+class PortAudioError(Exception):
+    pass
+
+def query_devices(kind=None):
+    if os.environ.get("FAKE_SD_NO_DEVICE"):
+        raise PortAudioError("Error querying device -1")
+    return {"name": "fake", "max_output_channels": 2}
+
+class OutputStream:
+    def __init__(self, samplerate, channels, dtype, callback, finished_callback=None):
+        self.samplerate, self.channels, self.callback, self.done = samplerate, channels, callback, finished_callback
+
+    def start(self):
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        played, calls = [], 0
+        while True:
+            out = np.full((960, self.channels), 9.0, dtype=np.float32)
+            stop = False
+            try:
+                self.callback(out, 960, None, None)
+            except CallbackStop:
+                stop = True
+            calls += 1
+            played.append(out[:, 0].copy())
+            if stop:
+                break
+            time.sleep(0.001)
+        audio = np.concatenate(played)
+        with open(os.environ["FAKE_SD_LOG"], "w") as fh:
+            json.dump({"rate": self.samplerate, "calls": calls, "unfilled": int((audio == 9.0).sum()),
+                       "audible": int((audio != 0).sum())}, fh)
+        if self.done:
+            self.done()
+
+    def close(self):
+        pass
+
+    def abort(self):
+        pass
+"""
+    )
+    return {"absent": absent, "player": player}
+
+
+# ------------------------------------------------------------------------------------------------
+# successful runs (each loads the demo model once)
+
+
+def test_speak_to_file_with_timeline(tmp_path):
+    out, png = tmp_path / "out.wav", tmp_path / "timeline.png"
+    proc = run_cli("speak", "Hello there.", "--model", "demo", "-o", out, "--timeline", png, "--seed", "1", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    import soundfile as sf
+
+    audio, rate = sf.read(out)
+    assert rate == 24000 and audio.ndim == 1 and len(audio) > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "first audio after" in proc.stderr and f"wrote {out}" in proc.stderr
+    assert proc.stdout == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav", "timeline.png"]  # no temp files left
+
+
+def test_speak_stdin_stream_raw_to_stdout():
+    proc = run_cli(
+        "speak", "-", "--model", "demo", "--stream", "-o", "-", "--format", "raw", *FAST, stdin="Hi there.\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout) > 0 and len(proc.stdout) % 2 == 0
+    assert proc.stdout[:4] != b"RIFF"
+    assert proc.stderr.strip() == ""  # no progress when the audio goes to stdout
+    import numpy as np
+
+    pcm = np.frombuffer(proc.stdout, dtype="<i2")
+    assert np.abs(pcm).max() > 0
+
+
+def test_speak_voice_file_stream_wav_to_stdout(demo_voice_file):
+    proc = run_cli("speak", "Hello.", "--model", "demo", "--voice", demo_voice_file, "--stream", "-o", "-", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout[4:8] == b"\xff\xff\xff\xff"  # streaming header: length unknown
+    rate, payload = parse_streaming_wav(proc.stdout)
+    assert rate == 24000
+    assert len(payload) > 0 and len(payload) % 2 == 0
+
+
+def test_speak_stream_plays_through_sounddevice(tmp_path, fake_modules):
+    log = tmp_path / "played.json"
+    proc = run_cli(
+        "speak",
+        "Hi.",
+        "--model",
+        "demo",
+        "--stream",
+        *FAST,
+        pythonpath=[fake_modules["player"]],
+        env={"FAKE_SD_LOG": str(log)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    played = json.loads(log.read_text())
+    assert played["rate"] == 24000
+    assert played["unfilled"] == 0  # the callback filled every buffer (silence while waiting)
+    assert played["audible"] > 0
+    assert "played" in proc.stderr
+
+
+def test_demo_reports_timings_and_writes_wav(tmp_path):
+    out = tmp_path / "demo.wav"
+    proc = run_cli("demo", "-o", out, "--text", "Hello there.")
+    assert proc.returncode == 0, proc.stderr
+    report = proc.stdout.decode()
+    assert "noise-like" in report and "random weights" in report
+    assert "time to first audio:" in report and "total time:" in report
+    assert "real-time factor" in report and "audio seconds / wall seconds" in report
+    import soundfile as sf
+
+    audio, rate = sf.read(out)
+    assert rate == 24000 and len(audio) > 0
+
+
+def _tiny_codec(root: Path) -> Path:
+    """A codec directory (encoder/ + aligner/) with random weights sized for the demo model."""
+    import torch
+    from transformers import Wav2Vec2Config
+
+    from tadastream.codec.aligner import Aligner
+    from tadastream.codec.encoder import Encoder
+    from tadastream.config import AlignerConfig, EncoderConfig
+    from tadastream.demo import build_demo_model, demo_tokenizer
+
+    acoustic_dim = build_demo_model().config.acoustic_dim
+    tok = demo_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = Encoder(
+            EncoderConfig(
+                hidden_dim=32, embed_dim=acoustic_dim, num_attn_layers=1, num_attn_heads=2, attn_dim_feedforward=64
+            )
+        )
+        encoder.save_pretrained(root / "encoder")
+        w2v = Wav2Vec2Config(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            conv_dim=[16] * 7,
+            conv_stride=[5, 2, 2, 2, 2, 2, 2],
+            conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2,
+        )
+        Aligner(AlignerConfig(), tokenizer=tok, wav2vec2_config=w2v).save_pretrained(root / "aligner")
+    return root
+
+
+@pytest.mark.skipif(not SAMPLE.is_file(), reason="shared/samples/ljspeech.wav is not here")
+def test_encode_voice_round_trip(tmp_path):
+    import soundfile as sf
+
+    from tadastream.codec.encoder import EncoderOutput
+
+    codec = _tiny_codec(tmp_path / "codec")
+    audio, rate = sf.read(SAMPLE)
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, audio[: int(1.5 * rate)], rate)  # a short clip keeps the random CNN quick
+    out = tmp_path / "me.voice"
+    proc = run_cli("encode-voice", clip, "--text", "The examination and testimony", "--codec", codec, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stderr
+    voice = EncoderOutput.load(out)
+    assert voice.text == ["The examination and testimony"]
+    assert voice.token_values.shape[0] == 1 and voice.token_values.shape[2] == 32
+    assert voice.token_values.shape[1] == int(voice.text_tokens_len[0]) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.wav", "codec", "me.voice"]
+
+
+# ------------------------------------------------------------------------------------------------
+# user errors: one line, how to fix it, nothing written, no model loaded
+
+
+def test_empty_text(tmp_path):
+    proc = run_cli("speak", "   ", "--model", "demo", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 2, "text is empty")
+    assert not list(tmp_path.iterdir())
+
+
+def test_empty_stdin(tmp_path):
+    proc = run_cli("speak", "-", "--model", "demo", "-o", tmp_path / "x.wav", stdin="\n  \n")
+    assert_user_error(proc, 2, "text is empty")
+
+
+def test_missing_voice_file(tmp_path):
+    proc = run_cli("speak", "Hi.", "--voice", tmp_path / "nope.wav", "--voice-text", "hi", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 2, "not found")
+    proc = run_cli("speak", "Hi.", "--voice", tmp_path / "nope.voice", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 2, "not found")
+    assert not list(tmp_path.iterdir())
+
+
+def test_unreadable_voice_files(tmp_path):
+    (tmp_path / "bad.wav").write_text("not audio")
+    (tmp_path / "bad.voice").write_text("not a voice")
+    proc = run_cli("speak", "Hi.", "--voice", tmp_path / "bad.wav", "--voice-text", "hi", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 2, "could not read audio")
+    proc = run_cli("speak", "Hi.", "--voice", tmp_path / "bad.voice", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 2, "not an encoded voice", "encode-voice")
+    proc = run_cli("speak", "Hi.", "--voice", tmp_path / "bad.wav", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 2, "--voice-text")
+
+
+def test_bad_output_extension(tmp_path):
+    proc = run_cli("speak", "Hi.", "--model", "demo", "-o", tmp_path / "x.mp4")
+    assert_user_error(proc, 2, ".mp4", ".wav")
+    proc = run_cli("demo", "-o", tmp_path / "x.txt")
+    assert_user_error(proc, 2, ".txt")
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_format(tmp_path):
+    assert_user_error(run_cli("speak", "Hi.", "--model", "demo", "-o", "-", "--format", "mp4"), 2, "--format", "wav")
+    proc = run_cli("speak", "Hi.", "--model", "demo", "-o", tmp_path / "x.wav", "--format", "raw")
+    assert_user_error(proc, 2, "--format is for -o -")
+
+
+def test_stream_without_sounddevice_or_output(fake_modules):
+    proc = run_cli("speak", "Hi.", "--model", "demo", "--stream", pythonpath=[fake_modules["absent"]])
+    assert_user_error(proc, 2, "tadastream[play]", "-o")
+
+
+def test_no_audio_device(tmp_path, fake_modules):
+    proc = run_cli(
+        "speak",
+        "Hi.",
+        "--model",
+        "demo",
+        "--stream",
+        pythonpath=[fake_modules["player"]],
+        env={"FAKE_SD_NO_DEVICE": "1", "FAKE_SD_LOG": str(tmp_path / "log")},
+    )
+    assert_user_error(proc, 2, "no audio output device", "-o")
+
+
+def test_model_directory_missing(tmp_path):
+    proc = run_cli("speak", "Hi.", "--model", tmp_path / "no-such-model", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 2, "no such directory", "--model demo")
+
+
+def test_real_model_needs_a_voice(tmp_path):
+    proc = run_cli("speak", "Hi.", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 2, "--voice", "encode-voice")
+
+
+def test_hub_offline_fails_fast(tmp_path, demo_voice_file):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = run_cli("speak", "Hi.", "--voice", demo_voice_file, "-o", tmp_path / "x.wav", env=env, timeout=60)
+    assert_user_error(proc, 1, "HumeAI/tada-1b", "local directory", "--model demo")
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_text_too_long_is_a_runtime_error(tmp_path):
+    proc = run_cli("speak", "word " * 5000, "--model", "demo", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 1, "too long")
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_options(tmp_path):
+    assert_user_error(run_cli("speak", "Hi.", "--model", "demo", "--temperature", "-1"), 2, "--temperature")
+    proc = run_cli("speak", "Hi.", "--model", "demo", "-o", tmp_path / "x.wav", "--timeline", tmp_path / "t.jpg")
+    assert_user_error(proc, 2, ".png")
+    proc = run_cli("speak", "Hi.", "--model", "demo", "-o", tmp_path / "x.wav", "--device", "nonsense")
+    assert_user_error(proc, 2, "--device")
+
+
+def test_encode_voice_errors(tmp_path):
+    clip = tmp_path / "clip.wav"
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(clip, 0.1 * np.sin(np.arange(24000) / 10), 24000)
+    assert_user_error(run_cli("encode-voice", clip, "--text", "hi", "-o", tmp_path / "me.wav"), 2, ".voice")
+    assert_user_error(run_cli("encode-voice", tmp_path / "nope.wav", "--text", "hi", "-o", tmp_path / "a.voice"), 2)
+    assert_user_error(run_cli("encode-voice", clip, "--text", " ", "-o", tmp_path / "a.voice"), 2, "empty")
+    proc = run_cli("encode-voice", clip, "--text", "hi", "-o", tmp_path / "a.voice", "--codec", tmp_path / "none")
+    assert_user_error(proc, 2, "--codec")
+    proc = run_cli("encode-voice", clip, "--text", "hi", "-o", tmp_path / "a.voice", "--language", "xx")
+    assert_user_error(proc, 2, "language")
+    proc = run_cli(
+        "encode-voice",
+        clip,
+        "--text",
+        "hi",
+        "-o",
+        tmp_path / "a.voice",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+        timeout=60,
+    )
+    assert_user_error(proc, 1, "HumeAI/tada-codec", "local directory")
+    assert not (tmp_path / "a.voice").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = run_cli("speak", "   ", "--model", "demo", "-o", tmp_path / "x.wav", "--debug")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_help_and_usage():
+    for command in ("speak", "encode-voice", "demo"):
+        proc = run_cli(command, "--help")
+        assert proc.returncode == 0 and b"usage: tadastream " + command.encode() in proc.stdout
+    assert_user_error(run_cli("speak"), 2, "TEXT")
+    assert_user_error(run_cli("bogus"), 2, "speak")
+    assert run_cli().returncode == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# in-process checks of the pieces
+
+
+def test_option_defaults_match_inference_options():
+    from tadastream.cli import OPTION_DEFAULTS, build_parser
+    from tadastream.generation import InferenceOptions
+
+    args = build_parser().parse_args(["speak", "x"])
+    defaults = InferenceOptions()
+    assert args.temperature == defaults.text_temperature == OPTION_DEFAULTS["temperature"]
+    assert args.cfg_scale == defaults.acoustic_cfg_scale
+    assert args.flow_steps == defaults.num_flow_matching_steps
+    assert args.noise_temperature == defaults.noise_temperature
+    assert args.speed is defaults.speed_up_factor is None
+    import inspect
+
+    from tadastream.generation import generate
+
+    assert args.transition_steps == inspect.signature(generate).parameters["num_transition_steps"].default
+    assert {f.name for f in dataclasses.fields(InferenceOptions)} >= {"text_temperature", "acoustic_cfg_scale"}
+
+
+def test_simulate_playback_shows_stalls():
+    from tadastream.timeline import simulate_playback
+
+    # 1 s ready at t=1, then 1 s more at t=3: playback runs dry at t=2 and waits until t=3.
+    play = simulate_playback([1.0, 3.0], [1.0, 1.0])
+    assert play.stalls == [(2.0, 3.0)]
+    assert play.wall[-1] == 4.0 and play.audio[-1] == 2.0
+    # Chunks arriving ahead of playback: no stall.
+    smooth = simulate_playback([1.0, 1.5, 2.0], [1.0, 1.0, 1.0])
+    assert smooth.stalls == [] and smooth.wall[-1] == 4.0
+
+
+def test_plot_timeline_without_matplotlib(tmp_path, monkeypatch):
+    import builtins
+
+    from tadastream.timeline import MissingMatplotlibError, plot_timeline
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(MissingMatplotlibError, match=r"tadastream\[plot\]"):
+        plot_timeline(object(), tmp_path / "t.png")
+    assert not list(tmp_path.iterdir())
