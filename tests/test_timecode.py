@@ -72,17 +72,33 @@ def test_decode_ties_follow_round_half_to_even() -> None:
     assert decode_time(torch.full((8,), -2.0), 8).item() == 0
 
 
-def test_decode_clamps_values_far_outside_unit_range() -> None:
+def _reference_arithmetic(bits: list[float]) -> int:
+    """The reference's decode on Python ints: per-bit round((b+1)/2), shifted sum, XOR chain."""
+    n = len(bits)
+    gray = sum(round((b + 1) / 2) * (1 << (n - 1 - i)) for i, b in enumerate(bits))
+    binary, shift = gray, 1
+    while shift < 32:
+        binary ^= binary >> shift
+        shift <<= 1
+    return binary
+
+
+def test_decode_follows_reference_arithmetic_then_clamps() -> None:
+    # Slightly out-of-range bits (a flow sampler's output) decode as the reference does when
+    # that lands in range: such values feed the next LLM step, so parity depends on it.
+    row = [-2.058, -2.028, 0.662, -0.364]
+    expected = _reference_arithmetic(row)
+    assert 0 <= expected <= 15
+    assert decode_time(torch.tensor(row), 4).item() == expected
     gen = torch.Generator().manual_seed(2)
     wild = torch.randn(10_000, 8, generator=gen) * 50
     wild[0] = torch.tensor([5.0, -7.0, 100.0, float("nan"), float("inf"), -float("inf"), 2.0, 3.0])
     decoded = decode_time(wild, 8)
     assert int(decoded.min()) >= 0 and int(decoded.max()) <= 255
-    # Large positive values read as bit 1 and large negative ones as bit 0, NaN as 0.
-    saturated = encode_time(torch.arange(256), 8) * 40.0
-    assert torch.equal(decode_time(saturated, 8), torch.arange(256))
+    for row in wild[1:200]:
+        ref = _reference_arithmetic(row.tolist())
+        assert decode_time(row, 8).item() == min(max(ref, 0), 255)
     assert decode_time(torch.full((8,), float("nan")), 8).item() == 0
-    assert decode_time(torch.full((8,), 1e6), 8).item() == decode_time(torch.ones(8), 8).item()
 
 
 def test_rejects_bad_arguments() -> None:

@@ -45,19 +45,21 @@ def encode_time(frames: torch.Tensor, num_bits: int) -> torch.Tensor:
 def decode_time(bits: torch.Tensor, num_bits: int) -> torch.Tensor:
     """Gray-code bits ``(..., num_bits)`` (ideally +-1, MSB first) back to durations ``(...)``.
 
-    Each value is rounded to a bit as ``round((b + 1) / 2)``, exactly like the reference, so
-    results match it for every input it handles. Values that round beyond 0/1 (far outside +-1,
-    as an unconverged sampler can produce) are clamped to the nearest bit and NaN reads as 0,
-    which keeps the duration within ``[0, 2**num_bits - 1]`` where the reference would produce
-    an out-of-range index. Returns int64.
+    The integer arithmetic is the reference's (``round((b + 1) / 2)`` per bit, Gray to binary by
+    shifted XORs), so every value it produces in range is reproduced, including those from
+    slightly out-of-range bits, which feed back into the next LLM step. Only the final value is
+    clamped to ``[0, 2**num_bits - 1]`` (the reference then indexes out of range); NaN reads as 0.
+    Returns int64.
     """
     _check_bits(num_bits)
     if bits.shape[-1:] != (num_bits,):
         raise ValueError(f"expected a last dimension of {num_bits} bits, got shape {tuple(bits.shape)}")
     if not bits.is_floating_point():
         bits = bits.to(torch.float32)
-    rounded = ((bits + 1.0) / 2.0).round()
-    gray_bits = (rounded >= 1.0).to(torch.long)  # NaN compares False, hence 0
-    # Binary bit k is the XOR of Gray bits from the MSB down to k: a running parity.
-    binary_bits = gray_bits.cumsum(dim=-1) & 1
-    return (binary_bits << _weights(num_bits, bits.device)).sum(dim=-1)
+    rounded = ((bits.float().nan_to_num(0.0).clamp(-1e6, 1e6) + 1.0) / 2.0).round().to(torch.long)
+    gray = (rounded * (1 << _weights(num_bits, bits.device))).sum(dim=-1)
+    binary, shift = gray, 1
+    while shift < 32:
+        binary = binary ^ (binary >> shift)
+        shift <<= 1
+    return binary.clamp(0, (1 << num_bits) - 1)
