@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
+from .server import add_serve_arguments
 
 DEFAULT_MODEL = "HumeAI/tada-1b"
 DEFAULT_CODEC = "HumeAI/tada-codec"  # = model.DEFAULT_CODEC; repeated so --help needs no torch import
@@ -253,7 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", metavar="DEV", help="cpu, cuda, ... (default: cpu)")
     _add_common(demo)
     demo.set_defaults(handler=cmd_demo)
+
+    serve = sub.add_parser("serve", help="HTTP/WebSocket speech server (OpenAI-compatible; tadastream[server])")
+    add_serve_arguments(serve)
+    _add_common(serve)
+    serve.set_defaults(handler=cmd_serve)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import run_server
+
+    return run_server(args)
 
 
 # ------------------------------------------------------------------------------------------------
