@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from transformers import DynamicCache
 
+from .text import IncrementalText, tokenize_joint
 from .text import normalize_text as normalize_text_fn
 from .timecode import decode_time
 
@@ -126,18 +127,88 @@ class GenerationOutput:
 
 @dataclass
 class GenerationPlan:
-    """Everything the loop needs, validated, built before any model work."""
+    """Everything the loop needs, validated, built before any model work.
 
-    input_ids: torch.Tensor
+    The LLM input is ``head_ids`` (bos, chat prefix, prompt transcript), the text's ids, then
+    ``tail_ids`` (the end tokens). ``text_ids`` is None while the text is still arriving
+    (``incremental`` then turns pieces into ids).
+    """
+
+    head_ids: list[int]
+    text_ids: list[int] | None
+    tail_ids: list[int]
     prompt_features: torch.Tensor
     prompt_masks: torch.Tensor
     prompt_time_before: torch.Tensor
     prompt_time_after: torch.Tensor
-    num_steps: int
+    num_extra_steps: int
     decode_start: int
     options: InferenceOptions
     use_text_in_prompt: bool
     text: str
+    incremental: Any = None
+    max_positions: int = 131072
+    shift: int = 5
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.head_ids + (self.text_ids or []) + self.tail_ids
+
+    def check_length(self, num_text_ids: int) -> None:
+        if num_text_ids == 0:
+            raise GenerationInputError("text is empty: pass the words to speak")
+        num_steps = len(self.head_ids) + num_text_ids + len(self.tail_ids) + self.num_extra_steps
+        if num_steps > self.max_positions:
+            raise GenerationInputError(
+                f"text too long: {num_steps} positions with the prompt, the model allows {self.max_positions};"
+                " split the text"
+            )
+        if num_steps - self.shift <= self.decode_start:
+            raise GenerationInputError("nothing to speak after the prompt: pass more text or fewer transition steps")
+
+
+class TokenFeed:
+    """The LLM's input ids for one generation: complete from the start, or growing as text arrives.
+
+    ``ensure(n)`` pulls text pieces (blocking on the producer, never spinning) until ``n`` ids are
+    known or the text has ended; at the end the end tokens follow.
+    """
+
+    def __init__(self, plan: GenerationPlan, pull=None):
+        self.plan = plan
+        self.ids = list(plan.head_ids) + list(plan.text_ids or [])
+        self._pull = pull
+        self.ended = plan.text_ids is not None
+        if self.ended:
+            self.ids += plan.tail_ids
+        self.final_length = len(self.ids) if self.ended else None
+
+    @classmethod
+    def complete(cls, ids: list[int]) -> TokenFeed:
+        feed = cls.__new__(cls)
+        feed.plan, feed._pull, feed.ended = None, None, True
+        feed.ids, feed.final_length = list(ids), len(ids)
+        return feed
+
+    def ensure(self, n: int) -> None:
+        while not self.ended and len(self.ids) < n:
+            try:
+                piece = self._pull()
+            except StopIteration:
+                new = self.plan.incremental.finish()
+                self.plan.check_length(len(self.plan.incremental.released))
+                self.plan.text = self.plan.incremental.text
+                self.plan.text_ids = list(self.plan.incremental.released)
+                new += self.plan.tail_ids
+                self.ended = True
+            else:
+                new = self.plan.incremental.push(piece)
+            self.ids += new
+            if self.ended:
+                self.final_length = len(self.ids)
+
+    def tensor(self, device) -> torch.Tensor:
+        return torch.tensor([self.ids], device=device)
 
 
 @dataclass
@@ -172,24 +243,6 @@ def _special_id(tokenizer, token: str) -> int:
     return int(idx)
 
 
-def tokenize_joint(tokenizer, prompt_text: str, text: str, prompt_tokens: list[int] | None) -> list[int]:
-    """Prompt transcript and new text tokenized together, one space between them.
-
-    Tokenizing them separately loses BPE merges at the seam. The joint ids must start with the
-    prompt's own tokens (their positions come from the aligner); when they cannot (a transcript
-    ending in whitespace, say) the new text is tokenized after its space on its own.
-    """
-    prompt_text, text = prompt_text.rstrip(), text.strip()
-    if not prompt_text:
-        return tokenizer.encode(text, add_special_tokens=False)
-    if prompt_tokens is None:
-        prompt_tokens = tokenizer.encode(prompt_text, add_special_tokens=False)
-    joint = tokenizer.encode(prompt_text + " " + text, add_special_tokens=False)
-    if joint[: len(prompt_tokens)] == list(prompt_tokens):
-        return joint
-    return list(prompt_tokens) + tokenizer.encode(" " + text, add_special_tokens=False)
-
-
 def _prompt_on(model, prompt):
     """A copy of the prompt's tensors on the model's device, floats in the model's dtype."""
     out = {}
@@ -215,7 +268,8 @@ def plan_generation(
     normalize_text: bool = True,
 ) -> GenerationPlan:
     opts = (inference_options or InferenceOptions()).validate()
-    if not isinstance(text, str) or not text.strip():
+    incremental = not isinstance(text, str)
+    if not incremental and not text.strip():
         raise GenerationInputError("text is empty: pass the words to speak")
     if num_transition_steps < 0 or num_extra_steps < 0:
         raise GenerationInputError("num_transition_steps and num_extra_steps must be >= 0")
@@ -226,7 +280,8 @@ def plan_generation(
     p = _prompt_on(model, prompt)
     tok = model.tokenizer
     shift = model.config.shift_acoustic
-    text = normalize_text_fn(text) if normalize_text else text
+    if not incremental:
+        text = normalize_text_fn(text) if normalize_text else text
     prompt_text = (p["text"] or [""])[0] or ""
     n_prompt = (
         int(p["text_tokens_len"][0]) if p.get("text_tokens_len") is not None and p["text_tokens_len"].numel() else 0
@@ -234,7 +289,13 @@ def plan_generation(
     known = None
     if p.get("text_tokens") is not None and p["text_tokens"].numel() and n_prompt:
         known = p["text_tokens"].reshape(-1)[:n_prompt].tolist()
-    ids = tokenize_joint(tok, prompt_text, text, known)
+    if known is None and prompt_text.strip():
+        known = tok.encode(prompt_text.rstrip(), add_special_tokens=False)
+    known = known or []
+    if incremental:
+        feed_text, text_ids = IncrementalText(tok, prompt_text, known, normalize_text), None
+    else:
+        feed_text, text_ids = None, tokenize_joint(tok, prompt_text, text, known or None)[len(known) :]
     features = p["token_values"]
     if features.dim() != 3 or features.shape[-1] != model.config.acoustic_dim:
         raise GenerationInputError(
@@ -250,7 +311,7 @@ def plan_generation(
     bos = tok.bos_token_id
     if bos is None:
         raise GenerationInputError("the tokenizer has no bos token: use a Llama 3 tokenizer")
-    input_ids = torch.tensor([[bos] + ids + [eot] * shift], device=model.device)
+    tail_ids = [] if num_extra_steps > 0 else [eot] * shift
 
     classes = model.config.num_time_classes
     # Gap before each prompt token, in frames; index 0 is a pad so time_before[k] is token k-1's.
@@ -258,17 +319,15 @@ def plan_generation(
     gaps = torch.nn.functional.pad(gaps, [1, 0], value=0)
     time_before, time_after = gaps[:, :-1], gaps[:, 1:]
     masks = torch.ones(features.shape[:2], device=model.device, dtype=torch.long)
-    if num_extra_steps > 0:
-        input_ids = input_ids[:, :-shift]
 
     prefix = (
         f"<|start_header_id|>system<|end_header_id|>{system_prompt or ''}<|eot_id|>"
         + (f"<|start_header_id|>user<|end_header_id|>{user_turn_prompt}<|eot_id|>" if user_turn_prompt else "")
         + "<|start_header_id|>assistant<|end_header_id|>"
     )
-    prefix_ids = torch.tensor([tok.encode(prefix, add_special_tokens=False)], device=model.device)
-    n_prefix = prefix_ids.shape[1]
-    input_ids = torch.cat([input_ids[:, :1], prefix_ids, input_ids[:, 1:]], dim=1)
+    prefix_ids = tok.encode(prefix, add_special_tokens=False)
+    n_prefix = len(prefix_ids)
+    head_ids = [bos] + prefix_ids + known
     F = torch.nn.functional
     features = F.pad(features, (0, 0, n_prefix, 0))
     masks = F.pad(masks, (n_prefix, 0))
@@ -279,47 +338,43 @@ def plan_generation(
             cut = 0
         features, masks = features[:, :cut], masks[:, :cut]
         time_before, time_after = time_before[:, :cut], time_after[:, :cut]
-    num_steps = input_ids.shape[1] + num_extra_steps
-    limit = model.config.max_position_embeddings
-    if num_steps > limit:
-        raise GenerationInputError(
-            f"text too long: {num_steps} positions with the prompt, the model allows {limit}; split the text"
-        )
     masks = torch.cat([masks[:, 1:], torch.ones_like(masks[:, :1])], dim=1)
-    decode_start = features.shape[1] + num_transition_steps - 1
-    if num_steps - shift <= decode_start:
-        raise GenerationInputError("nothing to speak after the prompt: pass more text or fewer transition steps")
-    return GenerationPlan(
-        input_ids,
+    plan = GenerationPlan(
+        head_ids,
+        text_ids,
+        tail_ids,
         features,
         masks,
         time_before,
         time_after,
-        num_steps,
-        decode_start,
+        num_extra_steps,
+        features.shape[1] + num_transition_steps - 1,
         opts,
         use_text_in_prompt,
-        text,
+        text if not incremental else "",
+        feed_text,
+        model.config.max_position_embeddings,
+        shift,
     )
+    if not incremental:
+        plan.check_length(len(text_ids))
+    return plan
 
 
-def _mask_prompt_text(input_ids: torch.Tensor, n: int, tok) -> torch.Tensor:
-    """Replace prompt-transcript tokens by the pad token, keeping the chat structure."""
+def _mask_prompt_text(ids: list[int], n: int, tok) -> None:
+    """Replace prompt-transcript tokens (first ``n`` ids) by the pad token, keeping the chat structure."""
     start, end, eot = (_special_id(tok, t) for t in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"))
     pad = _special_id(tok, "<|finetune_right_pad_id|>")
     keep_always = {eot, tok.bos_token_id, tok.eos_token_id}
-    out = input_ids.clone()
-    for row in range(out.shape[0]):
-        in_header = False
-        for t in range(min(n, out.shape[1])):
-            token = int(out[row, t])
-            if token == start:
-                in_header = True
-            elif token == end:
-                in_header = False
-            elif not in_header and token not in keep_always:
-                out[row, t] = pad
-    return out
+    in_header = False
+    for t in range(min(n, len(ids))):
+        token = ids[t]
+        if token == start:
+            in_header = True
+        elif token == end:
+            in_header = False
+        elif not in_header and token not in keep_always:
+            ids[t] = pad
 
 
 # -- flow matching ----------------------------------------------------------------------------
@@ -450,19 +505,23 @@ class _Clock:
 
 @torch.inference_mode()
 def generate_steps(
-    model, plan: GenerationPlan, rng: Rng | None = None
+    model, plan: GenerationPlan, rng: Rng | None = None, pull=None
 ) -> Iterator[StepOutput | SyncTokGenerationOutput]:
-    """Yield a StepOutput per settled frame, then the final SyncTokGenerationOutput."""
+    """Yield a StepOutput per settled frame, then the final SyncTokGenerationOutput.
+
+    ``pull`` returns the next text piece (raising StopIteration at the end) when the plan's text
+    is still arriving.
+    """
     opts = plan.options
     rng = rng or Rng()
+    feed = TokenFeed(plan, pull)
     first_pass = _run_pass(
         model,
-        plan.input_ids,
-        plan.prompt_features,
-        plan.prompt_masks,
+        feed,
+        plan,
+        None,
         plan.prompt_time_before,
         plan.prompt_time_after,
-        plan.num_steps,
         opts,
         plan.use_text_in_prompt,
         rng,
@@ -481,15 +540,15 @@ def generate_steps(
     scaled = (first.time_before.float() / opts.speed_up_factor).round().long()
     forced_before = torch.cat([torch.zeros_like(scaled[:, :1]), scaled], dim=1)
     forced_after = torch.cat([scaled, torch.ones_like(scaled[:, :1])], dim=1)
+    second = TokenFeed.complete(first.input_ids[0].tolist())
     # As in the reference, the second pass masks the prompt text whatever use_text_in_prompt said.
     yield from _run_pass(
         model,
-        first.input_ids,
-        plan.prompt_features,
-        plan.prompt_masks,
+        second,
+        plan,
+        second.final_length - 1,
         forced_before,
         forced_after,
-        first.input_ids.shape[1] - 1,
         replace(opts, speed_up_factor=None),
         False,
         rng,
@@ -497,11 +556,14 @@ def generate_steps(
     )
 
 
-def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use_text_in_prompt, rng, final_pass):
+def _run_pass(
+    model, feed: TokenFeed, plan: GenerationPlan, num_steps, p_tb, p_ta, opts, use_text_in_prompt, rng, final_pass
+):
     tok, cfg = model.tokenizer, model.config
-    shift, dev, B = cfg.shift_acoustic, model.device, input_ids.shape[0]
+    shift, dev, B = cfg.shift_acoustic, model.device, 1
+    p_feat, p_mask = plan.prompt_features, plan.prompt_masks
     if not use_text_in_prompt:
-        input_ids = _mask_prompt_text(input_ids, p_feat.shape[1], tok)
+        _mask_prompt_text(feed.ids, p_feat.shape[1], tok)
     start_h, end_h, eot = (_special_id(tok, t) for t in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"))
     pad = _special_id(tok, "<|finetune_right_pad_id|>")
     clock = _Clock(dev)
@@ -520,7 +582,9 @@ def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use
     flow_times: list[float] = []
     cache = DynamicCache(config=cfg)
 
-    L = input_ids.shape[1]
+    # Enough ids that the prompt, not the text's length, decides the prefill (as for the whole text).
+    feed.ensure(max(p_feat.shape[1], p_tb.shape[1]) + shift + 1)
+    L = len(feed.ids)
     n_ac = min(L - shift - 1, p_feat.shape[1] - 1)
     n_t = min(L - shift - 1, p_tb.shape[1] - 1)
     n_pre = min(n_ac, n_t, max(0, p_tb.shape[1] - 2)) if n_ac > 0 and n_t > 0 else 0
@@ -540,6 +604,7 @@ def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use
         k = min(rows, p_tb.shape[1] - 1)
         pre_tb[:, shift + 1 : shift + 1 + k] = p_tb[:, 1 : 1 + k]
         pre_ta[:, shift + 1 : shift + 1 + k] = p_ta[:, 1 : 1 + k]
+        input_ids = feed.tensor(dev)
         ids = input_ids[:, :prefill_len]
         embeds = model.embed(ids, feats, masks, pre_tb, pre_ta)
         batch = [embeds, embeds] if need_neg_batch else [embeds]
@@ -569,10 +634,16 @@ def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use
             ref_spkr = _prompt_speaker_embedding(model, p_feat)
 
     last_tb = None
-    for step in range(step_start, num_steps):
-        current = input_ids[:, step : step + 1] if step < input_ids.shape[1] else input_ids[:, -1:]
+    step = step_start - 1
+    while True:
+        step += 1
+        feed.ensure(step + 2)  # this step's token, and whether it is the last one
+        if feed.ended and step >= (num_steps if num_steps is not None else feed.final_length + plan.num_extra_steps):
+            break
+        ids = feed.ids
+        current = torch.tensor([[ids[step] if step < len(ids) else ids[-1]]], device=dev)
         t0 = clock.now()
-        need_logits = step >= input_ids.shape[1] - 1
+        need_logits = step >= len(ids) - 1
         rows = [(current, acoustic, a_mask, tb, ta)]
         if need_neg_batch:
             structural = (current == start_h) | (current == end_h) | (current == eot)
@@ -607,11 +678,11 @@ def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use
             if text_only:
                 mix = opts.text_only_logit_scale
                 logits = (model.lm_head(hidden[-B:, -1]).float() * mix + logits) / (mix + 1)
-            nxt = sample_next_token(logits, input_ids, opts, rng.device)
-            input_ids = torch.cat([input_ids, nxt.long()], dim=1)
+            nxt = sample_next_token(logits, feed.tensor(dev), opts, rng.device)
+            feed.ids.append(int(nxt))
             token_out.append(nxt)
         else:
-            token_out.append(input_ids[:, step + 1 : step + 2])
+            token_out.append(torch.tensor([[ids[step + 1]]], device=dev))
 
         if step >= shift:
             k = step - shift
@@ -648,7 +719,7 @@ def _run_pass(model, input_ids, p_feat, p_mask, p_tb, p_ta, num_steps, opts, use
         acoustic_features=torch.cat([f.reshape(B, 1, -1) for f in features_out], dim=1),
         time_before=torch.cat([t.reshape(B, 1) for t in time_out], dim=1),
         text_token_ids=torch.cat(token_out, dim=1) if token_out else None,
-        input_ids=input_ids,
+        input_ids=feed.tensor(dev),
         llm_time=sum(llm_times) / max(len(llm_times), 1),
         diffusion_time=sum(flow_times) / max(len(flow_times), 1),
     )
@@ -674,9 +745,9 @@ def finish_output(model, plan: GenerationPlan, raw: SyncTokGenerationOutput, aud
         text=[plan.text],
         acoustic_features=raw.acoustic_features * cfg.acoustic_std + cfg.acoustic_mean,
         time_before=time_before,
-        prompt_text_tokens=plan.input_ids,
-        input_text_ids=plan.input_ids,
-        input_str=[tok.decode(row) for row in plan.input_ids],
+        prompt_text_tokens=torch.tensor([plan.input_ids]),
+        input_text_ids=torch.tensor([plan.input_ids]),
+        input_str=[tok.decode(plan.input_ids)],
         output_text_ids=raw.text_token_ids,
         text_token_ids=raw.text_token_ids,
         output_str=[tok.decode(row) for row in raw.text_token_ids] if raw.text_token_ids is not None else None,
@@ -717,6 +788,9 @@ def generate(
 
     Returns a :class:`GenerationOutput` (``audio[i]``: 1-D float tensor at 24 kHz), or with
     ``stream=True`` an :class:`~tadastream.stream.AudioStream` yielding ``(chunk, sample_rate)``.
+    With ``stream=True``, ``text`` may also be an iterable or async iterable of string pieces
+    (characters, words, LLM tokens): speech starts before the text is complete, and the audio
+    equals that of the whole text passed at once.
     """
     kwargs = dict(
         num_transition_steps=num_transition_steps,
@@ -730,12 +804,8 @@ def generate(
     if stream:
         from .stream import AudioStream
 
-        if not isinstance(text, str) and not hasattr(text, "__iter__"):
-            raise GenerationInputError("text must be a string or an iterable of string pieces")
-        if isinstance(text, list):
-            if len(text) != 1:
-                raise GenerationInputError("stream=True speaks one text at a time: pass a string")
-            text = text[0]
+        if not isinstance(text, str) and not hasattr(text, "__iter__") and not hasattr(text, "__aiter__"):
+            raise GenerationInputError("text must be a string, or an iterable / async iterable of string pieces")
         model.require_decoder()
         return AudioStream(model, prompt, text, window_size=streaming_cnn_window_size, **kwargs)
     texts = [text] if isinstance(text, str) else list(text)

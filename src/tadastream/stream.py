@@ -10,6 +10,7 @@ the KV cache and decoder state immediately.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,10 @@ from .generation import (
 SAMPLE_RATE = 24000
 
 
+class _Cancelled(Exception):
+    """The consumer went away while the loop waited for text."""
+
+
 class AudioStream:
     """Iterate ``for chunk, sample_rate in stream``; ``stream.result`` is set after the last chunk.
 
@@ -43,6 +48,9 @@ class AudioStream:
         self.started_at = time.perf_counter()
         self.model = model
         self.window_size = window_size
+        self._pieces = None if isinstance(text, str) else text
+        self._pull = None
+        self._pending = None  # a text piece being awaited from an async producer
         self._plan = plan_generation(model, prompt, text, **plan_kwargs)
         self._rng = Rng.fork_global(model.device)
         self._steps: Iterator | None = None
@@ -69,7 +77,7 @@ class AudioStream:
             if self._done:
                 return None
             if self._steps is None:
-                self._steps = generate_steps(self.model, self._plan, self._rng)
+                self._steps = generate_steps(self.model, self._plan, self._rng, self._text_puller())
                 self._decoder = StreamingDecoder(self.model.require_decoder(), self.window_size)
             try:
                 while True:
@@ -83,9 +91,39 @@ class AudioStream:
                         self._release()
                     if chunk is not None or self._done:
                         return chunk
+            except _Cancelled:
+                self._release()
+                return None
             except BaseException:
                 self._release()
                 raise
+
+    def _text_puller(self):
+        """How the loop gets the next text piece: from a sync iterator, or from an async one via
+        the event loop that drives ``async for`` (the loop thread stays free while it waits)."""
+        if self._pieces is None:
+            return None
+        if self._pull is not None:
+            return self._pull
+        if hasattr(self._pieces, "__aiter__"):
+            raise TypeError("text is an async iterable: consume the stream with 'async for'")
+        return iter(self._pieces).__next__
+
+    def _async_puller(self, loop: asyncio.AbstractEventLoop):
+        pieces = self._pieces.__aiter__()
+
+        def pull():
+            self._pending = asyncio.run_coroutine_threadsafe(pieces.__anext__(), loop)
+            try:
+                return self._pending.result()
+            except StopAsyncIteration:
+                raise StopIteration from None
+            except concurrent.futures.CancelledError:
+                raise _Cancelled from None
+            finally:
+                self._pending = None
+
+        return pull
 
     def _consume(self, item) -> torch.Tensor | None:
         plan, cfg = self._plan, self.model.config
@@ -128,6 +166,9 @@ class AudioStream:
     def close(self) -> None:
         """Stop generating and free the KV cache and decoder state now."""
         self._cancelled = True
+        pending = self._pending
+        if pending is not None:
+            pending.cancel()  # a worker waiting for text wakes up and stops
         if self._lock.acquire(blocking=False):
             try:
                 self._release()
@@ -155,6 +196,8 @@ class AudioStream:
         return self._aiter()
 
     async def _aiter(self):
+        if self._pieces is not None and hasattr(self._pieces, "__aiter__") and self._pull is None:
+            self._pull = self._async_puller(asyncio.get_running_loop())
         try:
             while True:
                 chunk = await asyncio.to_thread(self._next_chunk)

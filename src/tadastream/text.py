@@ -86,3 +86,88 @@ def is_blank(text: str | None) -> bool:
     asking the model to voice "...".
     """
     return text is None or not any(ch.isalnum() for ch in text)
+
+
+def tokenize_joint(tokenizer, prompt_text: str, text: str, prompt_tokens: list[int] | None = None) -> list[int]:
+    """Prompt transcript and new text tokenized together, one space between them.
+
+    Tokenizing them separately loses BPE merges at the seam. The joint ids must start with the
+    prompt's own tokens (their positions come from the aligner); when they cannot (a transcript
+    ending in whitespace, say) the new text is tokenized after its space on its own.
+    """
+    prompt_text, text = prompt_text.rstrip(), text.strip()
+    if not prompt_text:
+        return tokenizer.encode(text, add_special_tokens=False)
+    if prompt_tokens is None:
+        prompt_tokens = tokenizer.encode(prompt_text, add_special_tokens=False)
+    joint = tokenizer.encode(prompt_text + " " + text, add_special_tokens=False)
+    if joint[: len(prompt_tokens)] == list(prompt_tokens):
+        return joint
+    return list(prompt_tokens) + tokenizer.encode(" " + text, add_special_tokens=False)
+
+
+# Text up to the start of the last word (whitespace before it included) is settled: no later
+# piece can change its normalisation (every rule looks at most one or two characters to the
+# right, which the whitespace supplies, and a word's first letter only ever gets re-cased) or its
+# tokens (Llama 3's pre-tokenizer always splits before a space that precedes a letter or digit,
+# and BPE never merges across that split).
+_LAST_WORD_START = re.compile(r"\s+(?=[^\W_])")
+
+
+class IncrementalText:
+    """Text arriving in pieces -> the token ids of the whole text, released as they settle.
+
+    The ids released, concatenated, are exactly those of the whole text tokenized at once (after
+    the prompt transcript, jointly): the trailing word, which a later piece could still extend,
+    merge with or re-case, is held back until the whitespace after it arrives or the text ends.
+    """
+
+    def __init__(
+        self, tokenizer, prompt_text: str = "", prompt_tokens: list[int] | None = None, normalize: bool = True
+    ):
+        self.tokenizer = tokenizer
+        self.prompt_text = prompt_text or ""
+        self.normalize = normalize
+        if self.prompt_text.strip() and prompt_tokens is None:
+            prompt_tokens = tokenizer.encode(self.prompt_text.rstrip(), add_special_tokens=False)
+        self.prompt_tokens = list(prompt_tokens or [])
+        self.raw = ""
+        self.released: list[int] = []
+        self.finished = False
+
+    def _ids(self, raw: str) -> list[int]:
+        text = normalize_text(raw) if self.normalize else raw
+        if not text.strip():
+            return []
+        ids = tokenize_joint(self.tokenizer, self.prompt_text, text, self.prompt_tokens or None)
+        return ids[len(self.prompt_tokens) :] if self.prompt_text.strip() else ids
+
+    def _release(self, ids: list[int]) -> list[int]:
+        if ids[: len(self.released)] != self.released:
+            raise RuntimeError("incremental tokenization diverged from the whole text; please report this text")
+        new = ids[len(self.released) :]
+        self.released.extend(new)
+        return new
+
+    def push(self, piece: str) -> list[int]:
+        """Add a piece; returns the ids that became final."""
+        if self.finished:
+            raise RuntimeError("the text has already ended")
+        if not isinstance(piece, str):
+            raise TypeError(f"text pieces must be str, got {type(piece).__name__}")
+        self.raw += piece
+        cut = None
+        for match in _LAST_WORD_START.finditer(self.raw):
+            cut = match.end()
+        if not cut:
+            return []
+        return self._release(self._ids(self.raw[:cut]))
+
+    def finish(self) -> list[int]:
+        """The text has ended: the remaining ids."""
+        self.finished = True
+        return self._release(self._ids(self.raw))
+
+    @property
+    def text(self) -> str:
+        return normalize_text(self.raw) if self.normalize else self.raw
