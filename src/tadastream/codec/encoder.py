@@ -31,6 +31,7 @@ from ..nn.conv import Snake, WNConv1d
 from ..text import normalize_text
 from .aligner import ALIGNER_SAMPLE_RATE, FRAME_RATE, Aligner, TranscriptError, _load_tokenizer, check_fits
 from .decoder import CODEC_IGNORED_KEYS
+from .wave import ResidualUnit
 
 __all__ = [
     "ALIGNER_LANGUAGES",
@@ -235,22 +236,6 @@ class EncoderOutput:
 
 # --------------------------------------------------------------------------------------------
 # the network
-
-
-class ResidualUnit(nn.Module):
-    """Snake, dilated conv k7, Snake, conv k1, plus the input (keys ``block.0..3``)."""
-
-    def __init__(self, dim: int, dilation: int):
-        super().__init__()
-        self.block = nn.Sequential(
-            Snake(dim),
-            WNConv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation),
-            Snake(dim),
-            WNConv1d(dim, dim, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
 
 
 class EncoderBlock(nn.Module):

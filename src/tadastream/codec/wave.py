@@ -80,6 +80,8 @@ def transpose_flush(conv: WNConvTranspose1d, state: TransposeState, like: torch.
 
 
 class ResidualUnit(nn.Module):
+    """Snake, dilated conv k7, Snake, conv k1, plus the input (keys ``block.0..3``)."""
+
     def __init__(self, dim: int, dilation: int):
         super().__init__()
         self.block = nn.Sequential(
@@ -88,6 +90,10 @@ class ResidualUnit(nn.Module):
             Snake(dim),
             WNConv1d(dim, dim, 1),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One pass over a whole signal (the encoder's use)."""
+        return x + self.block(x)
 
     def init(self) -> ResidualState:
         return ResidualState(branch=[ConvState(), ConvState()])
