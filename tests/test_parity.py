@@ -120,3 +120,61 @@ def test_real_shapes_match_reference_layout():
     llm = built["tada_1b"]
     assert llm.lm_head.weight is llm.model.embed_tokens.weight
     assert sum(p.numel() for p in llm.parameters()) == shapes["tada_1b"]["num_parameters"]
+
+
+def test_encoder_matches_reference():
+    from tadastream import Encoder
+
+    enc = Encoder.from_pretrained(FIX / "encoder")
+    io = load_file(str(FIX / "encoder" / "encoder_io.safetensors"))
+    meta = json.loads((FIX / "encoder" / "encoder_io.json").read_text())
+    out = enc(
+        io["audio"][0],
+        text=[meta["text"]],
+        text_tokens=io["text_tokens"],
+        text_token_len=io["text_token_len"],
+        token_positions=io["token_positions"],
+        token_masks=io["token_masks"],
+        sample_rate=meta["sample_rate"],
+        sample=False,
+    )
+    assert (out.token_values - io["token_values"]).abs().max() < 1e-5
+    assert (out.encoded_expanded - io["encoded_expanded"]).abs().max() < 1e-5
+    assert torch.equal(out.token_masks.long(), io["padded_token_masks"])
+
+
+def test_alignment_matches_reference():
+    from tadastream.codec.aligner import align_tokens
+
+    io = load_file(str(FIX / "align.safetensors"))
+    cases = sorted({k.split(".")[0] for k in io})
+    assert len(cases) >= 5
+    for case in cases:
+        got = align_tokens(io[f"{case}.probs"], io[f"{case}.text_tokens"])
+        assert list(got) == io[f"{case}.positions"].tolist(), case
+
+
+def test_text_normalization_matches_reference():
+    from tadastream.text import normalize_text
+
+    cases = json.loads((FIX / "text_normalization.json").read_text())["cases"]
+    assert len(cases) > 30
+    for case in cases:
+        assert normalize_text(case["input"]) == case["output"], case["input"]
+
+
+def test_gray_code_matches_reference():
+    from tadastream.timecode import decode_time, encode_time
+
+    data = json.loads((FIX / "gray_code.json").read_text())
+    for key, bits in (("decode_4bit", 4), ("decode_8bit", 8)):
+        rows = data[key]
+        got = decode_time(torch.tensor([r["bits"] for r in rows], dtype=torch.float32), bits)
+        assert got.tolist() == [r["value"] for r in rows]
+    for r in data["decode_soft"]:
+        assert decode_time(torch.tensor(r["bits"]), r["num_bits"]).item() == r["value"]
+    for r in data["decode_edge"]:  # out-of-range bits: the reference's value where valid, else clamped
+        top = (1 << r["num_bits"]) - 1
+        assert decode_time(torch.tensor(r["bits"]), r["num_bits"]).item() == min(max(r["value"], 0), top)
+    enc = data["encode_8bit"]
+    assert encode_time(torch.tensor([r["value"] for r in enc]), 8).tolist() == [r["bits"] for r in enc]
