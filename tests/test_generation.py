@@ -1,0 +1,166 @@
+"""Non-streaming generation, loading and input validation on the tiny demo model."""
+
+import pytest
+import torch
+
+from tadastream import CheckpointError, GenerationInputError, InferenceOptions, TadaForCausalLM
+from tadastream.codec.decoder import Decoder
+from tadastream.demo import DEMO_VOICE_TEXT, demo_tokenizer
+from tadastream.generation import (
+    MIN_LEADING_TRIM_FRAMES,
+    GenerationOutput,
+    StepOutput,
+    SyncTokGenerationOutput,
+    decode_audio,
+    generate_steps,
+    plan_generation,
+)
+from tadastream.text import tokenize_joint
+
+TEXT = "Please call Stella. Ask her to bring these things."
+
+
+def test_generate_returns_audio_and_reference_fields(demo_model, demo_voice):
+    torch.manual_seed(0)
+    out = demo_model.generate(prompt=demo_voice, text=TEXT)
+    assert isinstance(out, GenerationOutput)
+    audio = out.audio[0]
+    assert audio.dim() == 1 and audio.dtype == torch.float32 and audio.numel() > 24000 * 0.5
+    assert out.time_before.shape[0] == 1 and out.input_text_ids.shape[0] == 1
+    assert "stella" in out.input_str[0] and out.text == ["Please call stella. Ask her to bring these things."]
+    # frames -> samples: 480 per frame, minus the decoder's 6, minus the leading trim
+    frames = int(out.time_before[0, :-1].clamp(min=1).sum() + out.time_before[0, -1])
+    trim = max(int(out.time_before[0, 0]), MIN_LEADING_TRIM_FRAMES)
+    assert audio.numel() == 480 * frames - 6 - 480 * trim
+    torch.manual_seed(0)
+    assert torch.equal(demo_model.generate(prompt=demo_voice, text=TEXT).audio[0], audio)
+
+
+def test_step_generator_yields_one_step_per_frame_then_result(demo_model, demo_voice):
+    plan = plan_generation(demo_model, demo_voice, TEXT)
+    torch.manual_seed(0)
+    items = list(generate_steps(demo_model, plan))
+    steps, final = items[:-1], items[-1]
+    assert isinstance(final, SyncTokGenerationOutput) and all(isinstance(s, StepOutput) for s in steps)
+    assert [s.index for s in steps] == list(range(len(steps)))
+    assert len(steps) == final.acoustic_features.shape[1] == final.time_before.shape[1] - 1
+    predicted = [s for s in steps if s.source == "predicted"]
+    assert predicted and all(s.llm_time > 0 and s.flow_time > 0 for s in predicted)
+
+
+def test_list_of_texts_and_no_prompt(demo_model, demo_voice):
+    out = demo_model.generate(prompt=demo_voice, text=["Hello there.", "Five shots."])
+    assert len(out.audio) == 2 and all(a.numel() > 0 for a in out.audio)
+    alone = demo_model.generate(prompt=None, text="Hello there, no voice.")
+    assert alone.audio[0].numel() > 0
+
+
+def test_extra_steps_continue_after_the_text(demo_model, demo_voice):
+    torch.manual_seed(0)
+    base = demo_model.generate(prompt=demo_voice, text="Hello there.")
+    torch.manual_seed(0)
+    more = demo_model.generate(prompt=demo_voice, text="Hello there.", num_extra_steps=4)
+    assert more.output_text_ids.shape[1] > base.output_text_ids.shape[1] - 5
+
+
+def test_leading_trim_is_at_least_five_frames(demo_model):
+    vectors = torch.randn(4, demo_model.config.acoustic_dim)
+    short = decode_audio(demo_model, vectors, torch.tensor([2, 3, 3, 3, 2]))
+    frames = 2 + 3 + 3 + 3 + 2  # (2-1) zeros + vector, then 3 per token, then 2 trailing
+    assert short.numel() == 480 * frames - 6 - 480 * MIN_LEADING_TRIM_FRAMES
+    long = decode_audio(demo_model, vectors, torch.tensor([8, 3, 3, 3, 2]))
+    assert long.numel() == 480 * (8 + 9 + 2) - 6 - 480 * 8
+
+
+def test_joint_tokenization_keeps_characters_at_the_seam():
+    tok = demo_tokenizer()
+    prompt_ids = tok.encode(DEMO_VOICE_TEXT, add_special_tokens=False)
+    ids = tokenize_joint(tok, DEMO_VOICE_TEXT, "Hello world")
+    assert ids[: len(prompt_ids)] == prompt_ids
+    assert tok.decode(ids[len(prompt_ids) :]) == " Hello world"
+    assert tok.decode(ids) == DEMO_VOICE_TEXT + " Hello world"
+    # A transcript ending in whitespace cannot be re-tokenized jointly: the prompt ids are kept.
+    odd = tokenize_joint(tok, DEMO_VOICE_TEXT + "  ", "Hi", prompt_ids)
+    assert odd[: len(prompt_ids)] == prompt_ids
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(text=""), "empty"),
+        (dict(text="  \n "), "empty"),
+        (dict(text="Hi.", inference_options=InferenceOptions(time_schedule="fast")), "time_schedule"),
+        (dict(text="Hi.", inference_options=InferenceOptions(scorer="best")), "scorer"),
+        (dict(text="Hi.", inference_options=InferenceOptions(num_flow_matching_steps=0)), "at least 1"),
+        (dict(text="Hi.", inference_options=InferenceOptions(speed_up_factor=-1.0)), "speed_up_factor"),
+        (dict(text="Hi.", num_extra_steps=-1), ">= 0"),
+        (dict(text="word " * 5000), "too long"),
+    ],
+)
+def test_bad_input_is_one_clear_error(demo_model, demo_voice, kwargs, match):
+    with pytest.raises(GenerationInputError, match=match):
+        demo_model.generate(prompt=demo_voice, **kwargs)
+
+
+def test_mismatched_prompt_is_rejected(demo_model, demo_voice):
+    import dataclasses
+
+    bad = dataclasses.replace(demo_voice, token_values=torch.zeros(1, 3, 7))
+    with pytest.raises(GenerationInputError, match="token_values"):
+        demo_model.generate(prompt=bad, text="Hi.")
+
+
+def test_mixed_dtypes_are_converted(demo_model, demo_voice):
+    import dataclasses
+
+    torch.manual_seed(3)
+    ref = demo_model.generate(prompt=demo_voice, text="Hello.").audio[0]
+    as64 = dataclasses.replace(demo_voice, token_values=demo_voice.token_values.double())
+    torch.manual_seed(3)
+    assert torch.allclose(demo_model.generate(prompt=as64, text="Hello.").audio[0], ref, atol=1e-5)
+    assert demo_voice.token_values.dtype == torch.float32  # the caller's prompt is not modified
+
+
+def test_bf16_model_generates(demo_voice):
+    from tadastream.demo import build_demo_model
+
+    model = build_demo_model().to(torch.bfloat16)
+    model.decoder.float()
+    out = model.generate(prompt=demo_voice, text="Hello there.")
+    assert torch.isfinite(out.audio[0]).all() and out.audio[0].numel() > 0
+
+
+def test_save_and_load_llm_with_codec_and_tokenizer(tmp_path, demo_model, demo_voice):
+    demo_model.save_pretrained(tmp_path / "llm")
+    demo_model.decoder.save_pretrained(tmp_path / "codec" / "decoder")
+    loaded = TadaForCausalLM.from_pretrained(tmp_path / "llm", codec=tmp_path / "codec")
+    assert isinstance(loaded.decoder, Decoder)
+    assert loaded.tokenizer.encode("Hello") == demo_model.tokenizer.encode("Hello")
+    torch.manual_seed(5)
+    a = demo_model.generate(prompt=demo_voice, text="Hello there.").audio[0]
+    torch.manual_seed(5)
+    b = loaded.generate(prompt=demo_voice, text="Hello there.").audio[0]
+    assert torch.equal(a, b)
+
+
+def test_llm_checkpoint_errors_name_the_key(tmp_path, demo_model):
+    from safetensors.torch import load_file, save_file
+
+    demo_model.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["_decoder.decoder_proj.weight"] = torch.zeros(2, 2)  # reference leftovers are ignored
+    save_file(state, str(tmp_path / "model.safetensors"))
+    TadaForCausalLM.from_pretrained(tmp_path, codec=None)
+    del state["acoustic_proj.weight"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="acoustic_proj.weight"):
+        TadaForCausalLM.from_pretrained(tmp_path, codec=None)
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match="local"):
+        TadaForCausalLM.from_pretrained("HumeAI/tada-1b", local_files_only=True)
+    with pytest.raises(CheckpointError, match="neither an existing directory"):
+        TadaForCausalLM.from_pretrained("./no/such/dir")
