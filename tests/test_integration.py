@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED
-
+SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODEL_DIR = os.environ.get("TADA_MODEL_DIR")
 CODEC_DIR = os.environ.get("TADA_CODEC_DIR")
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not (MODEL_DIR and CODEC_DIR), reason="set TADA_MODEL_DIR and TADA_CODEC_DIR to real checkpoints"),
+    pytest.mark.skipif(not (MODEL_DIR and CODEC_DIR), reason="set TADA_MODEL_DIR and TADA_CODEC_DIR to checkpoints"),
 ]
 CLIP = SHARED / "samples" / "ljspeech.wav"
 TRANSCRIPT = (
@@ -32,8 +31,9 @@ def real():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = TadaForCausalLM.from_pretrained(MODEL_DIR, codec=CODEC_DIR, tokenizer=os.environ.get("TADA_TOKENIZER_DIR"),
-                                            torch_dtype=dtype, device=device)
+    model = TadaForCausalLM.from_pretrained(
+        MODEL_DIR, codec=CODEC_DIR, tokenizer=os.environ.get("TADA_TOKENIZER_DIR"), torch_dtype=dtype, device=device
+    )
     encoder = Encoder.from_pretrained(CODEC_DIR, device=device)
     if not Path(CLIP).is_file():
         pytest.skip("shared/samples/ljspeech.wav is not here")
