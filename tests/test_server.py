@@ -406,3 +406,86 @@ def test_wav_upload_goes_through_the_encoder(server, demo):
     assert calls[0][:3] == ((16000,), "a steady tone", 16000)
     # the encoder draws noise from the global RNG, so it runs seeded (seed 0) and isolated
     assert torch.equal(calls[0][3], torch.Generator().manual_seed(0).get_state())
+
+
+# -- incremental text over the WebSocket --------------------------------------------------------
+INCREMENTAL = (
+    "Streaming text in word by word lets the server start speaking early; the rest of this rather long "
+    "sentence arrives while the first words are already being turned into audio, and nothing changes."
+)
+
+
+def ws_speak(server, pieces, seed: int, *, delay: float = 0.0, first_audio_before: int | None = None):
+    """(pcm, final messages, times) for pieces sent one message each; times has the seconds from the
+    first text message to the first audio frame ("audio") and to sending "end". With
+    ``first_audio_before=k`` the first k pieces go out, then the client waits for audio (which
+    must come while the text is still open) before sending the rest and ``end``."""
+    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    url = server.url.replace("http", "ws") + "/v1/audio/stream"
+    frames, messages, times = [], [], {}
+    with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
+        ws.send(json.dumps({"seed": seed}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        split = len(pieces) if first_audio_before is None else first_audio_before
+        start = time.perf_counter()
+        for piece in pieces[:split]:
+            ws.send(json.dumps({"type": "text", "text": piece}))
+            time.sleep(delay)
+        if first_audio_before is not None:
+            frames.append(ws.recv(timeout=30))
+            times["audio"] = time.perf_counter() - start
+            assert isinstance(frames[0], bytes), frames[0]
+            for piece in pieces[split:]:
+                ws.send(json.dumps({"type": "text", "text": piece}))
+        ws.send(json.dumps({"type": "end"}))
+        times["end"] = time.perf_counter() - start
+        for _ in range(10_000):
+            message = ws.recv(timeout=60)
+            if isinstance(message, bytes):
+                frames.append(message)
+                continue
+            messages.append(json.loads(message))
+            if messages[-1]["type"] in ("result", "error"):
+                break
+    return b"".join(frames), messages, times
+
+
+def test_websocket_incremental_text_matches_one_message(server):
+    words = INCREMENTAL.split(" ")
+    pieces = [w + " " for w in words[:-1]] + [words[-1]]
+    whole, done, _ = ws_speak(server, [INCREMENTAL], 5)
+    assert [m["type"] for m in done] == ["audio.done", "result"]
+    by_word, done, _ = ws_speak(server, pieces, 5, delay=0.01)
+    assert [m["type"] for m in done] == ["audio.done", "result"]
+    assert len(whole) > 48000 and by_word == whole, "word by word must give the one-message audio, bit for bit"
+    with server.client() as c:
+        assert whole == speak(c, INCREMENTAL, 5)
+
+
+def test_websocket_audio_starts_before_end(server):
+    words = INCREMENTAL.split(" ")
+    pieces = [w + " " for w in words[:-1]] + [words[-1]]
+    k = len(pieces) * 3 // 4
+    pcm, done, times = ws_speak(server, pieces, 8, first_audio_before=k)
+    print(f"\nfirst audio frame {times['audio'] * 1000:.0f} ms after the first text message, 'end' sent at "
+          f"{times['end'] * 1000:.0f} ms ({k} of {len(pieces)} words sent before the audio)")  # fmt: skip
+    assert [m["type"] for m in done] == ["audio.done", "result"] and times["audio"] < times["end"]
+    assert pcm == ws_speak(server, [INCREMENTAL], 8)[0]
+
+
+def test_websocket_empty_text_is_an_error_and_frees_the_slot(tight):
+    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    url = tight.url.replace("http", "ws") + f"/v1/audio/stream?api_key={KEY}"
+    with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
+        ws.send(json.dumps({"seed": 3}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        ws.send(json.dumps({"type": "text", "text": "   "}))
+        ws.send(json.dumps({"type": "end"}))
+        error = json.loads(ws.recv(timeout=30))
+        assert error["type"] == "error" and error["error"]["code"] == "empty_input", error
+        assert "empty" in error["error"]["message"] and "Traceback" not in json.dumps(error)
+        with pytest.raises(Exception, match="1008"):
+            ws.recv(timeout=10)
+    tight.wait_for(lambda s: s["active"] == 0)
+    with tight.client(headers={"Authorization": f"Bearer {KEY}"}) as c:  # the one slot is free again
+        assert len(speak(c, SHORT, 3)) > 0

@@ -12,13 +12,17 @@ Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is se
 * ``WS /v1/audio/stream`` (key as ``Authorization`` header or ``?api_key=``): send a config
   ``{"voice", "seed", "speed", "options"}``; receive ``{"type": "ready", "sample_rate": 24000,
   "encoding": "pcm_s16le", "seed"}``; send ``{"type": "text", "text": ...}`` any number of times,
-  then ``{"type": "end"}``; receive binary PCM16 frames as they are made, then ``{"type":
-  "audio.done", "samples"}`` and ``{"type": "result", "time_to_first_audio", "total_time",
-  "queue_time", "audio_seconds", "real_time_factor", "seed", "cancelled"}``, and the server closes
-  (1000). ``{"type": "cancel"}`` stops generation after the current step (the two final messages
-  still come); a disconnect stops it too. Errors: ``{"type": "error", "error": {...}}`` then a close
-  (1008; 1013 when busy). Text is buffered until ``end`` for now; starting on the first pieces
-  later needs no protocol change.
+  then ``{"type": "end"}``. Generation starts on the first text message (that is when a stream
+  slot is taken): each message is a piece of the text, spoken as soon as it is settled (a word is
+  held back until the whitespace after it, or ``end``, arrives), so binary PCM16 frames can come
+  before ``end``; the audio is the same, bit for bit, as for the whole text sent at once with the
+  same seed. Then ``{"type": "audio.done", "samples"}`` and ``{"type": "result",
+  "time_to_first_audio", "total_time", "queue_time", "audio_seconds", "real_time_factor", "seed",
+  "cancelled"}``, and the server closes (1000). ``{"type": "cancel"}`` stops generation after the
+  current step (the two final messages still come; before any text it just closes); a disconnect
+  stops it too. Errors (an empty or whitespace-only text, found at ``end``; text over the limit;
+  no message for 60 s while the text is open): ``{"type": "error", "error": {...}}`` then a close
+  (1008; 1003 for a malformed message; 1013 when busy).
 * ``GET /v1/voices``, ``POST /v1/voices`` (multipart ``name`` + ``file`` = a ``.voice`` file, or
   ``audio`` + ``transcript`` when the server has an encoder), ``GET /v1/models``, ``GET /health``,
   and a demo page at ``/``.

@@ -36,6 +36,7 @@ from .engine import (
     Engine,
     EngineError,
     SpeechJob,
+    TextPieces,
     VoiceStore,
     check_seed,
     check_voice_name,
@@ -647,8 +648,20 @@ class _WsClosed(Exception):
     pass
 
 
+def _ws_close_code(exc: EngineError) -> int:
+    if exc.status in (429, 503):
+        return 1013  # busy: try again later
+    return 1003 if exc.code == "invalid_message" else 1008
+
+
 async def _websocket_session(app: FastAPI, ws: WebSocket) -> None:
-    """One utterance per connection; see the package docstring for the protocol."""
+    """One utterance per connection; see the package docstring for the protocol.
+
+    Generation starts on the first text message: each message becomes a piece of a
+    :class:`~tadastream.server.engine.TextPieces` that the stream pulls as it needs, so audio
+    starts before ``end`` (and equals the audio of the whole text). One task reads the client's
+    messages (pieces, then ``cancel`` or a disconnect), another generates and sends.
+    """
     settings: ServerSettings = app.state.settings
     log = ws.scope.get("tadastream.log", {})
     started = ws.scope.get("tadastream.start", time.perf_counter())
@@ -661,33 +674,43 @@ async def _websocket_session(app: FastAPI, ws: WebSocket) -> None:
             await ws.send_json({"type": "error", **error_body(status, message, code)})
             await ws.close(close_code)
 
-    async def receive(timeout: float) -> dict[str, Any]:
+    async def refuse(exc: EngineError) -> None:
+        await fail(exc.status, exc.message, exc.code, _ws_close_code(exc))
+
+    async def receive(timeout: float | None) -> dict[str, Any]:
+        """The next JSON object; raises EngineError for a bad message, _WsClosed when the client left."""
         try:
             message = await asyncio.wait_for(ws.receive(), timeout)
         except TimeoutError:
-            await fail(408, f"no message within {timeout:g} s", "timeout", 1008)
-            raise _WsClosed from None
+            raise EngineError(408, f"no message within {timeout:g} s", "timeout") from None
         if message["type"] == "websocket.disconnect":
             raise _WsClosed
         if message.get("text") is None:
-            await fail(400, "send JSON text messages, not binary", "invalid_message", 1003)
-            raise _WsClosed
+            raise EngineError(400, "send JSON text messages, not binary", "invalid_message")
         try:
             data = json.loads(message["text"])
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            await fail(400, "messages must be JSON objects", "invalid_message", 1003)
-            raise _WsClosed
+            raise EngineError(400, "messages must be JSON objects", "invalid_message")
         return data
 
+    def text_piece(message: dict[str, Any], length: int) -> str:
+        piece = message.get("text")
+        if not isinstance(piece, str):
+            raise EngineError(400, "a text message needs a string 'text'", "invalid_message")
+        if length + len(piece) > settings.max_input_chars:
+            raise EngineError(400, f"input exceeds {settings.max_input_chars} characters", "input_too_long")
+        return piece
+
+    unexpected = "expected {'type': 'text' | 'end' | 'cancel'}"
     try:
         header = ws.headers.get("authorization")
         if not authorized(settings.api_key, header, ws.query_params.get("api_key")):
             await fail(401, "missing or wrong API key (Authorization header or ?api_key=)", "invalid_api_key")
             return
-        config = await receive(settings.ws_idle_timeout)
         try:
+            config = await receive(settings.ws_idle_timeout)
             voice = config.get("voice")
             if voice:
                 check_voice_name(voice)
@@ -696,43 +719,33 @@ async def _websocket_session(app: FastAPI, ws: WebSocket) -> None:
             if config.get("format", "pcm") != "pcm":
                 raise EngineError(400, "the WebSocket streams raw PCM16: use format 'pcm'", "unsupported_format")
             prompt = await asyncio.to_thread(app.state.voices.resolve, voice)
+            log.update(voice=voice or "default", seed=seed, format="pcm")
+            await ws.send_json(
+                {"type": "ready", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le", "channels": 1, "seed": seed}
+            )
+            while True:  # no slot is taken before the first text message
+                message = await receive(settings.ws_idle_timeout)
+                kind = message.get("type")
+                if kind == "text":
+                    text = TextPieces([text_piece(message, 0)])
+                    break
+                if kind == "end":
+                    raise EngineError(400, "no text was sent before 'end'", "empty_input")
+                if kind == "cancel":
+                    log["outcome"] = "cancelled"
+                    await ws.close(1000)
+                    return
+                raise EngineError(400, unexpected, "invalid_message")
         except EngineError as exc:
-            await fail(exc.status, exc.message, exc.code)
+            await refuse(exc)
             return
-        log.update(voice=voice or "default", seed=seed, format="pcm")
-        await ws.send_json(
-            {"type": "ready", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le", "channels": 1, "seed": seed}
-        )
-        pieces: list[str] = []
-        length = 0
-        while True:  # buffer text until "end" (the protocol already carries incremental pieces)
-            message = await receive(settings.ws_idle_timeout)
-            kind = message.get("type")
-            if kind == "text":
-                piece = message.get("text")
-                if not isinstance(piece, str):
-                    await fail(400, "a text message needs a string 'text'", "invalid_message", 1003)
-                    return
-                length += len(piece)
-                if length > settings.max_input_chars:
-                    await fail(400, f"input exceeds {settings.max_input_chars} characters", "input_too_long")
-                    return
-                pieces.append(piece)
-            elif kind == "end":
-                break
-            elif kind == "cancel":
-                log["outcome"] = "cancelled"
-                await ws.close(1000)
-                return
-            else:
-                await fail(400, "expected {'type': 'text' | 'end' | 'cancel'}", "invalid_message", 1003)
-                return
-        text = "".join(pieces)
-        log["input_chars"] = len(text)
-        if not text.strip():
-            await fail(400, "no text was sent before 'end'", "empty_input")
-            return
-        flags = {"gone": False, "cancel": False}
+        flags = {"cancel": False}
+
+        def cancel() -> None:
+            flags["cancel"] = True
+            text.close()
+            if job is not None:
+                job.cancel()
 
         async def generate_and_send() -> None:
             nonlocal job
@@ -742,36 +755,51 @@ async def _websocket_session(app: FastAPI, ws: WebSocket) -> None:
             while (chunk := await job.next_chunk()) is not None:
                 await ws.send_bytes(float_to_pcm16(chunk))
 
-        work = asyncio.create_task(generate_and_send())
-
-        async def watch() -> None:  # from the queue on: "cancel" ends early, a disconnect at once
-            while True:
+        async def read() -> None:
+            """Pieces until 'end' (or 'cancel'), then watch for 'cancel'; ends only by raising."""
+            while not text.ended:
+                message = await receive(settings.ws_idle_timeout)
+                kind = message.get("type")
+                if kind == "text":
+                    text.put(text_piece(message, text.chars))
+                elif kind == "end":
+                    text.end()
+                elif kind == "cancel":
+                    cancel()
+                else:
+                    raise EngineError(400, unexpected, "invalid_message")
+            log["input_chars"] = text.chars
+            while True:  # from here on anything but "cancel" is ignored; a disconnect ends at once
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
-                    flags["gone"] = True
-                    if job is not None:
-                        job.cancel()  # the worker stops before its next step
-                    work.cancel()
-                    return
+                    raise _WsClosed
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
                     if json.loads(message.get("text") or "null").get("type") == "cancel":
-                        flags["cancel"] = True
-                        if job is not None:
-                            job.cancel()
+                        cancel()
 
-        watcher = asyncio.create_task(watch())
+        work = asyncio.create_task(generate_and_send())
+        reader = asyncio.create_task(read())
         try:
-            await work
-        except asyncio.CancelledError:
-            if not flags["gone"]:
-                raise
+            await asyncio.wait({work, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():  # the reader failed (bad message, timeout, disconnect), or we were cancelled
+                cancel()
+                work.cancel()
+            reader.cancel()
+            await asyncio.gather(work, reader, return_exceptions=True)
+        if not work.cancelled() and work.exception() is not None:
+            error = work.exception()
+            if isinstance(error, EngineError):  # busy, or the text was empty or too long
+                await refuse(error)
+                return
+            raise error
+        if work.cancelled():
+            error = reader.exception() if reader.done() and not reader.cancelled() else None
+            if isinstance(error, EngineError):
+                await refuse(error)
+                return
             log["outcome"] = "disconnected"
             return
-        except EngineError as exc:
-            await fail(exc.status, exc.message, exc.code, 1013 if exc.status in (429, 503) else 1008)
-            return
-        finally:
-            watcher.cancel()
         timings = {**job.timings(), "cancelled": flags["cancel"]}
         log.update(timings)
         if flags["cancel"]:

@@ -15,7 +15,10 @@ Three concerns live here:
 
 Steps of all streams run on one worker thread: on a CPU, parallel steps would only fight over the
 cores torch already uses, and a FIFO executor gives interleaved streams round-robin fairness at
-chunk granularity.
+chunk granularity. The exception is a stream whose text is still arriving (:class:`TextPieces`):
+its steps may block until the client sends more, so until the text has ended they run on a
+thread of their own (one per such stream), never stalling the shared worker; once the text has
+ended every piece is queued, nothing can block, and its steps go back to the shared worker.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
+import queue
 import re
 import secrets
 import threading
@@ -36,6 +40,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..generation import GenerationInputError, InferenceOptions, generate
+from ..stream import _Cancelled
 
 T = TypeVar("T")
 
@@ -216,6 +221,75 @@ class Admission:
         self.active -= 1
 
 
+# -- text arriving in pieces ------------------------------------------------------------------
+_END, _CLOSED = object(), object()
+
+
+class TextPieces:
+    """A request's text as it arrives: a thread-safe, queue-backed iterator of str pieces.
+
+    The event loop calls :meth:`put`, :meth:`end` and :meth:`close` (none blocks); the generation
+    (an :class:`~tadastream.stream.AudioStream` made with this as its ``text``) iterates it on a
+    worker thread, blocking until a piece, the end or a close arrives. Pieces already queued are
+    handed over joined (the generation only sees their concatenation, so the audio is the same).
+    After :meth:`close` (the request was cancelled or the client left) a waiting worker wakes up
+    and the stream stops without producing more.
+    """
+
+    def __init__(self, pieces: Any = ()):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.ended = False  # end() or close() was called: iterating can no longer block
+        self.closed = False
+        self.chars = 0
+        self._seen_end = False
+        for piece in pieces:
+            self.put(piece)
+
+    def put(self, piece: str) -> None:
+        if self.ended:
+            raise RuntimeError("the text has already ended")
+        if not isinstance(piece, str):
+            raise TypeError(f"text pieces must be str, got {type(piece).__name__}")
+        self.chars += len(piece)
+        self._queue.put(piece)
+
+    def end(self) -> None:
+        """No more pieces: the generation finishes the text (and speaks its last word)."""
+        if not self.ended:
+            self.ended = True
+            self._queue.put(_END)
+
+    def close(self) -> None:
+        """Stop: a worker waiting for text wakes up and the stream ends early."""
+        self.closed = self.ended = True
+        self._queue.put(_CLOSED)
+
+    def __iter__(self) -> TextPieces:
+        return self
+
+    def __next__(self) -> str:
+        if self.closed:
+            raise _Cancelled
+        if self._seen_end:
+            raise StopIteration
+        item = self._queue.get()  # blocks the worker thread until the client sends more
+        parts = []
+        while True:
+            if item is _CLOSED:
+                raise _Cancelled
+            if item is _END:
+                self._seen_end = True
+                break
+            parts.append(item)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if not parts:
+            raise StopIteration
+        return "".join(parts)
+
+
 # -- one generation ---------------------------------------------------------------------------
 class SpeechJob:
     """One admitted generation: its AudioStream, slot and timings.
@@ -225,8 +299,9 @@ class SpeechJob:
     step in flight, if any, has ended.
     """
 
-    def __init__(self, engine: Engine, stream, seed: int, started: float):
+    def __init__(self, engine: Engine, stream, seed: int, started: float, text: TextPieces | None = None):
         self.engine, self.stream, self.seed = engine, stream, seed
+        self.text = text  # the pieces still arriving, for a stream started before its text ended
         self.started = started  # when the request arrived (perf_counter)
         self.admitted = time.perf_counter()
         self.first_audio: float | None = None
@@ -241,8 +316,15 @@ class SpeechJob:
         """The next float32 chunk (24 kHz mono), or None at the end or after cancel."""
         if self.cancelled or self._finished:
             return None
-        self._inflight = self.engine.executor.submit(next, self._iter, None)
-        item = await asyncio.wrap_future(self._inflight)
+        # A step that may wait for text must not hold the shared worker (see the module docstring).
+        waits = self.text is not None and not self.text.ended
+        executor = self.engine.text_executor if waits else self.engine.executor
+        self._inflight = executor.submit(next, self._iter, None)
+        try:
+            item = await asyncio.wrap_future(self._inflight)
+        except GenerationInputError as exc:  # found when the text ended: empty, too long
+            code = "empty_input" if "empty" in str(exc) else "invalid_input"
+            raise EngineError(400, str(exc), code, "input") from None
         if item is None:
             return None
         chunk = item[0]
@@ -255,6 +337,8 @@ class SpeechJob:
     def cancel(self) -> None:
         """Stop generating: the step in progress (if any) is the last one. Safe from the event loop."""
         self.cancelled = True
+        if self.text is not None:
+            self.text.close()  # a step waiting for text wakes up and stops
         if self.stream is not None:
             self.stream.close()  # never blocks: if a step is running it only flags cancellation
 
@@ -302,9 +386,17 @@ class Engine:
         self.model = model
         self.admission = Admission(max_streams, queue, queue_timeout)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tadastream-gen")
+        # Steps of streams still waiting for text: at most one per admitted stream, so none queues.
+        self.text_executor = concurrent.futures.ThreadPoolExecutor(max_streams, thread_name_prefix="tadastream-text")
 
-    async def start(self, prompt, text: str, *, seed: int, options: InferenceOptions, started: float) -> SpeechJob:
-        """Wait for a slot, then set up a stream. Raises EngineError (400/429/503)."""
+    async def start(
+        self, prompt, text: str | TextPieces, *, seed: int, options: InferenceOptions, started: float
+    ) -> SpeechJob:
+        """Wait for a slot, then set up a stream. Raises EngineError (400/429/503).
+
+        ``text`` is the whole text, or :class:`TextPieces` still arriving: generation then starts
+        at once and pulls pieces as it needs them; the audio is the same as for the whole text.
+        """
         await self.admission.acquire()
         state = RngState.from_seed(seed, self.model.device)
 
@@ -321,7 +413,7 @@ class Engine:
         except BaseException:
             self.admission.release()
             raise
-        return SpeechJob(self, stream, seed, started)
+        return SpeechJob(self, stream, seed, started, text if isinstance(text, TextPieces) else None)
 
     def run(self, fn: Callable[[], T], seed: int = 0) -> concurrent.futures.Future:
         """Run other RNG-consuming work (voice encoding) on the worker with its own RNG state."""
@@ -330,6 +422,7 @@ class Engine:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.text_executor.shutdown(wait=False, cancel_futures=True)
 
 
 # -- voices -----------------------------------------------------------------------------------
