@@ -90,6 +90,19 @@ class LocalSelfAttention(nn.Module):
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim))
         return self._finish(x, attn)
 
+    def forward_blocks(self, x, start: int, prev_kv, allowed: torch.Tensor | None, last_block: int):
+        """Consecutive complete blocks against the cached previous block; returns the output and
+        the keys/values of the last ``last_block`` frames (the block the next call attends to)."""
+        positions = torch.arange(start, start + x.shape[1], device=x.device)
+        q, k, v = self._project(x, positions)
+        if prev_kv is not None:
+            k_all, v_all = torch.cat((prev_kv[0], k), 2), torch.cat((prev_kv[1], v), 2)
+        else:
+            k_all, v_all = k, v
+        mask = None if allowed is None else allowed.unsqueeze(0).unsqueeze(0)
+        attn = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim))
+        return self._finish(x, attn), (k[:, :, -last_block:], v[:, :, -last_block:])
+
     def forward_block(self, x: torch.Tensor, start: int, prev_kv: tuple[torch.Tensor, torch.Tensor] | None):
         positions = torch.arange(start, start + x.shape[1], device=x.device)
         q, k, v = self._project(x, positions)
@@ -114,6 +127,10 @@ class LocalAttentionLayer(nn.Module):
         x, kv = self.self_attn.forward_block(x, start, prev_kv)
         return self.norm(x + self.ffn(x)), kv
 
+    def forward_blocks(self, x, start, prev_kv, allowed, last_block):
+        x, kv = self.self_attn.forward_blocks(x, start, prev_kv, allowed, last_block)
+        return self.norm(x + self.ffn(x)), kv
+
 
 @dataclass
 class BlockCache:
@@ -132,6 +149,31 @@ class LocalAttentionStack(nn.Module):
     def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:
             x = layer(x, allowed)
+        return self.final_norm(x)
+
+    def forward_blocks(self, x: torch.Tensor, block_lengths: list[int], cache: BlockCache) -> torch.Tensor:
+        """Several consecutive complete decoder blocks in one pass (weights read once).
+
+        Under the decoder's rule a frame sees its own block and the previous one; the block
+        before the first is the cached one.
+        """
+        if len(block_lengths) == 1:
+            return self.forward_block(x, cache)
+        prev = 0 if cache.kv is None else cache.kv[0][0].shape[2]
+        ids = torch.repeat_interleave(
+            torch.arange(len(block_lengths), device=x.device), torch.tensor(block_lengths, device=x.device)
+        )
+        key_ids = torch.cat((torch.full((prev,), -1, device=x.device), ids))
+        diff = ids.unsqueeze(1) - key_ids.unsqueeze(0)
+        allowed = (diff == 0) | (diff == 1)
+        new_kv = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer.forward_blocks(
+                x, cache.next_position, None if cache.kv is None else cache.kv[i], allowed, block_lengths[-1]
+            )
+            new_kv.append(kv)
+        cache.kv = new_kv
+        cache.next_position += x.shape[1]
         return self.final_norm(x)
 
     def forward_block(self, x: torch.Tensor, cache: BlockCache) -> torch.Tensor:

@@ -121,24 +121,26 @@ class WNConvTranspose1d(_WeightNormed):
         self._poly_src: torch.Tensor | None = None
 
     def polyphase_weight(self) -> torch.Tensor:
+        """(s*C_out, 2*C_in): for each output phase, the taps on [x[i-1] | x[i]]."""
         w = self.weight()
         if self._poly_src is not w:
             s = self.stride
-            # (C_in, C_out, 2s) -> taps (x[i-1], x[i]) for each phase r: (s*C_out, C_in, 2)
-            prev_tap = w[:, :, s:].permute(2, 1, 0)  # (s, C_out, C_in)
-            cur_tap = w[:, :, :s].permute(2, 1, 0)
-            poly = torch.stack([prev_tap, cur_tap], dim=-1)  # (s, C_out, C_in, 2)
-            self._poly = poly.reshape(s * self.out_channels, self.in_channels, 2).contiguous()
+            # (C_in, C_out, 2s) -> phase r reads x[i-1] through w[..., r+s] and x[i] through w[..., r]
+            prev_tap = w[:, :, s:].permute(2, 1, 0).reshape(s * self.out_channels, self.in_channels)
+            cur_tap = w[:, :, :s].permute(2, 1, 0).reshape(s * self.out_channels, self.in_channels)
+            self._poly = torch.cat((prev_tap, cur_tap), dim=1).contiguous()
             self._poly_src = w
         return self._poly
 
     def forward_frames(self, x_with_prev: torch.Tensor) -> torch.Tensor:
         """Outputs for frames 1.. of ``x_with_prev`` (frame 0 is the carried previous frame).
 
-        Returns ``(B, C_out, (L-1) * stride)`` un-cropped samples.
+        Returns ``(B, C_out, (L-1) * stride)`` un-cropped samples. One matrix product: small
+        streaming chunks stay on the fast GEMM path instead of a slow small-input conv kernel.
         """
         b, _, length = x_with_prev.shape
-        y = F.conv1d(x_with_prev, self.polyphase_weight())  # (B, s*C_out, L-1)
+        pairs = torch.cat((x_with_prev[:, :, :-1], x_with_prev[:, :, 1:]), dim=1)  # (B, 2*C_in, L-1)
+        y = torch.matmul(self.polyphase_weight(), pairs)  # (B, s*C_out, L-1)
         s = self.stride
         y = y.view(b, s, self.out_channels, length - 1).permute(0, 2, 3, 1)
         return y.reshape(b, self.out_channels, (length - 1) * s) + self.bias.view(1, -1, 1)
