@@ -690,18 +690,12 @@ def _options(args: argparse.Namespace):
 
 def _stream(model, prompt, text: str, progress: _Progress, **kwargs):
     """An AudioStream that also reports each settled token of the new text to ``progress``."""
-    from .generation import StepOutput
     from .stream import AudioStream
 
-    class _CountingStream(AudioStream):
-        def _consume(self, item):
-            if isinstance(item, StepOutput) and item.final_pass and item.index >= self.decode_start:
-                progress.token()
-            return super()._consume(item)
-
     model.require_decoder()
-    stream = _CountingStream(model, prompt, text, **kwargs)
-    progress.total_tokens = max(0, stream._plan.num_steps - model.config.shift_acoustic - stream.decode_start)
+    stream = AudioStream(model, prompt, text, **kwargs)
+    stream.on_token = lambda _step: progress.token()
+    progress.total_tokens = stream.tokens_total or 0
     return stream
 
 

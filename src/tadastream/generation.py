@@ -151,6 +151,13 @@ class GenerationPlan:
     shift: int = 5
 
     @property
+    def num_steps(self) -> int | None:
+        """LLM steps of the (first) pass; None while the text is still arriving."""
+        if self.text_ids is None:
+            return None
+        return len(self.head_ids) + len(self.text_ids) + len(self.tail_ids) + self.num_extra_steps
+
+    @property
     def input_ids(self) -> list[int]:
         return self.head_ids + (self.text_ids or []) + self.tail_ids
 

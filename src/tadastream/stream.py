@@ -63,6 +63,8 @@ class AudioStream:
         self.chunk_samples: list[int] = []
         self.time_to_first_audio: float | None = None
         self.sample_rate = SAMPLE_RATE
+        self.tokens_done = 0
+        self.on_token = None  # optional callable(StepOutput), called for every spoken token
 
     # -- sync iteration -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
@@ -130,6 +132,9 @@ class AudioStream:
         if isinstance(item, StepOutput):
             if not item.final_pass or item.index < plan.decode_start:
                 return None
+            self.tokens_done += 1
+            if self.on_token is not None:
+                self.on_token(item)
             if item.index == plan.decode_start:
                 self._decoder.set_skip_leading_frames(leading_trim_frames(int(item.time_before[0])))
             vector = item.acoustic_features[0] * cfg.acoustic_std + cfg.acoustic_mean
@@ -190,6 +195,12 @@ class AudioStream:
     @property
     def decode_start(self) -> int:
         return self._plan.decode_start
+
+    @property
+    def tokens_total(self) -> int | None:
+        """Tokens this stream will speak; None while the text is still arriving."""
+        steps = self._plan.num_steps
+        return None if steps is None else max(0, steps - self.model.config.shift_acoustic - self.decode_start)
 
     # -- async iteration ----------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[tuple[torch.Tensor, int]]:
