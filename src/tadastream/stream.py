@@ -32,8 +32,8 @@ from .generation import (
 SAMPLE_RATE = 24000
 
 
-class _Cancelled(Exception):
-    """The consumer went away while the loop waited for text."""
+class TextCancelled(Exception):
+    """Raised by a text source to stop a stream that waits for text (its consumer went away)."""
 
 
 class AudioStream:
@@ -93,7 +93,7 @@ class AudioStream:
                         self._release()
                     if chunk is not None or self._done:
                         return chunk
-            except _Cancelled:
+            except TextCancelled:
                 self._release()
                 return None
             except BaseException:
@@ -121,7 +121,7 @@ class AudioStream:
             except StopAsyncIteration:
                 raise StopIteration from None
             except concurrent.futures.CancelledError:
-                raise _Cancelled from None
+                raise TextCancelled from None
             finally:
                 self._pending = None
 

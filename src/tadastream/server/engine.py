@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..generation import GenerationInputError, InferenceOptions, generate
-from ..stream import _Cancelled
+from ..stream import TextCancelled
 
 T = TypeVar("T")
 
@@ -269,14 +269,14 @@ class TextPieces:
 
     def __next__(self) -> str:
         if self.closed:
-            raise _Cancelled
+            raise TextCancelled
         if self._seen_end:
             raise StopIteration
         item = self._queue.get()  # blocks the worker thread until the client sends more
         parts = []
         while True:
             if item is _CLOSED:
-                raise _Cancelled
+                raise TextCancelled
             if item is _END:
                 self._seen_end = True
                 break
