@@ -231,3 +231,20 @@ def test_save_and_load_roundtrip_and_key_errors(tmp_path, decoder):
     save_file(state, str(tmp_path / "decoder" / "model.safetensors"))
     with pytest.raises(CheckpointError, match="decoder_proj.weight.*shape"):
         Decoder.from_pretrained(tmp_path / "decoder")
+
+
+def test_calls_grow_when_ahead_and_stay_per_token_when_behind(decoder, monkeypatch):
+    vectors, time_before = utterance(seed=5, tokens=40)
+
+    def run(sd):
+        out = [sd.decode_block(v, int(t)) for v, t in zip(vectors, time_before[:-1])]
+        return torch.cat(out + [sd.flush(int(time_before[-1]))])
+
+    ahead = StreamingDecoder(decoder, window_size=64)  # a tiny decoder runs far ahead of playback
+    a = run(ahead)
+    assert ahead.calls < len(vectors) / 2
+    monkeypatch.setattr(StreamingDecoder, "LEAD_MARGIN_S", 1e9)  # as if playback had caught up
+    behind = StreamingDecoder(decoder, window_size=64)
+    b = run(behind)
+    assert behind.calls == len(vectors) + 1  # every token's block, then the trailing one
+    assert (a - b).abs().max() < 1e-5

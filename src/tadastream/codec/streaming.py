@@ -9,12 +9,17 @@ The concatenated output therefore equals the one-pass decode up to float roundin
 
 Cost: each decode call reads all the decoder's weights (~0.5 GB in fp32), which on a
 memory-bound machine is what a small call pays. So until the first audio is out every completed
-block is decoded at once (time to first audio is what a listener waits for); after that, blocks
+block is decoded at once (time to first audio is what a listener waits for). After that, blocks
 are gathered into calls that double in size up to ``window_size`` frames, which keeps the total
-within a few percent of the one-pass decode while staying far ahead of real-time playback.
+within a few percent of the one-pass decode, but only while the audio already delivered runs
+comfortably ahead of real-time playback: when that lead drops below a margin, every completed
+block is decoded at once again, so a slow producer (a large model on a CPU) never starves the
+listener to save decoder time it cannot afford anyway.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -34,6 +39,9 @@ class StreamingDecoder:
             plus one block, whatever the utterance length.
         skip_leading_frames: frames of output audio to drop at the start (leading silence).
     """
+
+    # Gather blocks only while delivered audio leads real-time playback by at least this much.
+    LEAD_MARGIN_S = 1.0
 
     def __init__(self, decoder: Decoder, window_size: int = 100, skip_leading_frames: int = 0):
         if window_size < 1:
@@ -56,6 +64,7 @@ class StreamingDecoder:
         self.frames_in = 0
         self.samples_out = 0
         self.calls = 0
+        self._first_audio_at: float | None = None
         self.finished = False
 
     def set_skip_leading_frames(self, frames: int) -> None:
@@ -85,7 +94,7 @@ class StreamingDecoder:
                 self._queued_frames += self._blocks[-1].shape[0]
                 self._pending = []
                 start = i + 1
-                if self._queued_frames >= self._next_call_frames:
+                if self._queued_frames >= self._next_call_frames or self._lead() < self.LEAD_MARGIN_S:
                     out.append(self._decode_queued())
         if start < frames.shape[0]:
             self._pending.append(frames[start:])
@@ -133,6 +142,13 @@ class StreamingDecoder:
             self._next_call_frames = min(self.window_size, max(2 * frames, self._next_call_frames))
         return audio
 
+    def _lead(self) -> float:
+        """Seconds of delivered audio not yet played, assuming playback started at the first sample."""
+        if self._first_audio_at is None:
+            return 0.0
+        played = time.perf_counter() - self._first_audio_at
+        return self.samples_out / (50 * self.decoder.samples_per_frame) - played
+
     def _emit(self, pieces: list[torch.Tensor]) -> torch.Tensor:
         if not pieces:
             return self._param.new_zeros(0)
@@ -140,5 +156,7 @@ class StreamingDecoder:
         if self._to_skip:
             cut = min(self._to_skip, audio.shape[0])
             audio, self._to_skip = audio[cut:], self._to_skip - cut
+        if audio.shape[0] and self._first_audio_at is None:
+            self._first_audio_at = time.perf_counter()
         self.samples_out += audio.shape[0]
         return audio
