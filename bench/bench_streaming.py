@@ -32,11 +32,14 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import tadastream.generation as gen  # noqa: E402
-from tadastream.codec.decoder import Decoder, expand_tokens  # noqa: E402
+from tadastream.codec.decoder import expand_tokens  # noqa: E402
 from tadastream.codec.streaming import StreamingDecoder  # noqa: E402
-from tadastream.config import DecoderConfig, tada_config  # noqa: E402
+from tadastream.config import tada_config  # noqa: E402
 from tadastream.demo import build_demo_model, demo_tokenizer, demo_voice  # noqa: E402
 from tadastream.model import TadaForCausalLM  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decoder import build_decoder  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SAMPLE_RATE = 24000
@@ -105,18 +108,17 @@ def build_1b(dtype: torch.dtype, device: str) -> TadaForCausalLM:
     config = tada_1b_config()
     with torch.device("meta"):
         model = TadaForCausalLM(config)
-        decoder = Decoder(DecoderConfig())
     model.to_empty(device="cpu")
-    decoder.to_empty(device="cpu")
     model._init_non_persistent()
     gen_ = torch.Generator().manual_seed(0)
-    for name, p in list(model.named_parameters()) + [("decoder." + n, q) for n, q in decoder.named_parameters()]:
-        if name.endswith("alpha"):
-            p.uniform_(0.5, 1.5, generator=gen_)
-        elif p.dim() == 1:
-            p.fill_(1.0 if "norm" in name or name.endswith("weight_g") else 0.0)
+    for name, p in model.named_parameters():
+        if p.dim() == 1:
+            p.fill_(1.0 if "norm" in name else 0.0)
         else:
             p.normal_(0.0, min(0.02, 1.0 / max(p.shape[-1], 1) ** 0.5), generator=gen_)
+    # the codec decoder as bench_decoder.py builds it: weight-norm g = ||v||, non-zero biases (all-zero
+    # biases drive the CNN into denormal floats, which are ~10x slower on CPU and not what checkpoints do)
+    decoder = build_decoder()
     model.lm_head.weight = model.model.embed_tokens.weight
     model.decoder = decoder.eval()
     model.tokenizer = demo_tokenizer()
@@ -194,6 +196,7 @@ def bench_text(model, voice, text: str, repeat: int, gen_repeat: int = 1) -> dic
         stream_result_total_s=res.total_time,
         ttfa_s=res.time_to_first_audio,
         stream_audio_s=samples / SAMPLE_RATE,
+        stream_samples=samples,
         stream_rtf=t_s / (samples / SAMPLE_RATE),
         chunk_times=res.chunk_times,
         chunk_samples=res.chunk_samples,
@@ -258,6 +261,74 @@ def bench_text(model, voice, text: str, repeat: int, gen_repeat: int = 1) -> dic
         dec_cnn_s_per_token=t_cnn / n_tok,
     )
     return row
+
+
+def word_pieces(tok, text: str) -> tuple[list[str], list[int]]:
+    """Words as an LLM would emit them (leading space) and the text-token count after each."""
+    words = text.split(" ")
+    pieces = words[:1] + [" " + w for w in words[1:]]
+    counts = [len(tok.encode("".join(pieces[: i + 1]), add_special_tokens=False)) for i in range(len(pieces))]
+    return pieces, counts
+
+
+def paced(pieces: list[str], counts: list[int], rate: float, log: list):
+    """Yield the pieces as a producer emitting ``rate`` tokens/s would: the piece whose first token
+    is token k (0-based) is yielded k / rate seconds after the first piece (never earlier; later
+    only if the consumer pulls late, i.e. the piece was already waiting). ``log`` gets
+    (time, index of the piece's last token) per piece."""
+    t0 = None
+    for i, piece in enumerate(pieces):
+        first_tok = counts[i - 1] if i else 0
+        if t0 is None:
+            t0 = time.perf_counter()
+        else:
+            wait = t0 + first_tok / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        log.append((time.perf_counter(), counts[i] - 1))
+        yield piece
+
+
+def bench_incremental(model, voice, text: str, rate: float, gen_repeat: int, full_ttfa: float, full_samples: int):
+    """Text as a generator of word pieces at ``rate`` tokens/s; time to first audio from the first piece."""
+    pieces, counts = word_pieces(model.tokenizer, text)
+    best = None
+    for _ in range(gen_repeat):
+        log: list = []
+        reset_durations()
+        stream = gen.generate(model, voice, paced(pieces, counts, rate, log), stream=True)
+        first, samples = None, 0
+        for chunk, _sr in stream:
+            if first is None and chunk.numel():
+                first = time.perf_counter()
+            samples += chunk.numel()
+        end = time.perf_counter()
+        t0 = log[0][0]
+        before = [(t, k) for t, k in log if t <= first]
+        arrival, look_ahead = before[-1]
+        run = {
+            "ttfa_s": first - t0,
+            "total_s": end - t0,
+            "look_ahead_tokens": look_ahead,
+            "look_ahead_arrival_s": arrival - t0,
+            "after_arrival_s": first - arrival,
+            "samples": samples,
+        }
+        if best is None or run["ttfa_s"] < best["ttfa_s"]:
+            best = run
+    shift = int(model.config.shift_acoustic)
+    best.update(
+        rate_tok_s=rate,
+        text_tokens=counts[-1],
+        pieces=len(pieces),
+        shift_acoustic=shift,
+        chunk_s=full_ttfa,
+        bound_s=(shift + best["look_ahead_tokens"]) / rate + full_ttfa,
+        text_arrival_s=(counts[-2] if len(counts) > 1 else 0) / rate,
+        same_audio_length=best["samples"] == full_samples,
+    )
+    best["ttfa_within_bound"] = best["ttfa_s"] <= best["bound_s"]
+    return best
 
 
 def peak_memory(args, name: str) -> dict:
@@ -344,6 +415,29 @@ def print_table(rows: dict) -> None:
         print(f"{name:<7}" + "".join(cells))
 
 
+def print_incremental(rows: dict) -> None:
+    cols = [
+        ("tok", "text_tokens", "{:d}"),
+        ("text in s", "text_arrival_s", "{:.2f}"),
+        ("TTFA full", "chunk_s", "{:.3f}"),
+        ("TTFA inc", "ttfa_s", "{:.3f}"),
+        ("look-ahead", "look_ahead_tokens", "{:d}"),
+        ("arrived s", "look_ahead_arrival_s", "{:.3f}"),
+        ("after arr s", "after_arrival_s", "{:.3f}"),
+        ("bound s", "bound_s", "{:.3f}"),
+        ("<= bound", "ttfa_within_bound", "{}"),
+        ("total s", "total_s", "{:.3f}"),
+        ("same len", "same_audio_length", "{}"),
+    ]
+    head = f"{'text':<7}" + "".join(f"{h:>12}" for h, _, _ in cols)
+    print(head)
+    print("-" * len(head))
+    for name, row in rows.items():
+        inc = row.get("incremental")
+        if inc:
+            print(f"{name:<7}" + "".join(f"{fmt.format(inc[key]):>12}" for _, key, fmt in cols))
+
+
 def plot(result: dict, path: Path) -> bool:
     try:
         import matplotlib
@@ -395,6 +489,13 @@ def main(argv=None) -> int:
         default=None,
         help="peak memory per text in a fresh process (default: on for tiny, off for 1b)",
     )
+    ap.add_argument(
+        "--incremental",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also stream the text as word pieces arriving at --text-rate tokens/s (default: on for tiny)",
+    )
+    ap.add_argument("--text-rate", type=float, default=20.0, help="incremental text rate, tokens/s (default 20)")
     ap.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--_peak", help=argparse.SUPPRESS)
@@ -410,6 +511,7 @@ def main(argv=None) -> int:
             ap.error(f"unknown text {t!r}; use {', '.join(TEXT_TOKENS)}")
     repeat = args.repeat or (3 if args.mode == "tiny" else 1)
     mem = args.mem if args.mem is not None else args.mode == "tiny"
+    incremental = args.incremental if args.incremental is not None else args.mode == "tiny"
 
     t0 = time.perf_counter()
     model = build_model(args)
@@ -432,6 +534,12 @@ def main(argv=None) -> int:
         text = make_text(model.tokenizer, TEXT_TOKENS[name])
         rows[name] = bench_text(model, voice, text, repeat, args.gen_repeat)
         print(f"{name}: done ({rows[name]['stream_total_s']:.2f} s streaming)", flush=True)
+        if incremental:
+            r = rows[name]
+            r["incremental"] = bench_incremental(
+                model, voice, text, args.text_rate, args.gen_repeat, r["ttfa_s"], r["stream_samples"]
+            )
+            print(f"{name}: incremental TTFA {r['incremental']['ttfa_s']:.3f} s", flush=True)
         if mem:
             m = peak_memory(args, name)
             rows[name].update(stream_peak_mb=m["peak_mb"], mem_base_mb=m["base_mb"], mem_kind=m["kind"])
@@ -449,6 +557,12 @@ def main(argv=None) -> int:
 
     print()
     print_table(rows)
+    if incremental:
+        print(f"\nincremental text: word pieces at {args.text_rate:g} tokens/s (times from the first piece)")
+        print_incremental(rows)
+        ratios["incremental_ttfa_over_full_text_ttfa"] = {
+            n: r["incremental"]["ttfa_s"] / r["ttfa_s"] for n, r in rows.items() if "incremental" in r
+        }
     print()
     for k, v in ratios.items():
         if isinstance(v, dict):
@@ -472,6 +586,7 @@ def main(argv=None) -> int:
         "decoder_params": n_dec,
         "build_s": build_s,
         "duration_pattern_frames": list(_PATTERN),
+        "incremental_text_rate_tok_s": args.text_rate if incremental else None,
         "texts": rows,
         "ratios": ratios,
     }
