@@ -243,8 +243,19 @@ def test_calls_grow_when_ahead_and_stay_per_token_when_behind(decoder, monkeypat
     ahead = StreamingDecoder(decoder, window_size=64)  # a tiny decoder runs far ahead of playback
     a = run(ahead)
     assert ahead.calls < len(vectors) / 2
-    monkeypatch.setattr(StreamingDecoder, "LEAD_MARGIN_S", 1e9)  # as if playback had caught up
+    monkeypatch.setattr(StreamingDecoder, "SAFETY", 1e9)  # as if playback were about to run dry
     behind = StreamingDecoder(decoder, window_size=64)
     b = run(behind)
     assert behind.calls == len(vectors) + 1  # every token's block, then the trailing one
     assert (a - b).abs().max() < 1e-5
+
+
+def test_whole_utterance_decode_is_windowed_one_pass(decoder):
+    vectors, time_before = utterance(seed=6, tokens=30)
+    frames = expand_tokens(vectors, time_before)
+    full = decoder(frames.unsqueeze(0))[0, 0]
+    sd = StreamingDecoder(decoder, window_size=32, skip_leading_frames=6)
+    audio = sd.decode(frames)
+    assert audio.shape[0] == full.shape[0] - 6 * 480
+    assert (audio - full[6 * 480 :]).abs().max() < 1e-5
+    assert sd.calls <= frames.shape[0] // 32 + 3  # about one call per window, not one per token

@@ -159,7 +159,9 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
         help="prompt tokens re-generated to blend into the new text (%(default)s)",
     )
     g.add_argument(
-        "--no-normalize", action="store_true", help="speak the text as written (skip punctuation and casing normalisation)"
+        "--no-normalize",
+        action="store_true",
+        help="speak the text as written (skip punctuation and casing normalisation)",
     )
 
 

@@ -765,15 +765,21 @@ def finish_output(model, plan: GenerationPlan, raw: SyncTokGenerationOutput, aud
 
 
 @torch.inference_mode()
-def decode_audio(model, vectors: torch.Tensor, time_before: torch.Tensor) -> torch.Tensor:
-    """One-pass decode of one utterance, leading silence trimmed (at least 5 frames)."""
+def decode_audio(model, vectors: torch.Tensor, time_before: torch.Tensor, window_size: int = 100) -> torch.Tensor:
+    """Decode one whole utterance, leading silence trimmed (at least 5 frames).
+
+    Runs the block-wise decoder in calls of ``window_size`` frames: the same numbers as one pass
+    over all frames (the decoder's block mask makes them equal), with memory that does not grow
+    with the utterance and without the cost of a T x T attention mask.
+    """
     from .codec.decoder import expand_tokens
+    from .codec.streaming import StreamingDecoder
 
     decoder = model.require_decoder()
     param = decoder.decoder_proj.weight
     frames = expand_tokens(vectors.to(param), time_before[: vectors.shape[0] + 1])
-    wav = decoder(frames.unsqueeze(0))[0, 0]
-    return wav[leading_trim_frames(time_before[0]) * decoder.samples_per_frame :]
+    trim = leading_trim_frames(time_before[0])
+    return StreamingDecoder(decoder, window_size, skip_leading_frames=trim).decode(frames)
 
 
 def generate(
@@ -826,7 +832,7 @@ def generate(
         for item in generate_steps(model, plan):
             raw = item
         vectors, time_before = decode_frames(model, plan, raw)
-        audio = decode_audio(model, vectors[0], time_before[0])
+        audio = decode_audio(model, vectors[0], time_before[0], streaming_cnn_window_size)
         outputs.append(finish_output(model, plan, raw, [audio]))
     if len(outputs) == 1:
         return outputs[0]

@@ -11,10 +11,11 @@ Cost: each decode call reads all the decoder's weights (~0.5 GB in fp32), which 
 memory-bound machine is what a small call pays. So until the first audio is out every completed
 block is decoded at once (time to first audio is what a listener waits for). After that, blocks
 are gathered into calls that double in size up to ``window_size`` frames, which keeps the total
-within a few percent of the one-pass decode, but only while the audio already delivered runs
-comfortably ahead of real-time playback: when that lead drops below a margin, every completed
-block is decoded at once again, so a slow producer (a large model on a CPU) never starves the
-listener to save decoder time it cannot afford anyway.
+close to the one-pass decode, except when waiting would starve the listener: a block is decoded
+at once when the audio already delivered would run out (at real-time playback) before the next
+block is likely to arrive and be decoded. A fast producer thus gets large, cheap calls; a slow
+one (a large model on a CPU, where the decoder's share of the time is small anyway) gets a chunk
+per token.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class StreamingDecoder:
         skip_leading_frames: frames of output audio to drop at the start (leading silence).
     """
 
-    # Gather blocks only while delivered audio leads real-time playback by at least this much.
-    LEAD_MARGIN_S = 1.0
+    # Decode at once when the playback lead is below SAFETY x (time to the next block + decode time).
+    SAFETY = 2.0
 
     def __init__(self, decoder: Decoder, window_size: int = 100, skip_leading_frames: int = 0):
         if window_size < 1:
@@ -65,6 +66,10 @@ class StreamingDecoder:
         self.samples_out = 0
         self.calls = 0
         self._first_audio_at: float | None = None
+        self._last_block_at: float | None = None
+        self._block_interval = 0.0  # recent time between completed blocks (the producer's pace)
+        self._seconds_per_frame = 0.0  # recent decode cost
+        self._batch = False
         self.finished = False
 
     def set_skip_leading_frames(self, frames: int) -> None:
@@ -94,7 +99,8 @@ class StreamingDecoder:
                 self._queued_frames += self._blocks[-1].shape[0]
                 self._pending = []
                 start = i + 1
-                if self._queued_frames >= self._next_call_frames or self._lead() < self.LEAD_MARGIN_S:
+                self._note_block()
+                if self._queued_frames >= self._next_call_frames or self._starving():
                     out.append(self._decode_queued())
         if start < frames.shape[0]:
             self._pending.append(frames[start:])
@@ -127,6 +133,7 @@ class StreamingDecoder:
 
     @torch.no_grad()
     def _decode_queued(self) -> torch.Tensor:
+        started = time.perf_counter()
         blocks, self._blocks = self._blocks, []
         frames, self._queued_frames = self._queued_frames, 0
         self.calls += 1
@@ -140,14 +147,34 @@ class StreamingDecoder:
         audio = torch.cat(pieces, dim=2)
         if audio.shape[2] > self._to_skip:  # audio is flowing: gather more per call from now on
             self._next_call_frames = min(self.window_size, max(2 * frames, self._next_call_frames))
+        cost = (time.perf_counter() - started) / max(frames, 1)
+        self._seconds_per_frame = cost if not self._seconds_per_frame else 0.5 * (self._seconds_per_frame + cost)
         return audio
 
-    def _lead(self) -> float:
-        """Seconds of delivered audio not yet played, assuming playback started at the first sample."""
+    def decode(self, frames: torch.Tensor) -> torch.Tensor:
+        """A whole utterance's frames at once, in calls of about ``window_size`` frames: the one-pass
+        result with bounded memory. Returns all samples (after the leading skip)."""
+        self._next_call_frames = self.window_size
+        self._batch = True  # nobody is listening yet: never decode early
+        head = self.push_frames(frames)
+        return torch.cat((head, self.flush(0)))
+
+    def _note_block(self) -> None:
+        now = time.perf_counter()
+        if self._last_block_at is not None:
+            self._block_interval = 0.5 * self._block_interval + 0.5 * (now - self._last_block_at)
+        self._last_block_at = now
+
+    def _starving(self) -> bool:
+        """Would the delivered audio run out before the next block can be decoded?"""
+        if self._batch:
+            return False
         if self._first_audio_at is None:
-            return 0.0
-        played = time.perf_counter() - self._first_audio_at
-        return self.samples_out / (50 * self.decoder.samples_per_frame) - played
+            return True
+        now = time.perf_counter()
+        lead = self.samples_out / (50 * self.decoder.samples_per_frame) - (now - self._first_audio_at)
+        upcoming = self._block_interval + self._seconds_per_frame * (self._queued_frames + self._next_call_frames)
+        return lead < self.SAFETY * upcoming
 
     def _emit(self, pieces: list[torch.Tensor]) -> torch.Tensor:
         if not pieces:
