@@ -8,8 +8,9 @@ Exactness comes from structure rather than from overlapping windows:
 The concatenated output therefore equals the one-pass decode up to float rounding.
 
 Cost: each decode call reads all the decoder's weights (~0.5 GB in fp32), which on a
-memory-bound machine is what a small call pays. So until the first audio is out every completed
-block is decoded at once (time to first audio is what a listener waits for). After that, blocks
+memory-bound machine is what a small call pays. So the first call comes exactly when the frames
+settled so far can yield the first audible sample (the CNN's look-ahead, about 17 frames, past the
+leading skip): time to first audio is what a listener waits for. After that, blocks
 are gathered into calls that double in size up to ``window_size`` frames, which keeps the total
 close to the one-pass decode, except when waiting would starve the listener: a block is decoded
 at once when the audio already delivered would run out (at real-time playback) before the next
@@ -57,7 +58,7 @@ class StreamingDecoder:
         self._pending: list[torch.Tensor] = []  # frames of the block still open
         self._blocks: list[torch.Tensor] = []  # complete blocks waiting for a decode call
         self._queued_frames = 0
-        self._next_call_frames = 0  # 0: decode every block (no audio out yet)
+        self._next_call_frames = 0  # grows once audio flows
         self._cache = BlockCache()
         self._cnn = self.decoder.wav_decoder.init_state()
         self._to_skip = self.skip_leading_frames * self.decoder.samples_per_frame
@@ -70,6 +71,8 @@ class StreamingDecoder:
         self._block_interval = 0.0  # recent time between completed blocks (the producer's pace)
         self._seconds_per_frame = 0.0  # recent decode cost
         self._batch = False
+        self._decoded_frames = 0
+        self._frames_for_first_audio: int | None = None
         self.finished = False
 
     def set_skip_leading_frames(self, frames: int) -> None:
@@ -78,6 +81,7 @@ class StreamingDecoder:
             raise RuntimeError("the leading skip can only be set before decoding starts")
         self.skip_leading_frames = int(frames)
         self._to_skip = self.skip_leading_frames * self.decoder.samples_per_frame
+        self._frames_for_first_audio = None
 
     @property
     def _param(self) -> torch.Tensor:
@@ -100,7 +104,7 @@ class StreamingDecoder:
                 self._pending = []
                 start = i + 1
                 self._note_block()
-                if self._queued_frames >= self._next_call_frames or self._starving():
+                if self._should_decode():
                     out.append(self._decode_queued())
         if start < frames.shape[0]:
             self._pending.append(frames[start:])
@@ -136,6 +140,7 @@ class StreamingDecoder:
         started = time.perf_counter()
         blocks, self._blocks = self._blocks, []
         frames, self._queued_frames = self._queued_frames, 0
+        self._decoded_frames += frames
         self.calls += 1
         x = self.decoder.decoder_proj(torch.cat(blocks, dim=0).unsqueeze(0))
         hidden = self.decoder.local_attention_decoder.forward_blocks(x, [b.shape[0] for b in blocks], self._cache)
@@ -154,7 +159,6 @@ class StreamingDecoder:
     def decode(self, frames: torch.Tensor) -> torch.Tensor:
         """A whole utterance's frames at once, in calls of about ``window_size`` frames: the one-pass
         result with bounded memory. Returns all samples (after the leading skip)."""
-        self._next_call_frames = self.window_size
         self._batch = True  # nobody is listening yet: never decode early
         head = self.push_frames(frames)
         return torch.cat((head, self.flush(0)))
@@ -165,15 +169,23 @@ class StreamingDecoder:
             self._block_interval = 0.5 * self._block_interval + 0.5 * (now - self._last_block_at)
         self._last_block_at = now
 
+    def _should_decode(self) -> bool:
+        if self._batch:
+            return self._queued_frames >= self.window_size
+        if self._first_audio_at is None:  # decode as soon as it yields the first audible sample
+            if self._frames_for_first_audio is None:
+                skip = self.skip_leading_frames * self.decoder.samples_per_frame
+                self._frames_for_first_audio = self.decoder.wav_decoder.frames_before_output(skip)
+            return self._decoded_frames + self._queued_frames >= self._frames_for_first_audio
+        return self._queued_frames >= self._next_call_frames or self._starving()
+
     def _starving(self) -> bool:
         """Would the delivered audio run out before the next block can be decoded?"""
-        if self._batch:
-            return False
-        if self._first_audio_at is None:
-            return True
         now = time.perf_counter()
         lead = self.samples_out / (50 * self.decoder.samples_per_frame) - (now - self._first_audio_at)
-        upcoming = self._block_interval + self._seconds_per_frame * (self._queued_frames + self._next_call_frames)
+        # if we wait: the next block arrives, then queued + that block are decoded in one call
+        next_block = self._blocks[-1].shape[0] if self._blocks else 1
+        upcoming = self._block_interval + self._seconds_per_frame * (self._queued_frames + next_block)
         return lead < self.SAFETY * upcoming
 
     def _emit(self, pieces: list[torch.Tensor]) -> torch.Tensor:

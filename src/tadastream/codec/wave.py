@@ -189,6 +189,41 @@ class WaveDecoder(nn.Module):
             return op.flush(state, like)
         return like[:, :, :0]
 
+    def frames_before_output(self, samples: int = 0) -> int:
+        """Input frames the streaming steps need before more than ``samples`` output samples are
+        final (the CNN's right-hand look-ahead, plus what covers ``samples``); by lengths alone."""
+        held = [None] * len(self._ops)  # per conv: buffered samples; per transpose: cropping left
+        out_total, frames = 0, 0
+        while out_total <= samples:
+            frames += 1
+            n = 1
+            for i, op in enumerate(self._ops):
+                n = self._length_step(op, held, i, n)
+            out_total += n
+        return frames
+
+    @staticmethod
+    def _conv_length(conv: WNConv1d, held: list, key, n: int) -> int:
+        buf = (conv.padding if held[key] is None else held[key]) + n
+        held[key] = min(buf, conv.receptive)
+        return max(0, buf - conv.receptive)
+
+    def _length_step(self, op: nn.Module, held: list, i: int, n: int) -> int:
+        if isinstance(op, WNConv1d):
+            return self._conv_length(op, held, i, n)
+        if isinstance(op, WNConvTranspose1d):
+            crop = op.padding if held[i] is None else held[i]
+            out = n * op.stride
+            cut = min(crop, out)
+            held[i] = crop - cut
+            return out - cut
+        if isinstance(op, ResidualUnit):
+            if held[i] is None:
+                held[i] = [None, None]
+            n = self._conv_length(op.block[1], held[i], 0, n)
+            return self._conv_length(op.block[3], held[i], 1, n)
+        return n
+
     def step(self, states: list, x: torch.Tensor) -> torch.Tensor:
         for op, state in zip(self._ops, states):
             x = self._step_op(op, state, x)
