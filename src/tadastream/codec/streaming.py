@@ -12,16 +12,13 @@ memory-bound machine is what a small call pays. So the first call comes exactly 
 settled so far can yield the first audible sample (the CNN's look-ahead, about 17 frames, past the
 leading skip): time to first audio is what a listener waits for. After that, blocks
 are gathered into calls that double in size up to ``window_size`` frames, which keeps the total
-close to the one-pass decode, except when waiting would starve the listener: a block is decoded
-at once when the audio already delivered would run out (at real-time playback) before the next
-block is likely to arrive and be decoded. A fast producer thus gets large, cheap calls; a slow
-one (a large model on a CPU, where the decoder's share of the time is small anyway) gets a chunk
-per token.
+close to the one-pass decode. The schedule depends on the frames alone, never on timing, so the
+same inputs give the same chunks and bit-identical audio however busy the machine is. Doubling
+keeps a listener fed whenever generation runs at least twice as fast as real time; for a slower
+producer a smaller ``window_size`` keeps chunks near one token.
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 
@@ -41,9 +38,6 @@ class StreamingDecoder:
             plus one block, whatever the utterance length.
         skip_leading_frames: frames of output audio to drop at the start (leading silence).
     """
-
-    # Decode at once when the playback lead is below SAFETY x (time to the next block + decode time).
-    SAFETY = 2.0
 
     def __init__(self, decoder: Decoder, window_size: int = 100, skip_leading_frames: int = 0):
         if window_size < 1:
@@ -66,10 +60,7 @@ class StreamingDecoder:
         self.frames_in = 0
         self.samples_out = 0
         self.calls = 0
-        self._first_audio_at: float | None = None
-        self._last_block_at: float | None = None
-        self._block_interval = 0.0  # recent time between completed blocks (the producer's pace)
-        self._seconds_per_frame = 0.0  # recent decode cost
+        self._audio_flowing = False
         self._batch = False
         self._decoded_frames = 0
         self._frames_for_first_audio: int | None = None
@@ -103,7 +94,6 @@ class StreamingDecoder:
                 self._queued_frames += self._blocks[-1].shape[0]
                 self._pending = []
                 start = i + 1
-                self._note_block()
                 if self._should_decode():
                     out.append(self._decode_queued())
         if start < frames.shape[0]:
@@ -137,7 +127,6 @@ class StreamingDecoder:
 
     @torch.no_grad()
     def _decode_queued(self) -> torch.Tensor:
-        started = time.perf_counter()
         blocks, self._blocks = self._blocks, []
         frames, self._queued_frames = self._queued_frames, 0
         self._decoded_frames += frames
@@ -152,8 +141,6 @@ class StreamingDecoder:
         audio = torch.cat(pieces, dim=2)
         if audio.shape[2] > self._to_skip:  # audio is flowing: gather more per call from now on
             self._next_call_frames = min(self.window_size, max(2 * frames, self._next_call_frames))
-        cost = (time.perf_counter() - started) / max(frames, 1)
-        self._seconds_per_frame = cost if not self._seconds_per_frame else 0.5 * (self._seconds_per_frame + cost)
         return audio
 
     def decode(self, frames: torch.Tensor) -> torch.Tensor:
@@ -163,30 +150,15 @@ class StreamingDecoder:
         head = self.push_frames(frames)
         return torch.cat((head, self.flush(0)))
 
-    def _note_block(self) -> None:
-        now = time.perf_counter()
-        if self._last_block_at is not None:
-            self._block_interval = 0.5 * self._block_interval + 0.5 * (now - self._last_block_at)
-        self._last_block_at = now
-
     def _should_decode(self) -> bool:
         if self._batch:
             return self._queued_frames >= self.window_size
-        if self._first_audio_at is None:  # decode as soon as it yields the first audible sample
+        if not self._audio_flowing:  # decode as soon as it yields the first audible sample
             if self._frames_for_first_audio is None:
                 skip = self.skip_leading_frames * self.decoder.samples_per_frame
                 self._frames_for_first_audio = self.decoder.wav_decoder.frames_before_output(skip)
             return self._decoded_frames + self._queued_frames >= self._frames_for_first_audio
-        return self._queued_frames >= self._next_call_frames or self._starving()
-
-    def _starving(self) -> bool:
-        """Would the delivered audio run out before the next block can be decoded?"""
-        now = time.perf_counter()
-        lead = self.samples_out / (50 * self.decoder.samples_per_frame) - (now - self._first_audio_at)
-        # if we wait: the next block arrives, then queued + that block are decoded in one call
-        next_block = self._blocks[-1].shape[0] if self._blocks else 1
-        upcoming = self._block_interval + self._seconds_per_frame * (self._queued_frames + next_block)
-        return lead < self.SAFETY * upcoming
+        return self._queued_frames >= self._next_call_frames
 
     def _emit(self, pieces: list[torch.Tensor]) -> torch.Tensor:
         if not pieces:
@@ -195,7 +167,6 @@ class StreamingDecoder:
         if self._to_skip:
             cut = min(self._to_skip, audio.shape[0])
             audio, self._to_skip = audio[cut:], self._to_skip - cut
-        if audio.shape[0] and self._first_audio_at is None:
-            self._first_audio_at = time.perf_counter()
+        self._audio_flowing = self._audio_flowing or audio.shape[0] > 0
         self.samples_out += audio.shape[0]
         return audio
