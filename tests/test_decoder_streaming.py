@@ -272,3 +272,21 @@ def test_whole_utterance_decode_is_windowed_one_pass(decoder):
     assert audio.shape[0] == full.shape[0] - 6 * 480
     assert (audio - full[6 * 480 :]).abs().max() < 1e-5
     assert sd.calls <= frames.shape[0] // 32 + 3  # about one call per window, not one per token
+
+
+@pytest.mark.parametrize("group", [1, 2, 5])
+def test_grouped_block_attention_equals_full_pass(decoder, group):
+    vectors, time_before = utterance(seed=9, tokens=11)
+    frames = expand_tokens(vectors, time_before).unsqueeze(0)
+    marks = frame_marks(frames)
+    full = decoder.hidden(frames, marks)
+    ends = (marks[0].nonzero().flatten() + 1).tolist() + [frames.shape[1]]
+    lengths = [b - a for a, b in zip([0] + ends[:-1], ends) if b > a]
+    cache, outs, start = BlockCache(), [], 0
+    with torch.no_grad():
+        for i in range(0, len(lengths), group):
+            sizes = lengths[i : i + group]
+            x = decoder.decoder_proj(frames[:, start : start + sum(sizes)])
+            outs.append(decoder.local_attention_decoder.forward_blocks(x, sizes, cache))
+            start += sum(sizes)
+    assert (torch.cat(outs, 1) - full).abs().max() < 1e-5
