@@ -34,7 +34,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
 import tadastream.generation as gen  # noqa: E402
 from tadastream.codec.decoder import expand_tokens  # noqa: E402
 from tadastream.codec.streaming import StreamingDecoder  # noqa: E402
-from tadastream.config import tada_config  # noqa: E402
+from tadastream.config import TADA_1B, tada_config  # noqa: E402
 from tadastream.demo import build_demo_model, demo_tokenizer, demo_voice  # noqa: E402
 from tadastream.model import TadaForCausalLM  # noqa: E402
 
@@ -72,35 +72,9 @@ gen.decode_time = _fixed_decode_time
 
 # -- models -------------------------------------------------------------------------------------
 def tada_1b_config():
-    tok_len = len(demo_tokenizer())
-    assert tok_len <= 128256
-    return tada_config(
-        vocab_size=128256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
-        tie_word_embeddings=True,
-        rope_theta=500000.0,
-        max_position_embeddings=131072,
-        rms_norm_eps=1e-5,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 32.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-        acoustic_dim=512,
-        num_time_classes=256,
-        shift_acoustic=5,
-        head_layers=6,
-        head_ffn_ratio=4.0,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
+    assert len(demo_tokenizer()) <= TADA_1B["vocab_size"]
+    # the demo tokenizer stands in for Llama 3's (same special tokens, small ids)
+    return tada_config(TADA_1B, bos_token_id=None, eos_token_id=None)
 
 
 @torch.no_grad()

@@ -178,3 +178,12 @@ def test_gray_code_matches_reference():
         assert decode_time(torch.tensor(r["bits"]), r["num_bits"]).item() == min(max(r["value"], 0), top)
     enc = data["encode_8bit"]
     assert encode_time(torch.tensor([r["value"] for r in enc]), 8).tolist() == [r["bits"] for r in enc]
+
+
+def test_published_tada_1b_config_matches_the_reference_shapes():
+    from tadastream.config import TADA_1B
+
+    ref = json.loads((FIX / "real_shapes.json").read_text())["tada_1b"]["config"]
+    for key, value in TADA_1B.items():
+        if key in ref:
+            assert ref[key] == value, key

@@ -101,6 +101,37 @@ TADA_DEFAULTS: dict[str, Any] = {
 }
 
 
+# HumeAI/tada-1b's published LLM config (FACTS: Llama 3.2 1B + TADA head), for building its shapes.
+TADA_1B: dict[str, Any] = {
+    "vocab_size": 128256,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "tie_word_embeddings": True,
+    "rope_theta": 500000.0,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "acoustic_dim": 512,
+    "num_time_classes": 256,
+    "shift_acoustic": 5,
+    "head_layers": 6,
+    "head_ffn_ratio": 4.0,
+    "tokenizer_name": "meta-llama/Llama-3.2-1B",
+}
+
+
 def tada_config(data: dict[str, Any] | None = None, **overrides: Any) -> LlamaConfig:
     """A ``LlamaConfig`` carrying TADA's extra fields (defaults as in the reference)."""
     merged = {**TADA_DEFAULTS, **(data or {}), **overrides}
