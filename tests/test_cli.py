@@ -433,7 +433,7 @@ def test_option_defaults_match_inference_options():
     assert args.speed is defaults.speed_up_factor is None
     import inspect
 
-    from tadastream.generation import generate
+    from tadastream.model import generate
 
     assert args.transition_steps == inspect.signature(generate).parameters["num_transition_steps"].default
     assert {f.name for f in dataclasses.fields(InferenceOptions)} >= {"text_temperature", "acoustic_cfg_scale"}

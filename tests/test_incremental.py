@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tadastream.demo import DEMO_VOICE_TEXT, demo_tokenizer
-from tadastream.generation import GenerationInputError, generate
+from tadastream.generation import GenerationInputError
+from tadastream.model import generate
 from tadastream.text import IncrementalText, normalize_text, tokenize_joint
 
 TEXT = (

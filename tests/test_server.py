@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from tadastream.audio import float_to_pcm16  # noqa: E402
 from tadastream.demo import build_demo_model, demo_voice  # noqa: E402
-from tadastream.generation import generate  # noqa: E402
+from tadastream.model import generate  # noqa: E402
 from tadastream.server.app import ServerSettings, create_app  # noqa: E402
 from tadastream.stream import AudioStream  # noqa: E402
 

@@ -12,9 +12,7 @@ EXPECTED = {
     "hello": "Hello",
     "Hello World.": "Hello world.",
     "HELLO WORLD. THIS IS LOUD!": "Hello world. This is loud!",
-    "the quick brown fox. jumps over? the lazy dog! yes": (
-        "The quick brown fox. Jumps over? The lazy dog! Yes"
-    ),
+    "the quick brown fox. jumps over? the lazy dog! yes": ("The quick brown fox. Jumps over? The lazy dog! Yes"),
     "He said, “I’m fine.”": "He said, i'm fine.",
     "„Guten Tag“ and ‚hallo‘": "Guten tag and hallo'",
     "‟odd quotes‛ here": "Odd quotes here",

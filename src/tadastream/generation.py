@@ -1,4 +1,4 @@
-"""The generation loop: a generator of per-token steps, and ``generate()`` on top of it.
+"""The generation loop: a generator of per-token steps (``TadaForCausalLM.generate`` drives it).
 
 ``generate_steps`` yields one :class:`StepOutput` per acoustic frame it settles (prompted or
 predicted) and finally a :class:`SyncTokGenerationOutput`. The non-streaming ``generate`` drains
@@ -780,63 +780,3 @@ def decode_audio(model, vectors: torch.Tensor, time_before: torch.Tensor, window
     frames = expand_tokens(vectors.to(param), time_before[: vectors.shape[0] + 1])
     trim = leading_trim_frames(time_before[0])
     return StreamingDecoder(decoder, window_size, skip_leading_frames=trim).decode(frames)
-
-
-def generate(
-    model,
-    prompt=None,
-    text: str | list[str] = "",
-    num_transition_steps: int = 5,
-    num_extra_steps: int = 0,
-    system_prompt: str | None = None,
-    user_turn_prompt: str | None = None,
-    inference_options: InferenceOptions | None = None,
-    use_text_in_prompt: bool = False,
-    normalize_text: bool = True,
-    verbose: bool = False,
-    stream: bool = False,
-    streaming_cnn_window_size: int = 100,
-) -> Any:
-    """Speak ``text`` in the voice of ``prompt``.
-
-    Returns a :class:`GenerationOutput` (``audio[i]``: 1-D float tensor at 24 kHz), or with
-    ``stream=True`` an :class:`~tadastream.stream.AudioStream` yielding ``(chunk, sample_rate)``.
-    With ``stream=True``, ``text`` may also be an iterable or async iterable of string pieces
-    (characters, words, LLM tokens): speech starts before the text is complete, and the audio
-    equals that of the whole text passed at once.
-    """
-    kwargs = dict(
-        num_transition_steps=num_transition_steps,
-        num_extra_steps=num_extra_steps,
-        system_prompt=system_prompt,
-        user_turn_prompt=user_turn_prompt,
-        inference_options=inference_options,
-        use_text_in_prompt=use_text_in_prompt,
-        normalize_text=normalize_text,
-    )
-    if stream:
-        from .stream import AudioStream
-
-        if not isinstance(text, str) and not hasattr(text, "__iter__") and not hasattr(text, "__aiter__"):
-            raise GenerationInputError("text must be a string, or an iterable / async iterable of string pieces")
-        model.require_decoder()
-        return AudioStream(model, prompt, text, window_size=streaming_cnn_window_size, **kwargs)
-    texts = [text] if isinstance(text, str) else list(text)
-    if not texts:
-        raise GenerationInputError("text is empty: pass the words to speak")
-    plans = [plan_generation(model, prompt, t, **kwargs) for t in texts]  # validate all before any work
-    model.require_decoder()
-    outputs = []
-    for plan in plans:
-        raw = None
-        for item in generate_steps(model, plan):
-            raw = item
-        vectors, time_before = decode_frames(model, plan, raw)
-        audio = decode_audio(model, vectors[0], time_before[0], streaming_cnn_window_size)
-        outputs.append(finish_output(model, plan, raw, [audio]))
-    if len(outputs) == 1:
-        return outputs[0]
-    merged = outputs[0]
-    merged.audio = [o.audio[0] for o in outputs]
-    merged.text = [o.text[0] for o in outputs]
-    return merged

@@ -12,6 +12,15 @@ from transformers import LlamaConfig, LlamaModel
 
 from .codec.decoder import Decoder
 from .config import num_time_bits, tada_config
+from .generation import (
+    GenerationInputError,
+    InferenceOptions,
+    decode_audio,
+    decode_frames,
+    finish_output,
+    generate_steps,
+    plan_generation,
+)
 from .hub import (
     CheckpointError,
     load_weights,
@@ -22,6 +31,7 @@ from .hub import (
     save_checkpoint,
 )
 from .nn.flow_head import FlowHead
+from .stream import AudioStream
 
 DEFAULT_CODEC = "HumeAI/tada-codec"
 DEFAULT_TOKENIZER = "meta-llama/Llama-3.2-1B"
@@ -139,6 +149,65 @@ class TadaForCausalLM(nn.Module):
         )
         return hidden, (self.lm_head(hidden) if compute_logits else None)
 
+    # -- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt=None,
+        text: str | list[str] = "",
+        num_transition_steps: int = 5,
+        num_extra_steps: int = 0,
+        system_prompt: str | None = None,
+        user_turn_prompt: str | None = None,
+        inference_options: InferenceOptions | None = None,
+        use_text_in_prompt: bool = False,
+        normalize_text: bool = True,
+        verbose: bool = False,
+        stream: bool = False,
+        streaming_cnn_window_size: int = 100,
+    ) -> Any:
+        """Speak ``text`` in the voice of ``prompt``.
+
+        Returns a :class:`GenerationOutput` (``audio[i]``: 1-D float tensor at 24 kHz), or with
+        ``stream=True`` an :class:`~tadastream.stream.AudioStream` yielding ``(chunk, sample_rate)``.
+        With ``stream=True``, ``text`` may also be an iterable or async iterable of string pieces
+        (characters, words, LLM tokens): speech starts before the text is complete, and the audio
+        equals that of the whole text passed at once.
+        """
+        kwargs = dict(
+            num_transition_steps=num_transition_steps,
+            num_extra_steps=num_extra_steps,
+            system_prompt=system_prompt,
+            user_turn_prompt=user_turn_prompt,
+            inference_options=inference_options,
+            use_text_in_prompt=use_text_in_prompt,
+            normalize_text=normalize_text,
+        )
+        if stream:
+            if not isinstance(text, str) and not hasattr(text, "__iter__") and not hasattr(text, "__aiter__"):
+                raise GenerationInputError("text must be a string, or an iterable / async iterable of string pieces")
+            self.require_decoder()
+            return AudioStream(self, prompt, text, window_size=streaming_cnn_window_size, **kwargs)
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise GenerationInputError("text is empty: pass the words to speak")
+        plans = [plan_generation(self, prompt, t, **kwargs) for t in texts]  # validate all before any work
+        self.require_decoder()
+        outputs = []
+        for plan in plans:
+            raw = None
+            for item in generate_steps(self, plan):
+                raw = item
+            vectors, time_before = decode_frames(self, plan, raw)
+            audio = decode_audio(self, vectors[0], time_before[0], streaming_cnn_window_size)
+            outputs.append(finish_output(self, plan, raw, [audio]))
+        if len(outputs) == 1:
+            return outputs[0]
+        merged = outputs[0]
+        merged.audio = [o.audio[0] for o in outputs]
+        merged.text = [o.text[0] for o in outputs]
+        return merged
+
     # -- loading ----------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
@@ -241,11 +310,5 @@ def load_tokenizer(tokenizer: Any, folder: Path | None = None, config: dict | No
         raise CheckpointError(f"could not load tokenizer {tokenizer}{hint}") from exc
 
 
-def _generate(self, *args, **kwargs):
-    from .generation import generate
-
-    return generate(self, *args, **kwargs)
-
-
-_generate.__doc__ = "Speak text in a prompt's voice; see :func:`tadastream.generation.generate`."
-TadaForCausalLM.generate = _generate
+# ``generate(model, prompt, text, ...)`` as a plain function, for callers that prefer one.
+generate = TadaForCausalLM.generate

@@ -39,7 +39,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..generation import GenerationInputError, InferenceOptions, generate
+from ..generation import GenerationInputError, InferenceOptions
+from ..model import generate
 from ..stream import TextCancelled
 
 T = TypeVar("T")
