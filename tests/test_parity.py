@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from tadastream import Decoder, EncoderOutput, InferenceOptions, TadaForCausalLM
-from tadastream.generation import velocity  # noqa: F401  (import check: public helpers exist)
 
 FIX = Path(__file__).parent / "fixtures" / "parity"
 

@@ -32,7 +32,7 @@ class StreamingDecoder:
     Args:
         decoder: the loaded codec decoder (shared, never modified).
         window_size: the most frames decoded in one call once audio is flowing. Calls grow
-            (doubling) from one block up to this size: larger means fewer, larger chunks and a
+            (doubling) after the first audible call up to this size: larger means fewer, larger chunks and a
             total cost closer to the one-pass decode; it bounds peak activation memory and never
             changes the audio. The state carried between calls is a fixed few frames per layer
             plus one block, whatever the utterance length.
