@@ -100,11 +100,64 @@ def build_1b(dtype: torch.dtype, device: str) -> TadaForCausalLM:
     return model.to(device=device, dtype=dtype).eval()
 
 
-def build_model(args) -> TadaForCausalLM:
+def build_model(args, layout: str | None = None) -> tuple[TadaForCausalLM, int]:
+    """(model in ``layout``, its parameter count). Layouts: "plain" (weights as loaded),
+    "optimized" (``from_pretrained``'s default: fused + oneDNN-prepacked on CPU), "int8"."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     if args.mode == "tiny":
-        return build_demo_model().to(device=args.device, dtype=dtype).eval()
-    return build_1b(dtype, args.device)
+        model = build_demo_model().to(device=args.device, dtype=dtype).eval()
+    else:
+        model = build_1b(dtype, args.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    layout = layout or args.layout
+    if layout != "plain":
+        model.optimize_for_inference("int8" if layout == "int8" else None)
+    return model, n_params
+
+
+@torch.no_grad()
+def int8_deviation(args, model) -> dict:
+    """How far int8 weights move the output from the same model in ``args.dtype`` (same seed and
+    durations). Random weights: a measure of numerical drift, not of speech quality."""
+    exact, _ = build_model(args, "optimized")
+    voice = demo_voice(exact)
+    gen_ = torch.Generator().manual_seed(1)
+    hidden, total = model.config.hidden_size, model.config.acoustic_dim + model.time_dim
+    latent = torch.randn(2, total, generator=gen_).to(model.device, model.dtype)
+    cond = torch.randn(2, hidden, generator=gen_).to(model.device, model.dtype)
+    t = torch.full((2,), 0.5, device=model.device, dtype=model.dtype)
+    v_exact = exact.prediction_head(latent, t, cond).float()
+    v_int8 = model.prediction_head(latent, t, cond).float()
+
+    def rel(a, b):
+        return float((a.float() - b.float()).norm() / b.float().norm())
+
+    text = make_text(model.tokenizer, TEXT_TOKENS["medium"])
+    reset_durations()
+    out_exact = exact.generate(voice, text)
+    reset_durations()
+    out_int8 = model.generate(voice, text)
+    a, b = out_int8.audio[0], out_exact.audio[0]
+    return {
+        "flow_head_velocity_rel_err": rel(v_int8, v_exact),
+        "audio_rel_err": rel(a, b) if a.shape == b.shape else None,
+        "audio_snr_db": float(10 * torch.log10(b.float().pow(2).sum() / (a.float() - b.float()).pow(2).sum()))
+        if a.shape == b.shape
+        else None,
+        "text_tokens": TEXT_TOKENS["medium"],
+        "compared_to": f"optimized {args.dtype}",
+    }
+
+
+def run_reference(args, python: str) -> dict:
+    """bench_reference.py in the reference's own venv, same dtype, threads and short text."""
+    cmd = [python, str(HERE / "bench_reference.py"), "--dtype", args.dtype, "--tokens", str(TEXT_TOKENS["short"])]
+    cmd += ["--threads", str(torch.get_num_threads())]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"reference run failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
+    text = out.stdout
+    return json.loads(text[text.index("{") :])
 
 
 def make_text(tok, n_tokens: int) -> str:
@@ -136,7 +189,7 @@ def timed(fn, device, repeat: int = 1):
 
 def run_stream(model, voice, text):
     reset_durations()
-    stream = gen.generate(model, voice, text, stream=True)
+    stream = model.generate(voice, text, stream=True)
     samples = 0
     for chunk, _sr in stream:
         samples += chunk.numel()
@@ -150,7 +203,7 @@ def bench_text(model, voice, text: str, repeat: int, gen_repeat: int = 1) -> dic
     # 1. non-streaming generate(): steps + one-pass decode
     def non_stream():
         reset_durations()
-        return gen.generate(model, voice, text)
+        return model.generate(voice, text)
 
     t_ns, out = timed(non_stream, dev, gen_repeat)
     audio_s = out.audio[0].numel() / SAMPLE_RATE
@@ -270,7 +323,7 @@ def bench_incremental(model, voice, text: str, rate: float, gen_repeat: int, ful
     for _ in range(gen_repeat):
         log: list = []
         reset_durations()
-        stream = gen.generate(model, voice, paced(pieces, counts, rate, log), stream=True)
+        stream = model.generate(voice, paced(pieces, counts, rate, log), stream=True)
         first, samples = None, 0
         for chunk, _sr in stream:
             if first is None and chunk.numel():
@@ -308,13 +361,13 @@ def bench_incremental(model, voice, text: str, rate: float, gen_repeat: int, ful
 def peak_memory(args, name: str) -> dict:
     """Peak memory of one streaming generation, in a fresh process (CPU: ru_maxrss; GPU: allocator)."""
     cmd = [sys.executable, __file__, "--mode", args.mode, "--dtype", args.dtype, "--device", args.device]
-    cmd += ["--_peak", name]
+    cmd += ["--layout", args.layout, "--_peak", name]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def _peak_child(args) -> None:
-    model = build_model(args)
+    model, _ = build_model(args)
     voice = demo_voice(model)
     text = make_text(model.tokenizer, TEXT_TOKENS[args._peak])
     dev = model.device
@@ -469,6 +522,16 @@ def main(argv=None) -> int:
         default=None,
         help="also stream the text as word pieces arriving at --text-rate tokens/s (default: on for tiny)",
     )
+    ap.add_argument(
+        "--layout",
+        choices=("optimized", "plain", "int8"),
+        default="optimized",
+        help="weights: optimized (from_pretrained's default), plain (as loaded), int8 (weight-only)",
+    )
+    ap.add_argument(
+        "--reference-python",
+        help="python of a venv with hume-tada 0.1.9: also run bench_reference.py and report ours / reference",
+    )
     ap.add_argument("--text-rate", type=float, default=20.0, help="incremental text rate, tokens/s (default 20)")
     ap.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -488,12 +551,11 @@ def main(argv=None) -> int:
     incremental = args.incremental if args.incremental is not None else args.mode == "tiny"
 
     t0 = time.perf_counter()
-    model = build_model(args)
+    model, n_params = build_model(args)
     build_s = time.perf_counter() - t0
-    n_params = sum(p.numel() for p in model.parameters())
     n_dec = sum(p.numel() for p in model.decoder.parameters())
     print(
-        f"model {args.mode} {args.dtype} on {args.device}: {n_params / 1e6:.1f} M params "
+        f"model {args.mode} {args.dtype} {args.layout} on {args.device}: {n_params / 1e6:.1f} M params "
         f"(codec decoder {n_dec / 1e6:.1f} M), built in {build_s:.1f} s, threads {torch.get_num_threads()}"
     )
     voice = demo_voice(model)
@@ -529,6 +591,21 @@ def main(argv=None) -> int:
             gs, gl = s["stream_peak_mb"] - s["mem_base_mb"], lg["stream_peak_mb"] - lg["mem_base_mb"]
             ratios["peak_mem_growth_over_weights_long_over_short"] = gl / gs if gs > 0 else None
 
+    reference = None
+    if args.reference_python and "short" in rows:
+        del model  # the reference needs the memory
+        print("running the reference ...", flush=True)
+        reference = run_reference(args, args.reference_python)
+        ours = rows["short"]
+        ratios["ours_over_reference_per_token"] = (ours["llm_s_per_token"] + ours["flow_s_per_token"]) / (
+            reference["llm_s_per_step"] + reference["flow_s_per_step"]
+        )
+        ratios["ours_over_reference_total_nonstream"] = ours["nonstream_total_s"] / reference["total_s"]
+        ratios["ours_over_reference_total_stream"] = ours["stream_total_s"] / reference["total_s"]
+    deviation = int8_deviation(args, model) if args.layout == "int8" and reference is None else None
+    if args.layout == "int8" and reference is not None:
+        print("int8 deviation not measured: run without --reference-python for it")
+
     print()
     print_table(rows)
     if incremental:
@@ -537,6 +614,16 @@ def main(argv=None) -> int:
         ratios["incremental_ttfa_over_full_text_ttfa"] = {
             n: r["incremental"]["ttfa_s"] / r["ttfa_s"] for n, r in rows.items() if "incremental" in r
         }
+    if reference:
+        print(
+            f"\nreference (hume-tada 0.1.9, short text): total {reference['total_s']:.2f} s, per step "
+            f"{reference['llm_s_per_step']:.3f} s LLM + {reference['flow_s_per_step']:.3f} s flow"
+        )
+    if deviation:
+        print(
+            "\nint8 deviation: "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in deviation.items())
+        )
     print()
     for k, v in ratios.items():
         if isinstance(v, dict):
@@ -555,6 +642,7 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "mode": args.mode,
         "dtype": args.dtype,
+        "layout": args.layout,
         "device": args.device,
         "params": n_params,
         "decoder_params": n_dec,
@@ -563,9 +651,12 @@ def main(argv=None) -> int:
         "incremental_text_rate_tok_s": args.text_rate if incremental else None,
         "texts": rows,
         "ratios": ratios,
+        "reference": reference,
+        "int8_deviation": deviation,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{date}-{machine}-{args.mode}-{args.dtype}"
+    stem = f"{date}-{machine}-{args.mode}-{args.dtype}-{args.layout}"
     path = args.out / f"{stem}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {path}")

@@ -133,7 +133,7 @@ def test_bf16_model_generates(demo_voice):
 def test_save_and_load_llm_with_codec_and_tokenizer(tmp_path, demo_model, demo_voice):
     demo_model.save_pretrained(tmp_path / "llm")
     demo_model.decoder.save_pretrained(tmp_path / "codec" / "decoder")
-    loaded = TadaForCausalLM.from_pretrained(tmp_path / "llm", codec=tmp_path / "codec")
+    loaded = TadaForCausalLM.from_pretrained(tmp_path / "llm", codec=tmp_path / "codec", optimize=False)
     assert isinstance(loaded.decoder, Decoder)
     assert loaded.tokenizer.encode("Hello") == demo_model.tokenizer.encode("Hello")
     torch.manual_seed(5)
@@ -141,6 +141,21 @@ def test_save_and_load_llm_with_codec_and_tokenizer(tmp_path, demo_model, demo_v
     torch.manual_seed(5)
     b = loaded.generate(prompt=demo_voice, text="Hello there.").audio[0]
     assert torch.equal(a, b)
+    # the default load is laid out for inference: same audio to rounding
+    fast = TadaForCausalLM.from_pretrained(tmp_path / "llm", codec=tmp_path / "codec")
+    assert fast.inference_layout is not None and loaded.inference_layout is None
+    torch.manual_seed(5)
+    c = fast.generate(prompt=demo_voice, text="Hello there.").audio[0]
+    assert c.shape == a.shape and (c - a).abs().max() < 1e-4
+    int8 = TadaForCausalLM.from_pretrained(tmp_path / "llm", codec=tmp_path / "codec", quantize="int8")
+    assert int8.inference_layout == "int8"
+
+
+def test_quantize_arguments_fail_before_loading(tmp_path):
+    with pytest.raises(ValueError, match="quantize needs optimize=True"):
+        TadaForCausalLM.from_pretrained(tmp_path / "missing", quantize="int8", optimize=False)
+    with pytest.raises(ValueError, match="use one of"):
+        TadaForCausalLM.from_pretrained(tmp_path / "missing", quantize="int4")
 
 
 def test_llm_checkpoint_errors_name_the_key(tmp_path, demo_model):

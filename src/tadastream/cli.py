@@ -117,6 +117,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="weights precision (default auto: bfloat16 on cuda, else float32)",
     )
+    g.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="int8 weight-only matmuls for the LLM and flow head: ~1.5x faster on CPU, small deviation",
+    )
 
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -649,7 +654,7 @@ def _load_model(args: argparse.Namespace, device: str, dtype, progress: _Progres
     if args.model == DEMO:
         from .demo import build_demo_model
 
-        return build_demo_model().to(device=device, dtype=dtype)
+        return build_demo_model().to(device=device, dtype=dtype).optimize_for_inference(args.quantize)
     from .hub import CheckpointError
     from .model import TadaForCausalLM
 
@@ -661,6 +666,7 @@ def _load_model(args: argparse.Namespace, device: str, dtype, progress: _Progres
             tokenizer=args.tokenizer,
             torch_dtype=dtype,
             device=device,
+            quantize=args.quantize,
         )
     except CheckpointError as exc:
         raise CliError(f"{_one_line(exc)} (to try the pipeline without a download: --model demo)") from None

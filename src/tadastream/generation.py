@@ -403,13 +403,12 @@ def time_grid(num_steps: int, schedule: str, device) -> torch.Tensor:
     return torch.linspace(0, 1, num_steps + 1, device=device)
 
 
-def velocity(model, x, t, cond, neg_cond, acoustic_cfg: float, duration_cfg: float) -> torch.Tensor:
-    head, proj, split = model.prediction_head, model.bottleneck_proj, model.config.acoustic_dim
+def velocity(model, x, modulations, acoustic_cfg: float, duration_cfg: float) -> torch.Tensor:
+    """Guided velocity; ``modulations``: the head's for this step, positive rows then negative."""
+    head, split, rows = model.prediction_head, model.config.acoustic_dim, x.shape[0]
     if acoustic_cfg == 1.0:
-        return head(x, t.repeat(x.shape[0]).to(x), proj(cond.squeeze(1)))
-    conds = torch.cat([cond.squeeze(1), neg_cond.squeeze(1).to(cond)], dim=0)
-    both = head(torch.cat([x, x], dim=0), t.repeat(x.shape[0] * 2).to(x), proj(conds))
-    pos, neg = both.chunk(2, dim=0)
+        return head(x, modulations=modulations[:rows])
+    pos, neg = head(torch.cat([x, x], dim=0), modulations=modulations).chunk(2, dim=0)
     return torch.cat(
         [(neg + acoustic_cfg * (pos - neg))[..., :split], (neg + duration_cfg * (pos - neg))[..., split:]],
         dim=-1,
@@ -418,14 +417,24 @@ def velocity(model, x, t, cond, neg_cond, acoustic_cfg: float, duration_cfg: flo
 
 def solve_flow(model, x, cond, neg_cond, opts: InferenceOptions) -> torch.Tensor:
     grid = time_grid(opts.num_flow_matching_steps, opts.time_schedule, cond.device)
-    t = grid[0]
-    for i in range(1, len(grid)):
-        dt = grid[i] - t
-        t_val = t.item()
-        a = scheduled_cfg(opts.acoustic_cfg_scale, t_val, opts.cfg_schedule)
-        d = scheduled_cfg(opts.duration_cfg_scale, t_val, opts.cfg_schedule)
-        x = x + dt * velocity(model, x, t, cond, neg_cond, a, d)
-        t = grid[i]
+    times = grid[:-1].tolist()
+    scales = [
+        (
+            scheduled_cfg(opts.acoustic_cfg_scale, t, opts.cfg_schedule),
+            scheduled_cfg(opts.duration_cfg_scale, t, opts.cfg_schedule),
+        )
+        for t in times
+    ]
+    conds = cond.squeeze(1)
+    if any(a != 1.0 for a, _ in scales):
+        conds = torch.cat([conds, neg_cond.squeeze(1).to(cond)], dim=0)
+    # the modulations of every step in one batch (the grid is known): those weights are read once
+    rows = conds.shape[0]
+    t_rows = grid[:-1].to(x.dtype).repeat_interleave(rows)
+    modulations = model.prediction_head.modulations(t_rows, model.bottleneck_proj(conds).repeat(len(times), 1))
+    for i, (a, d) in enumerate(scales):
+        step_mods = modulations[i * rows : (i + 1) * rows]
+        x = x + (grid[i + 1] - grid[i]) * velocity(model, x, step_mods, a, d)
     return x
 
 
@@ -667,17 +676,26 @@ def _run_pass(
         cond = hidden[:B]
 
         t0 = clock.now()
+        # Before `shift` steps the head's output is never used (no frame yet): draw its noise, so
+        # the random stream stays the reference's, but skip the ODE (10 head passes).
+        used = step >= shift
         if opts.num_acoustic_candidates > 1:
-            speech = solve_flow_ranked(model, cond, neg_cond, opts, ref_spkr, rng)
+            if used:
+                speech = solve_flow_ranked(model, cond, neg_cond, opts, ref_spkr, rng)
+            else:
+                n_noise = opts.num_acoustic_candidates * B * (cfg.acoustic_dim + model.time_dim)
+                torch.randn(n_noise, device=cond.device, dtype=cond.dtype, generator=rng.device)
         else:
             noise = torch.randn(B, cfg.acoustic_dim, generator=rng.cpu).to(cond) * opts.noise_temperature
             noise_t = torch.randn(B, model.time_dim, generator=rng.cpu).to(cond) * opts.noise_temperature
-            speech = solve_flow(model, torch.cat([noise, noise_t], dim=-1), cond, neg_cond, opts)
-        speech = speech.reshape(B, -1)
-        bits = model.num_time_bits
-        gray = speech[..., -model.time_dim :]
-        pred_tb = decode_time(gray[..., :bits], bits).unsqueeze(0)
-        pred_ta = decode_time(gray[..., bits:], bits).unsqueeze(0)
+            if used:
+                speech = solve_flow(model, torch.cat([noise, noise_t], dim=-1), cond, neg_cond, opts)
+        if used:
+            speech = speech.reshape(B, -1)
+            bits = model.num_time_bits
+            gray = speech[..., -model.time_dim :]
+            pred_tb = decode_time(gray[..., :bits], bits).unsqueeze(0)
+            pred_ta = decode_time(gray[..., bits:], bits).unsqueeze(0)
 
         if need_logits:
             logits = model.lm_head(hidden[:B, -1]).float()

@@ -31,6 +31,7 @@ from .hub import (
     save_checkpoint,
 )
 from .nn.flow_head import FlowHead
+from .nn.linear import FusedGatedMLP, check_quantize, linear_factory, replace_linears
 from .stream import AudioStream
 
 DEFAULT_CODEC = "HumeAI/tada-codec"
@@ -67,6 +68,7 @@ class TadaForCausalLM(nn.Module):
         self._spkr_verf = None
         self._codec_source: Any = DEFAULT_CODEC
         self._hub_kwargs: dict[str, Any] = {}
+        self.inference_layout: str | None = None  # set by optimize_for_inference
 
     # -- components -------------------------------------------------------------------------
     @property
@@ -107,6 +109,27 @@ class TadaForCausalLM(nn.Module):
     @property
     def acoustic_spkr_verf(self):
         return self._spkr_verf
+
+    @torch.no_grad()
+    def optimize_for_inference(self, quantize: str | None = None) -> TadaForCausalLM:
+        """Rebuild the LLM's and the flow head's matmuls for fast decoding; one-way, in place.
+
+        Fuses matmuls that read the same input (gate+up, the head's 7 adaLN projections) and,
+        on CPU, prepacks weights for oneDNN (same dtype, same results to rounding); with
+        ``quantize="int8"`` stores int8 weights with per-channel scales instead (about half the
+        bytes read per token, a small deviation). Call it after moving the model to its final
+        device and dtype; the optimised model cannot be saved or moved.
+        """
+        if self.inference_layout is not None:
+            raise RuntimeError(f"this model is already optimised ({self.inference_layout})")
+        make = linear_factory(self.device, self.dtype, quantize)
+        self.prediction_head.prepare_for_inference(make)
+        for layer in self.model.layers:
+            mlp = layer.mlp
+            layer.mlp = FusedGatedMLP.fuse(mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn, make)
+        replace_linears(self.model, make)
+        self.inference_layout = quantize or make.__name__
+        return self
 
     # -- one step ---------------------------------------------------------------------------
     def embed(self, input_ids, acoustic, acoustic_masks, time_before, time_after) -> torch.Tensor:
@@ -223,11 +246,19 @@ class TadaForCausalLM(nn.Module):
         token: str | bool | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
+        optimize: bool = True,
+        quantize: str | None = None,
         **_ignored: Any,
     ) -> TadaForCausalLM:
         """Load the LLM, the codec decoder (``codec``: hub id, directory or a Decoder; None to skip)
         and the tokenizer (object, directory or hub id; default: files in the checkpoint, else the
-        config's ``tokenizer_name``, else meta-llama/Llama-3.2-1B)."""
+        config's ``tokenizer_name``, else meta-llama/Llama-3.2-1B).
+
+        ``optimize`` (default) runs :meth:`optimize_for_inference` with ``quantize`` (None or
+        "int8"); pass ``optimize=False`` for a model to train or save."""
+        if quantize is not None and not optimize:
+            raise ValueError("quantize needs optimize=True (quantized weights are an inference layout)")
+        check_quantize(quantize)
         hub = dict(revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
         folder = resolve_checkpoint(name_or_path, subfolder, **hub)
         raw = read_config(folder)
@@ -255,6 +286,8 @@ class TadaForCausalLM(nn.Module):
             model.decoder = Decoder.from_pretrained(codec, subfolder="decoder", **model._hub_kwargs)
         model._codec_source = codec
         model.to(device=device, dtype=resolve_dtype(torch_dtype))
+        if optimize:
+            model.optimize_for_inference(quantize)
         return model.eval()
 
     def _init_non_persistent(self) -> None:
@@ -275,6 +308,8 @@ class TadaForCausalLM(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """config.json + model.safetensors of the LLM (the codec is saved separately)."""
+        if self.inference_layout is not None:
+            raise RuntimeError("an optimised model cannot be saved: load it with optimize=False to save it")
         decoder, self.decoder = self.decoder, None
         try:
             config = self.config.to_dict()

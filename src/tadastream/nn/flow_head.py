@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import FusedGatedMLP, LinearFactory, fused_weight, replace_linears
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True):
@@ -40,8 +42,9 @@ class TimestepEmbedder(nn.Module):
             nn.Linear(features, hidden, bias=False), nn.SiLU(), nn.Linear(hidden, hidden, bias=False)
         )
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_features(t, self.features).to(self.mlp[0].weight.dtype))
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``dtype``: the weights' (they may be packed or quantized, without a ``weight``)."""
+        return self.mlp(timestep_features(t, self.features).to(dtype))
 
 
 class SwiGLU(nn.Module):
@@ -62,8 +65,9 @@ class HeadLayer(nn.Module):
         self.norm = RMSNorm(dim, eps)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim, bias=False))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.adaLN_modulation(c).chunk(3, dim=-1)
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        """``modulation``: this layer's adaLN output (shift | scale | gate), see FlowHead.modulations."""
+        shift, scale, gate = modulation.chunk(3, dim=-1)
         return x + gate * self.ffn(self.norm(x) * (1 + scale) + shift)
 
 
@@ -74,8 +78,8 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, out_dim, bias=False)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim, bias=False))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        shift, scale = modulation.chunk(2, dim=-1)
         return self.linear(self.norm_final(x) * (1 + scale) + shift)
 
 
@@ -89,10 +93,49 @@ class FlowHead(nn.Module):
         self.t_embedder = TimestepEmbedder(hidden)
         self.layers = nn.ModuleList(HeadLayer(hidden, int(hidden * ffn_ratio), eps) for _ in range(num_layers))
         self.final_layer = FinalLayer(hidden, latent, eps)
+        self.modulation: nn.Module | None = None  # every adaLN in one matmul, after prepare_for_inference
+        self.modulation_sizes = [3 * hidden] * num_layers + [2 * hidden]
 
-    def forward(self, latent: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def modulations(self, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Every layer's adaLN output, side by side, for rows (t, condition).
+
+        They do not depend on the latent: an ODE solver knows its time grid up front and can get
+        them for all its steps in one batch, reading these weights (a fifth of the head) once per
+        solve instead of once per step.
+        """
+        c = self.cond_proj(condition) + self.t_embedder(t, condition.dtype)
+        if self.modulation is not None:
+            return self.modulation(F.silu(c))
+        layers = [*self.layers, self.final_layer]
+        return torch.cat([layer.adaLN_modulation(c) for layer in layers], dim=-1)
+
+    def forward(
+        self,
+        latent: torch.Tensor,
+        t: torch.Tensor | None = None,
+        condition: torch.Tensor | None = None,
+        modulations: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Velocity for ``latent``; pass (t, condition), or their ``modulations`` computed ahead."""
+        if modulations is None:
+            modulations = self.modulations(t, condition)
+        parts = modulations.split(self.modulation_sizes, dim=-1)
         x = self.noisy_images_proj(latent)
-        c = self.cond_proj(condition) + self.t_embedder(t)
+        for layer, modulation in zip(self.layers, parts):
+            x = layer(x, modulation)
+        return self.final_layer(x, parts[-1])
+
+    def prepare_for_inference(self, make: LinearFactory) -> None:
+        """One-way: fuse matmuls that read the same input and build every weight with ``make``.
+
+        All adaLN projections read SiLU(c), so the 7 of them become one matmul; gate and up read
+        the same normed input. The per-layer weights are released (they are not kept twice).
+        """
+        adaln = [layer.adaLN_modulation[1] for layer in self.layers] + [self.final_layer.adaLN_modulation[1]]
+        self.modulation = make(fused_weight(adaln))
         for layer in self.layers:
-            x = layer(x, c)
-        return self.final_layer(x, c)
+            layer.adaLN_modulation = None
+            ffn = layer.ffn
+            layer.ffn = FusedGatedMLP.fuse(ffn.gate_proj, ffn.up_proj, ffn.down_proj, F.silu, make)
+        self.final_layer.adaLN_modulation = None
+        replace_linears(self, make)

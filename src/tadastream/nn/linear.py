@@ -1,0 +1,136 @@
+"""Inference-only linear layers: oneDNN-prepacked weights and int8 weight-only matmuls.
+
+A TADA step multiplies 1-4 rows by every weight, so its cost is reading the weights. On CPU,
+ATen's default path reads them at about half the memory bandwidth (fp32 with 2 rows: a third);
+oneDNN with the weight reordered once into its blocked layout gets close to it. Int8 weights
+halve the bytes read again, at a small deviation (per-output-channel symmetric scales).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QUANTIZE_CHOICES = ("int8",)
+_INT8_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+LinearFactory = Callable[[torch.Tensor], nn.Module]
+
+
+def packing_available(dtype: torch.dtype) -> bool:
+    """Whether this PyTorch build can prepack a CPU weight of ``dtype`` for oneDNN."""
+    if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class PackedLinear(nn.Module):
+    """Bias-free ``x @ W.T`` with W reordered once for oneDNN (CPU, fp32/bf16).
+
+    The packed weight is an opaque oneDNN tensor: it is not a parameter, cannot move device and
+    is not saved; build this after the model has its final device and dtype.
+    """
+
+    def __init__(self, weight: torch.Tensor, expected_rows: int = 2):
+        super().__init__()
+        if weight.device.type != "cpu" or not packing_available(weight.dtype):
+            raise ValueError(f"cannot prepack a {weight.dtype} weight on {weight.device} for oneDNN")
+        self.out_features, self.in_features = weight.shape
+        self.weight_dtype = weight.dtype
+        self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), expected_rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self._packed, None, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.weight_dtype}"
+
+
+class Int8Linear(nn.Module):
+    """Bias-free linear with int8 weights and one scale per output channel; activations keep
+    their dtype. Uses PyTorch's int8 weight-only kernel on CPU, dequantizes elsewhere."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        w = weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8))
+        self.register_buffer("scales", scale.to(weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.in_features)
+        # The CPU kernel gives wrong bf16 results unless the inner dimension is a multiple of 16.
+        if flat.device.type == "cpu" and self.in_features % 16 == 0 and flat.dtype in _INT8_KERNEL_DTYPES:
+            out = torch._weight_int8pack_mm(flat.contiguous(), self.qweight, self.scales.to(flat.dtype))
+        else:
+            out = F.linear(flat, self.qweight.to(flat.dtype)) * self.scales.to(flat.dtype)
+        return out.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+class PlainLinear(nn.Linear):
+    """An ordinary bias-free Linear holding a (possibly fused) weight; the fallback factory."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+
+
+def check_quantize(quantize: str | None) -> None:
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize={quantize!r} is not supported: use one of {QUANTIZE_CHOICES} or None")
+
+
+def linear_factory(device: torch.device, dtype: torch.dtype, quantize: str | None = None) -> LinearFactory:
+    """What replaces a Linear for inference on ``device`` in ``dtype``."""
+    check_quantize(quantize)
+    if quantize == "int8":
+        return Int8Linear
+    if torch.device(device).type == "cpu" and packing_available(dtype):
+        return PackedLinear
+    return PlainLinear
+
+
+def fused_weight(linears: Sequence[nn.Linear]) -> torch.Tensor:
+    """Rows of several bias-free Linears reading the same input, stacked: one matmul for all."""
+    if any(lin.bias is not None for lin in linears):
+        raise ValueError("only bias-free linears can be fused")
+    return torch.cat([lin.weight.detach() for lin in linears], dim=0)
+
+
+def replace_linears(root: nn.Module, make: LinearFactory, skip: Callable[[str], bool] = lambda name: False) -> int:
+    """Swap every bias-free ``nn.Linear`` under ``root`` (names relative to it) for ``make(weight)``."""
+    count = 0
+    for name, module in list(root.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if type(child) is nn.Linear and child.bias is None and not skip(full):
+                setattr(module, child_name, make(child.weight))
+                count += 1
+    return count
+
+
+class FusedGatedMLP(nn.Module):
+    """``down(act(gate(x)) * up(x))`` with gate and up as one matmul (Llama's MLP, the head's FFN)."""
+
+    def __init__(self, gate_up: nn.Module, down_proj: nn.Module, act: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.gate_up = gate_up
+        self.down_proj = down_proj
+        self.act = act
+
+    @classmethod
+    def fuse(cls, gate_proj: nn.Linear, up_proj: nn.Linear, down_proj: nn.Linear, act, make: LinearFactory):
+        return cls(make(fused_weight([gate_proj, up_proj])), make(down_proj.weight), act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down_proj(self.act(gate) * up)
