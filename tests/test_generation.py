@@ -179,3 +179,20 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
         TadaForCausalLM.from_pretrained("HumeAI/tada-1b", local_files_only=True)
     with pytest.raises(CheckpointError, match="neither an existing directory"):
         TadaForCausalLM.from_pretrained("./no/such/dir")
+
+
+def test_flow_head_runs_only_for_steps_that_make_frames(demo_model):
+    """Without a voice the first shift_acoustic steps make no frame: their ODE is skipped (their
+    noise is still drawn, so later frames are those of the reference's random stream)."""
+    from tadastream.generation import StepOutput, generate_steps, plan_generation
+
+    calls: list[int] = []
+    hook = demo_model.prediction_head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        torch.manual_seed(0)
+        steps = list(generate_steps(demo_model, plan_generation(demo_model, None, "Hello there, friend.")))
+    finally:
+        hook.remove()
+    predicted = sum(1 for s in steps if isinstance(s, StepOutput) and s.source == "predicted")
+    assert predicted > 0
+    assert len(calls) == predicted * InferenceOptions().num_flow_matching_steps
