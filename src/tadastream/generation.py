@@ -676,9 +676,11 @@ def _run_pass(
         cond = hidden[:B]
 
         t0 = clock.now()
-        # Before `shift` steps the head's output is never used (no frame yet): draw its noise, so
-        # the random stream stays the reference's, but skip the ODE (10 head passes).
-        used = step >= shift
+        # The head's output is unused before `shift` steps (no frame yet) and while the prompt
+        # still gives both the frame and its duration: draw its noise, so the random stream stays
+        # the reference's, but skip the ODE (10 head passes).
+        k = step - shift
+        used = k >= 0 and (k >= p_feat.shape[1] or k >= p_tb.shape[1] - 1)
         if opts.num_acoustic_candidates > 1:
             if used:
                 speech = solve_flow_ranked(model, cond, neg_cond, opts, ref_spkr, rng)
