@@ -162,6 +162,16 @@ def test_speak_to_file_with_timeline(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav", "timeline.png"]  # no temp files left
 
 
+def test_speak_with_int8_weights(tmp_path):
+    out = tmp_path / "out.wav"
+    proc = run_cli("speak", "Hello there.", "--model", "demo", "--quantize", "int8", "-o", out, "--seed", "1", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    import soundfile as sf
+
+    audio, rate = sf.read(out)
+    assert rate == 24000 and len(audio) > 0 and abs(audio).max() > 0
+
+
 def test_speak_stdin_stream_raw_to_stdout():
     proc = run_cli(
         "speak", "-", "--model", "demo", "--stream", "-o", "-", "--format", "raw", *FAST, stdin="Hi there.\n"

@@ -13,6 +13,7 @@ from tadastream.nn.linear import (
     Int8Linear,
     PackedLinear,
     PlainLinear,
+    check_quantize,
     linear_factory,
     packing_available,
 )
@@ -80,6 +81,9 @@ def test_linear_factory_choices():
     assert linear_factory(torch.device("cpu"), torch.float32, "int8") is Int8Linear
     with pytest.raises(ValueError, match="quantize='int4' is not supported"):
         linear_factory(torch.device("cpu"), torch.float32, "int4")
+    with pytest.raises(ValueError, match="CPU only"):
+        check_quantize("int8", "cuda")  # checked before anything is loaded or moved
+    check_quantize(None, "cuda")
 
 
 @pytest.mark.parametrize("factory", [PlainLinear, PackedLinear])

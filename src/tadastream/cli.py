@@ -772,6 +772,8 @@ def cmd_speak(args: argparse.Namespace) -> int:
     options = _options(args)
     device = _pick_device(args.device)
     dtype = _pick_dtype(args.dtype, device)
+    if args.quantize and not str(device).startswith("cpu"):
+        raise UsageError(f"--quantize {args.quantize} speeds up CPU only: drop it with --device {device}")
 
     progress = _Progress(enabled=not to_stdout and not args.quiet)
     if to_stdout:

@@ -623,11 +623,15 @@ def _run_pass(
         input_ids = feed.tensor(dev)
         ids = input_ids[:, :prefill_len]
         embeds = model.embed(ids, feats, masks, pre_tb, pre_ta)
-        batch = [embeds, embeds] if need_neg_batch else [embeds]
+        batch = [embeds]
         if text_only:
             z = torch.zeros_like(masks)
             batch.append(model.embed(ids, torch.zeros_like(feats), z, z, z))
         hidden = model.backbone(torch.cat(batch, dim=0), cache, 0)
+        if need_neg_batch:
+            # The guidance row's prefill input is the positive row's: run it once, copy its cache.
+            order = [0, 0, 1] if text_only else [0, 0]
+            cache.batch_select_indices(torch.tensor(order, device=dev))
         llm_times.append(clock.now() - t0)
         if opts.negative_condition_source == "prompt":
             prefill_cond = hidden[:B]

@@ -52,7 +52,7 @@ class PackedLinear(nn.Module):
 
 class Int8Linear(nn.Module):
     """Bias-free linear with int8 weights and one scale per output channel; activations keep
-    their dtype. Uses PyTorch's int8 weight-only kernel on CPU, dequantizes elsewhere."""
+    their dtype. Uses PyTorch's int8 weight-only kernel (dequantizes for shapes it gets wrong)."""
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
@@ -84,14 +84,16 @@ class PlainLinear(nn.Linear):
         self.weight = nn.Parameter(weight.detach(), requires_grad=False)
 
 
-def check_quantize(quantize: str | None) -> None:
+def check_quantize(quantize: str | None, device: torch.device | str | None = None) -> None:
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize={quantize!r} is not supported: use one of {QUANTIZE_CHOICES} or None")
+    if quantize is not None and torch.device(device or "cpu").type != "cpu":
+        raise ValueError(f"quantize={quantize!r} speeds up CPU only (there is no fast {quantize} kernel here): drop it")
 
 
 def linear_factory(device: torch.device, dtype: torch.dtype, quantize: str | None = None) -> LinearFactory:
     """What replaces a Linear for inference on ``device`` in ``dtype``."""
-    check_quantize(quantize)
+    check_quantize(quantize, device)
     if quantize == "int8":
         return Int8Linear
     if torch.device(device).type == "cpu" and packing_available(dtype):
