@@ -156,3 +156,15 @@ def test_optimized_model_refuses_save_and_second_optimization(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(RuntimeError, match="already optimised"):
         model.optimize_for_inference()
+
+
+@needs_packing
+def test_packed_model_refuses_to_move_but_allows_no_op_moves():
+    model = build_demo_model().optimize_for_inference()
+    assert model.inference_layout == "PackedLinear"
+    model.to("cpu").to(torch.float32)  # nothing changes: allowed
+    with pytest.raises(RuntimeError, match="pass device= and torch_dtype= to from_pretrained"):
+        model.to(torch.bfloat16)
+    assert model.dtype == torch.float32  # refused before anything was cast
+    voice = demo_voice(model)
+    assert _speak(model, voice).numel() > 0

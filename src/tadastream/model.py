@@ -131,6 +131,19 @@ class TadaForCausalLM(nn.Module):
         self.inference_layout = quantize or make.__name__
         return self
 
+    def _apply(self, fn, recurse=True):
+        # Prepacked weights are opaque oneDNN tensors: .to()/.cuda()/.half() cannot move or cast
+        # them, so refuse any change of device or dtype instead of failing later mid-generation.
+        if self.inference_layout == "PackedLinear":
+            probe = torch.empty(0, dtype=self.dtype, device=self.device)
+            moved = fn(probe)
+            if moved.device != probe.device or moved.dtype != probe.dtype:
+                raise RuntimeError(
+                    "this model is laid out for inference on the CPU in its dtype: pass device= and "
+                    "torch_dtype= to from_pretrained instead of moving it (or load it with optimize=False)"
+                )
+        return super()._apply(fn, recurse)
+
     # -- one step ---------------------------------------------------------------------------
     def embed(self, input_ids, acoustic, acoustic_masks, time_before, time_after) -> torch.Tensor:
         """Input embedding: token + acoustic vector + mask + the two duration embeddings."""
