@@ -495,7 +495,8 @@ def plot(result: dict, path: Path) -> bool:
     ax2.set_ylabel("s per token")
     ax2.set_title("per-token time split")
     ax2.legend()
-    fig.suptitle(f"tadastream {result['mode']} {result['dtype']} on {result['machine']}", fontsize=9)
+    layout = result.get("layout", "")
+    fig.suptitle(f"tadastream {result['mode']} {result['dtype']} {layout} on {result['machine']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return True
@@ -655,6 +656,8 @@ def main(argv=None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{date}-{machine}-{args.mode}-{args.dtype}-{args.layout}"
+    if reference:
+        stem += "-vs-reference"
     path = args.out / f"{stem}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {path}")

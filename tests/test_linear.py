@@ -144,6 +144,10 @@ def test_int8_model_stays_close_to_full_precision():
     expected = _speak(plain, voice)
     quant = build_demo_model().optimize_for_inference("int8")
     assert quant.inference_layout == "int8"
+    # the batched adaLN projection keeps the model's dtype; everything else is int8
+    assert not isinstance(quant.prediction_head.modulation, Int8Linear)
+    assert isinstance(quant.prediction_head.layers[0].ffn.gate_up, Int8Linear)
+    assert isinstance(quant.model.layers[0].self_attn.q_proj, Int8Linear)
     audio = _speak(quant, voice)
     assert audio.shape == expected.shape  # same durations: the gray codes survive quantization
     assert 0 < _rel(audio, expected) < 0.05

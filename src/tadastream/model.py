@@ -117,13 +117,14 @@ class TadaForCausalLM(nn.Module):
         Fuses matmuls that read the same input (gate+up, the head's 7 adaLN projections) and,
         on CPU, prepacks weights for oneDNN (same dtype, same results to rounding); with
         ``quantize="int8"`` stores int8 weights with per-channel scales instead (about half the
-        bytes read per token, a small deviation). Call it after moving the model to its final
+        bytes read per token, a small deviation; the head's adaLN projections, which run on all
+        ODE steps' rows at once, keep the model's dtype). Call it after moving the model to its final
         device and dtype; the optimised model cannot be saved or moved.
         """
         if self.inference_layout is not None:
             raise RuntimeError(f"this model is already optimised ({self.inference_layout})")
         make = linear_factory(self.device, self.dtype, quantize)
-        self.prediction_head.prepare_for_inference(make)
+        self.prediction_head.prepare_for_inference(make, make_batched=linear_factory(self.device, self.dtype))
         for layer in self.model.layers:
             mlp = layer.mlp
             layer.mlp = FusedGatedMLP.fuse(mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn, make)

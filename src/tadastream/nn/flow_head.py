@@ -125,14 +125,16 @@ class FlowHead(nn.Module):
             x = layer(x, modulation)
         return self.final_layer(x, parts[-1])
 
-    def prepare_for_inference(self, make: LinearFactory) -> None:
+    def prepare_for_inference(self, make: LinearFactory, make_batched: LinearFactory | None = None) -> None:
         """One-way: fuse matmuls that read the same input and build every weight with ``make``.
 
-        All adaLN projections read SiLU(c), so the 7 of them become one matmul; gate and up read
-        the same normed input. The per-layer weights are released (they are not kept twice).
+        All adaLN projections read SiLU(c), so the 7 of them become one matmul (built with
+        ``make_batched`` if given: it runs on all ODE steps' rows at once, where an int8 kernel
+        made for 1-4 rows is slower than the model's dtype); gate and up read the same normed
+        input. The per-layer weights are released (they are not kept twice).
         """
         adaln = [layer.adaLN_modulation[1] for layer in self.layers] + [self.final_layer.adaLN_modulation[1]]
-        self.modulation = make(fused_weight(adaln))
+        self.modulation = (make_batched or make)(fused_weight(adaln))
         for layer in self.layers:
             layer.adaLN_modulation = None
             ffn = layer.ffn
