@@ -147,8 +147,10 @@ def test_save_and_load_llm_with_codec_and_tokenizer(tmp_path, demo_model, demo_v
     torch.manual_seed(5)
     c = fast.generate(prompt=demo_voice, text="Hello there.").audio[0]
     assert c.shape == a.shape and (c - a).abs().max() < 1e-4
-    int8 = TadaForCausalLM.from_pretrained(tmp_path / "llm", codec=tmp_path / "codec", quantize="int8")
-    assert int8.inference_layout == "int8"
+    int8 = TadaForCausalLM.from_pretrained(
+        tmp_path / "llm", codec=tmp_path / "codec", quantize="int8", torch_dtype="bfloat16"
+    )
+    assert int8.inference_layout == "int8" and int8.dtype == torch.bfloat16
 
 
 def test_quantize_arguments_fail_before_loading(tmp_path):
@@ -156,6 +158,8 @@ def test_quantize_arguments_fail_before_loading(tmp_path):
         TadaForCausalLM.from_pretrained(tmp_path / "missing", quantize="int8", optimize=False)
     with pytest.raises(ValueError, match="use one of"):
         TadaForCausalLM.from_pretrained(tmp_path / "missing", quantize="int4")
+    with pytest.raises(ValueError, match="torch_dtype='bfloat16'"):  # fp32 activations: a slow kernel
+        TadaForCausalLM.from_pretrained(tmp_path / "missing", quantize="int8")
 
 
 def test_llm_checkpoint_errors_name_the_key(tmp_path, demo_model):

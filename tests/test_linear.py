@@ -78,7 +78,9 @@ def test_int8_linear_is_the_dequantized_matmul(dtype, in_features):
 
 def test_linear_factory_choices():
     assert linear_factory(torch.device("cpu"), torch.float16) is PlainLinear
-    assert linear_factory(torch.device("cpu"), torch.float32, "int8") is Int8Linear
+    assert linear_factory(torch.device("cpu"), torch.bfloat16, "int8") is Int8Linear
+    with pytest.raises(ValueError, match="bfloat16 activations"):
+        linear_factory(torch.device("cpu"), torch.float32, "int8")
     with pytest.raises(ValueError, match="quantize='int4' is not supported"):
         linear_factory(torch.device("cpu"), torch.float32, "int4")
     with pytest.raises(ValueError, match="CPU only"):
@@ -138,19 +140,19 @@ def test_optimized_model_streams_what_it_generates():
     assert (streamed - whole).abs().max() < 1e-4
 
 
-def test_int8_model_stays_close_to_full_precision():
-    plain = build_demo_model()
+def test_int8_model_stays_close_to_bf16():
+    plain = build_demo_model().to(torch.bfloat16)
     voice = demo_voice(plain)
-    expected = _speak(plain, voice)
-    quant = build_demo_model().optimize_for_inference("int8")
+    expected = _speak(plain, voice).float()
+    quant = build_demo_model().to(torch.bfloat16).optimize_for_inference("int8")
     assert quant.inference_layout == "int8"
     # the batched adaLN projection keeps the model's dtype; everything else is int8
     assert not isinstance(quant.prediction_head.modulation, Int8Linear)
     assert isinstance(quant.prediction_head.layers[0].ffn.gate_up, Int8Linear)
     assert isinstance(quant.model.layers[0].self_attn.q_proj, Int8Linear)
-    audio = _speak(quant, voice)
+    audio = _speak(quant, voice).float()
     assert audio.shape == expected.shape  # same durations: the gray codes survive quantization
-    assert 0 < _rel(audio, expected) < 0.05
+    assert 0 < _rel(audio, expected) < 0.05  # measured 0.015, as far as bf16 is from fp32
 
 
 def test_optimized_model_refuses_save_and_second_optimization(tmp_path):

@@ -272,7 +272,7 @@ class TadaForCausalLM(nn.Module):
         "int8"); pass ``optimize=False`` for a model to train or save."""
         if quantize is not None and not optimize:
             raise ValueError("quantize needs optimize=True (quantized weights are an inference layout)")
-        check_quantize(quantize, device)
+        check_quantize(quantize, device, resolve_dtype(torch_dtype))
         hub = dict(revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
         folder = resolve_checkpoint(name_or_path, subfolder, **hub)
         raw = read_config(folder)

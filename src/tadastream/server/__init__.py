@@ -103,13 +103,16 @@ def load_model(opts: argparse.Namespace):
     if opts.model == "demo":
         from ..demo import build_demo_model, demo_voice
 
-        model = build_demo_model().optimize_for_inference(opts.quantize)
+        model = build_demo_model()
+        if opts.quantize:
+            model = model.to(torch.bfloat16)
+        model.optimize_for_inference(opts.quantize)
         return model, demo_voice(model)
     from ..model import TadaForCausalLM
 
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = opts.dtype if opts.dtype not in (None, "auto") else None
-    dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    dtype = dtype or ("bfloat16" if str(device).startswith("cuda") or opts.quantize else "float32")
     model = TadaForCausalLM.from_pretrained(
         opts.model,
         codec=opts.codec or DEFAULT_CODEC,
