@@ -55,7 +55,7 @@ def stream_rate(repeat: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", default="1,2,4", help="comma-separated batch rows (default 1,2,4)")
+    ap.add_argument("--rows", default="1,2,4,20", help="batch rows (default 1,2,4,20: 20 as the head's batched adaLN)")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per variant, fastest kept")
     ap.add_argument("--compile", action="store_true", help="also torch.compile the stack (slow to compile)")
     ap.add_argument("--threads", type=int, default=None)
