@@ -120,7 +120,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--quantize",
         choices=("int8",),
-        help="int8 weights for the LLM and flow head (CPU, bfloat16): faster, small deviation",
+        help="int8 weights for the LLM and flow head (CPU, bfloat16): half the memory, small deviation",
     )
 
 

@@ -116,9 +116,9 @@ class TadaForCausalLM(nn.Module):
 
         Fuses matmuls that read the same input (gate+up, the head's 7 adaLN projections) and,
         on CPU, prepacks weights for oneDNN (same dtype, same results to rounding); with
-        ``quantize="int8"`` stores int8 weights with per-channel scales instead (about half the
-        bytes read per token, a small deviation; the head's adaLN projections, which run on all
-        ODE steps' rows at once, keep the model's dtype). Call it after moving the model to its final
+        ``quantize="int8"`` stores int8 weights with per-channel scales instead (half the bytes,
+        a small deviation; the head's adaLN projections, which run on all ODE steps' rows at
+        once, keep the model's dtype). Call it after moving the model to its final
         device and dtype; the optimised model cannot be saved or moved.
         """
         if self.inference_layout is not None:

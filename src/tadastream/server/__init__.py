@@ -57,7 +57,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tokenizer", default=None, help="tokenizer hub id or folder (default: from the checkpoint)")
     add("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bfloat16 on cuda, else float32)")
-    add("--quantize", default=None, choices=["int8"], help="int8 weight-only matmuls (faster on CPU, small deviation)")
+    add("--quantize", default=None, choices=["int8"], help="int8 weights (CPU, bf16): half the memory")
     add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; set --api-key before exposing)")
     add("--port", type=int, default=8000)
     add("--voices", metavar="DIR", default=None, help="folder of NAME.voice files; enables POST /v1/voices")
