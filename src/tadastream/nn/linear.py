@@ -18,6 +18,7 @@ from torch import nn
 QUANTIZE_CHOICES = ("int8",)
 _INT8_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _FAST_ROWS = 4
+_PAD_MIN_BYTES = 1 << 20
 LinearFactory = Callable[[torch.Tensor], nn.Module]
 
 
@@ -43,12 +44,14 @@ class PackedLinear(nn.Module):
             raise ValueError(f"cannot prepack a {weight.dtype} weight on {weight.device} for oneDNN")
         self.out_features, self.in_features = weight.shape
         self.weight_dtype = weight.dtype
+        # Padding pays where reading the weight is the cost, not for weights that stay in cache.
+        self._pad_rows = weight.numel() * weight.element_size() >= _PAD_MIN_BYTES
         self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), expected_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, rows = x.shape[:-1], x.reshape(-1, self.in_features)
         n = rows.shape[0]
-        if n < _FAST_ROWS:
+        if n < _FAST_ROWS and self._pad_rows:
             # oneDNN's 1-2 row kernel reads the weight ~1/3 slower than its 4-row one: pad with
             # zero rows (free when reading the weight is the cost) and drop them after.
             rows = torch.cat([rows, rows.new_zeros(_FAST_ROWS - n, self.in_features)])
