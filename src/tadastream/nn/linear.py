@@ -38,7 +38,7 @@ class PackedLinear(nn.Module):
     is not saved; build this after the model has its final device and dtype.
     """
 
-    def __init__(self, weight: torch.Tensor, expected_rows: int = 2):
+    def __init__(self, weight: torch.Tensor, expected_rows: int = _FAST_ROWS):
         super().__init__()
         if weight.device.type != "cpu" or not packing_available(weight.dtype):
             raise ValueError(f"cannot prepack a {weight.dtype} weight on {weight.device} for oneDNN")
