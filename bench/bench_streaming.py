@@ -429,6 +429,16 @@ def machine_name() -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
 
 
+def _print_rows(cols: list[tuple[str, str, str]], rows: dict) -> None:
+    """One line per text; ``cols``: (header, key, format); missing values print as '-'."""
+    head = f"{'text':<7}" + "".join(f"{h:>12}" for h, _, _ in cols)
+    print(head)
+    print("-" * len(head))
+    for name, row in rows.items():
+        cells = [f"{fmt.format(row[key]):>12}" if row.get(key) is not None else f"{'-':>12}" for _, key, fmt in cols]
+        print(f"{name:<7}" + "".join(cells))
+
+
 def print_table(rows: dict) -> None:
     cols = [
         ("tok", "text_tokens", "{:d}"),
@@ -447,15 +457,7 @@ def print_table(rows: dict) -> None:
         ("str/1pass", "stream_decode_over_onepass", "{:.3f}"),
         ("peak MB", "stream_peak_mb", "{:.0f}"),
     ]
-    head = f"{'text':<7}" + "".join(f"{h:>12}" for h, _, _ in cols)
-    print(head)
-    print("-" * len(head))
-    for name, row in rows.items():
-        cells = []
-        for _, key, fmt in cols:
-            v = row.get(key)
-            cells.append(f"{fmt.format(v):>12}" if v is not None else f"{'-':>12}")
-        print(f"{name:<7}" + "".join(cells))
+    _print_rows(cols, rows)
 
 
 def print_incremental(rows: dict) -> None:
@@ -472,13 +474,7 @@ def print_incremental(rows: dict) -> None:
         ("total s", "total_s", "{:.3f}"),
         ("same len", "same_audio_length", "{}"),
     ]
-    head = f"{'text':<7}" + "".join(f"{h:>12}" for h, _, _ in cols)
-    print(head)
-    print("-" * len(head))
-    for name, row in rows.items():
-        inc = row.get("incremental")
-        if inc:
-            print(f"{name:<7}" + "".join(f"{fmt.format(inc[key]):>12}" for _, key, fmt in cols))
+    _print_rows(cols, {name: row["incremental"] for name, row in rows.items() if row.get("incremental")})
 
 
 def plot(result: dict, path: Path) -> bool:

@@ -371,14 +371,6 @@ def _pick_device(name: str | None) -> str:
     return str(device)
 
 
-def _pick_dtype(name: str, device: str, quantize: str | None = None):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") or quantize else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 @dataclass
 class _VoiceRequest:
     """A validated --voice: an encoded voice (loaded) or a recording (loaded) + transcript to encode."""
@@ -771,7 +763,9 @@ def cmd_speak(args: argparse.Namespace) -> int:
         )
     options = _options(args)
     device = _pick_device(args.device)
-    dtype = _pick_dtype(args.dtype, device, args.quantize)
+    from .hub import run_dtype
+
+    dtype = run_dtype(args.dtype, device, args.quantize)
     if args.quantize and not str(device).startswith("cpu"):
         raise UsageError(f"--quantize {args.quantize} speeds up CPU only: drop it with --device {device}")
     if args.quantize and args.dtype not in ("auto", "bfloat16"):

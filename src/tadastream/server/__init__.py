@@ -108,11 +108,11 @@ def load_model(opts: argparse.Namespace):
             model = model.to(torch.bfloat16)
         model.optimize_for_inference(opts.quantize)
         return model, demo_voice(model)
+    from ..hub import run_dtype
     from ..model import TadaForCausalLM
 
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = opts.dtype if opts.dtype not in (None, "auto") else None
-    dtype = dtype or ("bfloat16" if str(device).startswith("cuda") or opts.quantize else "float32")
+    dtype = run_dtype(opts.dtype, device, opts.quantize)
     model = TadaForCausalLM.from_pretrained(
         opts.model,
         codec=opts.codec or DEFAULT_CODEC,
