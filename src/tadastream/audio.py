@@ -24,6 +24,8 @@ import soundfile as sf
 import soxr
 import torch
 
+from .config import FRAME_RATE
+
 __all__ = [
     "AudioError",
     "available_formats",
@@ -37,8 +39,6 @@ __all__ = [
     "wav_header",
 ]
 
-#: Codec frame rate of TADA; a prompt shorter than one frame cannot be encoded.
-FRAME_RATE = 50
 #: Peak amplitude below which a prompt counts as silence.
 SILENCE_PEAK = 1e-4
 

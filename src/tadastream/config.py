@@ -10,9 +10,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import LlamaConfig
+if TYPE_CHECKING:  # importing transformers is slow: keep this module light for `--help`
+    from transformers import LlamaConfig
+
+#: TADA's audio: 24 kHz mono, 50 acoustic frames per second, 480 samples per frame.
+SAMPLE_RATE = 24000
+FRAME_RATE = 50
+SAMPLES_PER_FRAME = SAMPLE_RATE // FRAME_RATE
+DEFAULT_MODEL = "HumeAI/tada-1b"
+DEFAULT_CODEC = "HumeAI/tada-codec"
+DEFAULT_TOKENIZER = "meta-llama/Llama-3.2-1B"
 
 
 @dataclass
@@ -134,6 +143,8 @@ TADA_1B: dict[str, Any] = {
 
 def tada_config(data: dict[str, Any] | None = None, **overrides: Any) -> LlamaConfig:
     """A ``LlamaConfig`` carrying TADA's extra fields (defaults as in the reference)."""
+    from transformers import LlamaConfig
+
     merged = {**TADA_DEFAULTS, **(data or {}), **overrides}
     merged["model_type"] = "llama"
     config = LlamaConfig(**merged)

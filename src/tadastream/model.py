@@ -11,7 +11,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
 from .codec.decoder import Decoder
-from .config import num_time_bits, tada_config
+from .config import DEFAULT_CODEC, DEFAULT_TOKENIZER, num_time_bits, tada_config
 from .generation import (
     GenerationInputError,
     InferenceOptions,
@@ -34,8 +34,6 @@ from .nn.flow_head import FlowHead
 from .nn.linear import FusedGatedMLP, check_quantize, linear_factory, replace_linears
 from .stream import AudioStream
 
-DEFAULT_CODEC = "HumeAI/tada-codec"
-DEFAULT_TOKENIZER = "meta-llama/Llama-3.2-1B"
 # Written by the reference's conversion path: untrained copies of lazily built codec modules.
 _UNUSED_CHECKPOINT_KEYS = (r"_decoder\..*", r"_encoder\..*", r"_acoustic_spkr_verf\..*")
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MissingMatplotlibError", "Playback", "plot_timeline", "require_matplotlib", "simulate_playback"]
+from .config import FRAME_RATE
 
-FRAME_RATE = 50  # codec frames per second: time_before counts these
+__all__ = ["MissingMatplotlibError", "Playback", "plot_timeline", "require_matplotlib", "simulate_playback"]
 
 
 class MissingMatplotlibError(ImportError):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..audio import resample
-from ..config import AlignerConfig
+from ..config import FRAME_RATE, AlignerConfig
 from ..hub import (
     CheckpointError,
     PretrainedModule,
@@ -35,7 +35,6 @@ from ..hub import (
 __all__ = ["AlignOutput", "Aligner", "TranscriptError", "align_tokens", "check_fits", "wav2vec2_large_config"]
 
 ALIGNER_SAMPLE_RATE = 16000
-FRAME_RATE = 50
 # Key of the wav2vec2 architecture inside the aligner's config.json (written by save_pretrained;
 # the published checkpoints do not carry it, so the wav2vec2-large architecture is assumed).
 ENCODER_CONFIG_KEY = "encoder_config"

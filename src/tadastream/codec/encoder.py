@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..audio import AudioError, check_prompt_audio, load_audio, resample, to_mono
-from ..config import EncoderConfig
+from ..config import SAMPLE_RATE, EncoderConfig
 from ..hub import CheckpointError, PretrainedModule
 from ..nn.attention import LocalAttentionStack, encoder_attention_mask
 from ..nn.conv import Snake, WNConv1d
@@ -43,7 +43,6 @@ __all__ = [
     "finish_transcript",
 ]
 
-SAMPLE_RATE = 24000
 #: Zero samples appended before the waveform CNN, as in training (two frames' worth).
 END_PADDING = 960
 ASR_MODEL_NAME = "nvidia/parakeet-ctc-1.1b"
