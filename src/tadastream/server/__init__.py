@@ -37,10 +37,11 @@ import logging
 import os
 from typing import Any
 
+from ..config import DEFAULT_CODEC
+
 __all__ = ["add_serve_arguments", "create_app", "main", "run_server"]
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-DEFAULT_CODEC = "HumeAI/tada-codec"
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,34 +95,17 @@ def _options(args: argparse.Namespace | None, kwargs: dict[str, Any]) -> argpars
 
 def load_model(opts: argparse.Namespace):
     """(model, default voice or None) for the ``--model`` option (or an already loaded model)."""
-    import torch
+    from ..loading import load_model as load
 
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    if not isinstance(opts.model, str):
-        return opts.model, None
-    if opts.model == "demo":
-        from ..demo import build_demo_model, demo_voice
-
-        model = build_demo_model()
-        if opts.quantize:
-            model = model.to(torch.bfloat16)
-        model.optimize_for_inference(opts.quantize)
-        return model, demo_voice(model)
-    from ..hub import run_dtype
-    from ..model import TadaForCausalLM
-
-    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = run_dtype(opts.dtype, device, opts.quantize)
-    model = TadaForCausalLM.from_pretrained(
+    return load(
         opts.model,
-        codec=opts.codec or DEFAULT_CODEC,
+        codec=opts.codec,
         tokenizer=opts.tokenizer,
-        torch_dtype=dtype,
-        device=device,
+        device=opts.device,
+        dtype=opts.dtype,
         quantize=opts.quantize,
+        threads=opts.threads,
     )
-    return model, None
 
 
 def _load_encoder(opts: argparse.Namespace, model):

@@ -1,0 +1,291 @@
+"""What each subcommand does: check every argument, then load, generate and deliver.
+
+Heavy modules (torch, the model) are imported inside the handlers, after the checks, so a
+mistake on the command line is reported at once and ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import DEFAULT_CODEC, SAMPLE_RATE
+from ..loading import DEMO
+from .checks import (
+    VoiceRequest,
+    check_folder,
+    check_language,
+    check_output_file,
+    check_player,
+    check_recording,
+    check_source,
+    check_timeline,
+    check_voice,
+    pick_device,
+    read_text,
+)
+from .errors import CliError, UsageError, one_line
+from .progress import Progress
+from .sinks import FileSink, NullSink, PlayerSink, StdoutSink
+
+DEMO_NOTICE = (
+    "note: the demo model has random weights, so its audio is noise-like; it shows the streaming machinery "
+    "(timings, chunking, file output), not speech quality."
+)
+
+
+def _load_model(args: argparse.Namespace, device: str, progress: Progress):
+    """(model, default voice) for ``--model``; a checkpoint that cannot be had is one line with the demo hint."""
+    from ..hub import CheckpointError
+    from ..loading import load_model
+
+    if args.model != DEMO:
+        progress.note(f"loading {args.model} ...")
+    try:
+        return load_model(
+            args.model,
+            codec=args.codec,
+            tokenizer=args.tokenizer,
+            device=device,
+            dtype=args.dtype,
+            quantize=args.quantize,
+        )
+    except CheckpointError as exc:
+        raise CliError(f"{one_line(exc)} (to try the pipeline without a download: --model demo)") from None
+
+
+def _encode_recording(voice: VoiceRequest, codec: str, language: str | None, tokenizer, device: str, progress):
+    from ..codec.encoder import Encoder
+
+    progress.note(f"encoding the voice {voice.path} with {codec} ...")
+    encoder = Encoder.from_pretrained(codec, subfolder="encoder", language=language, tokenizer=tokenizer)
+    encoder.to(device)
+    return encoder(voice.audio, text=[voice.text], sample_rate=voice.sample_rate)
+
+
+def _options(args: argparse.Namespace):
+    from ..generation import GenerationInputError, InferenceOptions
+
+    try:
+        return InferenceOptions(
+            text_temperature=args.temperature,
+            acoustic_cfg_scale=args.cfg_scale,
+            num_flow_matching_steps=args.flow_steps,
+            noise_temperature=args.noise_temperature,
+            speed_up_factor=args.speed,
+        ).validate()
+    except GenerationInputError as exc:
+        raise UsageError(one_line(exc)) from None
+
+
+def _stream(model, prompt, text: str, progress: Progress, **kwargs):
+    """An AudioStream that also reports each settled token of the new text to ``progress``."""
+    from ..stream import AudioStream
+
+    model.require_decoder()
+    stream = AudioStream(model, prompt, text, **kwargs)
+    stream.on_token = lambda _step: progress.token()
+    progress.total_tokens = stream.tokens_total or 0
+    return stream
+
+
+def _generate(model, prompt, text: str, options, sink, progress: Progress, *, transition_steps=5, normalize=True):
+    """Stream ``text`` into ``sink``; returns (result, audio seconds)."""
+    stream = _stream(
+        model,
+        prompt,
+        text,
+        progress,
+        inference_options=options,
+        num_transition_steps=transition_steps,
+        normalize_text=normalize,
+    )
+    progress.start = stream.started_at
+    with stream:
+        for chunk, _rate in stream:
+            sink.write(chunk)
+            progress.chunk(int(chunk.numel()))
+    progress.clear()
+    if stream.result is None:
+        raise CliError("generation stopped before it finished; rerun with --debug to see why")
+    return stream.result, sum(stream.result.chunk_samples or [0]) / SAMPLE_RATE
+
+
+def _timings(result, seconds: float) -> tuple[str, str, str]:
+    wall = result.total_time or 0.0
+    first = f"{result.time_to_first_audio:.3f} s" if result.time_to_first_audio is not None else "n/a (no audio)"
+    speed = f"{seconds / wall:.2f}x real time" if wall > 0 else "n/a"
+    rtf = f"{wall / seconds:.3f}" if seconds > 0 else "n/a"
+    return first, speed, rtf
+
+
+def cmd_speak(args: argparse.Namespace) -> int:
+    """``tadastream speak``: validate everything, then load, generate and deliver."""
+    text = read_text(args.text)
+    to_stdout = args.output == "-"
+    output = None if args.output is None or to_stdout else check_output_file(args.output)
+    if args.format is not None and not to_stdout:
+        raise UsageError("--format is for -o - (stdout); a file's format comes from its extension (.wav, .flac, .ogg)")
+    if to_stdout and sys.stdout.isatty():
+        raise UsageError(
+            "-o - would write binary audio to the terminal: pipe it (| ffplay -nodisp -autoexit -) or use -o out.wav"
+        )
+    if args.output is None:
+        check_player()
+    timeline = check_timeline(args.timeline)
+    demo = args.model == DEMO
+    if demo and args.tokenizer is not None:
+        raise UsageError("--tokenizer does not apply to --model demo (it has its own tokenizer)")
+    check_source(args.model, "--model", "TADA checkpoint")
+    check_source(args.codec, "--codec", "codec")
+    check_source(args.tokenizer, "--tokenizer", "tokenizer")
+    check_language(args.language)
+    voice = check_voice(args.voice, args.voice_text)
+    if voice is None and not demo:
+        raise UsageError(
+            f"{args.model} has no built-in voice: pass --voice FILE.wav --voice-text 'its transcript', "
+            "or --voice NAME.voice from `tadastream encode-voice` (or use --model demo)"
+        )
+    if voice is not None and voice.audio is not None and demo and args.codec is None:
+        raise UsageError(
+            "the demo model has no codec encoder to encode a recording: use --voice NAME.voice, or --codec DIR "
+            "with an encoder built for it"
+        )
+    options = _options(args)
+    device = pick_device(args.device)
+    if args.quantize and not str(device).startswith("cpu"):
+        raise UsageError(f"--quantize {args.quantize} speeds up CPU only: drop it with --device {device}")
+    if args.quantize and args.dtype not in ("auto", "bfloat16"):
+        raise UsageError(f"--quantize {args.quantize} runs in bfloat16: drop --dtype {args.dtype}")
+
+    progress = Progress(enabled=not to_stdout and not args.quiet)
+    if to_stdout:
+        sink: Any = StdoutSink(args.format or "wav", streaming=args.stream)
+    elif output is not None:
+        sink = FileSink(output)
+    else:
+        sink = None  # the player opens once the model is ready
+
+    import torch
+
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    model, default_voice = _load_model(args, device, progress)
+    if voice is None:
+        prompt = default_voice
+    elif voice.encoded is not None:
+        prompt = voice.encoded
+    else:
+        # The LLM's own tokenizer: the prompt's tokens must be the ones the LLM reads.
+        codec = args.codec or DEFAULT_CODEC
+        prompt = _encode_recording(voice, codec, args.language, model.tokenizer, device, progress)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)  # the same seed gives the same audio however the voice was obtained
+    if sink is None:
+        try:
+            sink = PlayerSink(streaming=args.stream)
+        except Exception as exc:  # noqa: BLE001 - PortAudioError is not a ValueError/OSError
+            raise CliError(f"cannot open the audio output ({one_line(exc)}); write a file with -o out.wav") from None
+    try:
+        result, seconds = _generate(
+            model,
+            prompt,
+            text,
+            options,
+            sink,
+            progress,
+            transition_steps=args.transition_steps,
+            normalize=not args.no_normalize,
+        )
+        sink.close()
+    except BaseException:
+        if isinstance(sink, PlayerSink):
+            sink.abort()
+        raise
+    if timeline is not None:
+        from ..timeline import plot_timeline
+
+        plot_timeline(result, timeline, SAMPLE_RATE)
+    first, speed, rtf = _timings(result, seconds)
+    where = f"wrote {output}" if output is not None else ("stdout" if to_stdout else "played")
+    progress.note(
+        f"{where}: {seconds:.2f} s of audio in {result.total_time:.2f} s ({speed}); first audio after {first}"
+        + (f"; timeline {timeline}" if timeline is not None else "")
+    )
+    return 0
+
+
+def cmd_encode_voice(args: argparse.Namespace) -> int:
+    """``tadastream encode-voice``: recording + transcript -> NAME.voice (atomic write)."""
+    target = Path(args.output).expanduser()
+    if target.suffix.lower() != ".voice":
+        raise UsageError(f"-o {args.output}: name the encoded voice NAME.voice (e.g. -o {target.stem or 'me'}.voice)")
+    check_folder(target, "-o")
+    check_source(args.codec, "--codec", "codec")
+    check_source(args.tokenizer, "--tokenizer", "tokenizer")
+    check_language(args.language)
+    voice = check_recording(Path(args.audio).expanduser(), args.text, "FILE", "--text")
+    device = pick_device(args.device)
+
+    progress = Progress(enabled=not args.quiet)
+    from ..hub import CheckpointError
+
+    try:
+        encoded = _encode_recording(voice, args.codec, args.language, args.tokenizer, device, progress)
+    except CheckpointError as exc:
+        raise CliError(one_line(exc)) from None
+    encoded.save(target)
+    tokens = int(encoded.text_tokens_len[0]) if encoded.text_tokens_len is not None else encoded.token_values.shape[1]
+    progress.note(
+        f"wrote {target}: {voice.audio.numel() / voice.sample_rate:.2f} s of speech, {tokens} tokens aligned; "
+        f"use it with: tadastream speak 'Hello.' --voice {target}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``tadastream demo``: the embedded tiny model end to end, with timings on stdout."""
+    text = read_text(args.text, "--text")
+    output = check_output_file(args.output) if args.output is not None else None
+    timeline = check_timeline(args.timeline)
+    device = pick_device(args.device or "cpu")
+
+    import torch
+
+    from ..generation import InferenceOptions
+    from ..loading import load_model
+
+    print(DEMO_NOTICE, flush=True)
+    model, prompt = load_model(DEMO, device=device)
+    torch.manual_seed(args.seed)
+    sink = FileSink(output) if output is not None else NullSink()
+    result, seconds = _generate(model, prompt, text, InferenceOptions(), sink, Progress(enabled=False))
+    sink.close()
+    first, speed, rtf = _timings(result, seconds)
+    print(f"text: {text!r}")
+    print(f"audio: {seconds:.2f} s at {SAMPLE_RATE} Hz in {len(result.chunk_samples or [])} chunks")
+    print(f"time to first audio: {first}")
+    print(f"total time: {result.total_time:.3f} s")
+    print(
+        f"speed: {speed} (audio seconds / wall seconds); real-time factor {rtf} "
+        "(wall seconds / audio seconds, below 1 keeps ahead of playback)"
+    )
+    if output is not None:
+        print(f"wrote {output}")
+    if timeline is not None:
+        from ..timeline import plot_timeline
+
+        plot_timeline(result, timeline, SAMPLE_RATE)
+        print(f"wrote {timeline}")
+    if output is None and timeline is None:
+        print("pass -o demo.wav to keep the audio, --timeline timeline.png to see the chunk timings")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``tadastream serve``: hand the parsed options to the server."""
+    from ..server import run_server
+
+    return run_server(args)

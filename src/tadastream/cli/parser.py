@@ -1,0 +1,222 @@
+"""The command-line grammar: every flag, its help and its cheap type check.
+
+Nothing here imports torch, so ``tadastream --help`` and argument typos answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import NoReturn
+
+from .. import __version__
+from ..config import DEFAULT_CODEC, DEFAULT_MODEL
+from ..server import add_serve_arguments
+from .commands import cmd_demo, cmd_encode_voice, cmd_serve, cmd_speak
+from .errors import one_line
+
+STDOUT_FORMATS = ("wav", "raw")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEMO_TEXT = "Streaming speech starts playing while the rest of the sentence is still being generated."
+# argparse defaults = InferenceOptions defaults (tests check they agree); kept here for a torch-free --help.
+OPTION_DEFAULTS = {
+    "temperature": 0.6,
+    "cfg_scale": 1.6,
+    "flow_steps": 10,
+    "noise_temperature": 0.9,
+    "transition_steps": 5,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: <what>; see `<prog> --help```, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {one_line(message)}; see `{self.prog} --help`\n")
+
+
+def _number(kind: type, low: float, low_ok: bool, what: str) -> Callable[[str], float]:
+    """An argparse ``type`` that rejects values below ``low`` (and NaN) with a message saying what was expected."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low or (value == low and not low_ok) or value != value:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _number(float, 0.0, False, "a number > 0")
+_non_negative = _number(float, 0.0, True, "a number >= 0")
+_positive_int = _number(int, 1, True, "a whole number >= 1")
+_non_negative_int = _number(int, 0, True, "a whole number >= 0")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show the full traceback of any error")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="ID|DIR|demo",
+        help=f"TADA checkpoint: hub id, local directory, or 'demo' for the embedded tiny model ({DEFAULT_MODEL})",
+    )
+    g.add_argument(
+        "--codec", metavar="ID|DIR", help=f"codec with decoder/ (and encoder/ + aligner/) (default {DEFAULT_CODEC})"
+    )
+    g.add_argument(
+        "--tokenizer", metavar="ID|DIR", help="Llama 3 tokenizer (default: the checkpoint's, else meta-llama's)"
+    )
+    g.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1, mps ... (default: cuda if available, else cpu)")
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="weights precision (default auto: bfloat16 on cuda, else float32)",
+    )
+    g.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="int8 weights for the LLM and flow head (CPU, bfloat16): half the memory, small deviation",
+    )
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--seed", type=int, metavar="N", help="random seed, for reproducible output")
+    # The numeric knobs: flag, parser, metavar, help; their defaults (shown in --help) come from OPTION_DEFAULTS.
+    knobs = (
+        ("--temperature", _positive, "T", "text sampling"),
+        ("--cfg-scale", _positive, "S", "acoustic guidance"),
+        ("--flow-steps", _positive_int, "N", "flow-matching steps"),
+        ("--noise-temperature", _non_negative, "T", "acoustic noise scale"),
+        ("--speed", _positive, "FACTOR", "speak faster (>1) or slower (<1); two passes"),
+        ("--transition-steps", _non_negative_int, "N", "prompt tokens re-generated to blend into the new text"),
+    )
+    for flag, parse, metavar, text in knobs:
+        dest = flag[2:].replace("-", "_")
+        shown = " (%(default)s)" if dest in OPTION_DEFAULTS else ""
+        g.add_argument(flag, type=parse, default=OPTION_DEFAULTS.get(dest), metavar=metavar, help=text + shown)
+    g.add_argument(
+        "--no-normalize",
+        action="store_true",
+        help="speak the text as written (skip punctuation and casing normalisation)",
+    )
+
+
+def _add_speak(sub) -> None:
+    speak = sub.add_parser(
+        "speak",
+        help="speak text to a file, stdout or the sound card",
+        description="Speak TEXT in a voice. Without -o the audio plays on the sound card (needs tadastream[play]).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  tadastream speak 'Hello there.' --voice me.wav --voice-text 'What I say in me.wav.' -o hello.wav\n"
+            "  tadastream speak 'Hello there.' --voice me.voice --stream              # play as it arrives\n"
+            "  tadastream speak 'Hello there.' --voice me.voice --stream -o - | ffplay -nodisp -autoexit -\n"
+            "  echo 'Hello there.' | tadastream speak - --voice me.voice --stream -o - --format raw \\\n"
+            "      | aplay -f S16_LE -r 24000 -c 1\n"
+            "  tadastream speak 'Hello there.' --model demo -o noise.wav --timeline timeline.png"
+        ),
+    )
+    speak.add_argument("text", metavar="TEXT", help="the words to speak, or - to read them from stdin")
+    g = speak.add_argument_group("voice")
+    g.add_argument(
+        "--voice",
+        metavar="FILE",
+        help="a recording (.wav/.flac/...; needs --voice-text) or NAME.voice from `tadastream encode-voice`",
+    )
+    g.add_argument("--voice-text", metavar="TEXT", help="transcript of the --voice recording")
+    g.add_argument("--language", metavar="xx", help="language of the --voice recording (en default; de, fr, ja ...)")
+    g = speak.add_argument_group("output")
+    g.add_argument("-o", "--output", metavar="FILE|-", help="write .wav/.flac/.ogg, or - for stdout")
+    g.add_argument(
+        "--stream",
+        action="store_true",
+        help="emit audio as it is generated: play at once, or with -o - write each chunk to stdout",
+    )
+    g.add_argument(
+        "--format",
+        choices=STDOUT_FORMATS,
+        help="stdout encoding: wav (default; streaming header) or raw (16-bit little-endian PCM, 24 kHz mono)",
+    )
+    g.add_argument("--timeline", metavar="PNG", help="also draw chunk timings and token durations (tadastream[plot])")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
+    _add_model_options(speak)
+    _add_generation_options(speak)
+    _add_common(speak)
+    speak.set_defaults(handler=cmd_speak)
+
+
+def _add_encode_voice(sub) -> None:
+    enc = sub.add_parser(
+        "encode-voice",
+        help="encode a recording + transcript into a reusable NAME.voice",
+        description=(
+            "Encode a voice prompt once (codec encoder + aligner) and save it; `speak --voice NAME.voice` then "
+            "starts without the encoder."
+        ),
+    )
+    enc.add_argument("audio", metavar="FILE", help="a few seconds of clear speech (.wav, .flac, .ogg ...)")
+    enc.add_argument("--text", required=True, help="exactly what is said in FILE (- to read it from stdin)")
+    enc.add_argument("-o", "--output", required=True, metavar="NAME.voice", help="where to save the encoded voice")
+    enc.add_argument(
+        "--codec", default=DEFAULT_CODEC, metavar="ID|DIR", help="codec with encoder/ and aligner/ (%(default)s)"
+    )
+    enc.add_argument("--tokenizer", metavar="ID|DIR", help="Llama 3 tokenizer (default: the aligner's)")
+    enc.add_argument(
+        "--language", metavar="xx", help="language of the recording (en default; ar ch de es fr it ja pl pt)"
+    )
+    enc.add_argument("--device", metavar="DEV", help="cpu, cuda, ... (default: cuda if available, else cpu)")
+    enc.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+    _add_common(enc)
+    enc.set_defaults(handler=cmd_encode_voice)
+
+
+def _add_demo(sub) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on the embedded tiny model (no download)",
+        description=(
+            "Generate with the embedded tiny model (random weights: the audio is noise-like) and report time to "
+            "first audio, total time and real-time factor."
+        ),
+    )
+    demo.add_argument("--text", default=DEMO_TEXT, help="what to 'speak' (default: a sample sentence)")
+    demo.add_argument("-o", "--output", metavar="FILE", help="save the audio (.wav/.flac/.ogg)")
+    demo.add_argument("--timeline", metavar="PNG", help="draw chunk timings and token durations (tadastream[plot])")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
+    demo.add_argument("--device", metavar="DEV", help="cpu, cuda, ... (default: cpu)")
+    _add_common(demo)
+    demo.set_defaults(handler=cmd_demo)
+
+
+def _add_serve(sub) -> None:
+    serve = sub.add_parser("serve", help="HTTP/WebSocket speech server (OpenAI-compatible; tadastream[server])")
+    add_serve_arguments(serve)
+    _add_common(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line grammar (no heavy imports: ``--help`` is instant)."""
+    parser = _Parser(
+        prog="tadastream",
+        description="TADA text-to-speech with true streaming: audio starts while the text is still being spoken.",
+        epilog="Try it without a download: tadastream demo -o demo.wav",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_speak(sub)
+    _add_encode_voice(sub)
+    _add_demo(sub)
+    _add_serve(sub)
+    return parser

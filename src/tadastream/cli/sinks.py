@@ -1,0 +1,151 @@
+"""Where generated audio goes: a file, stdout, the sound card, or nowhere.
+
+Every sink takes float chunks (24 kHz mono tensors) with ``write`` as they are generated and
+finishes with ``close``; the sound card also has ``abort`` for a failed or interrupted run.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from ..config import SAMPLE_RATE
+
+
+def _concat(chunks: list[Any]):
+    import torch
+
+    return torch.cat(chunks) if chunks else torch.zeros(0)
+
+
+class FileSink:
+    """Collects the chunks and saves them once, atomically, at the end."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.chunks: list[Any] = []
+
+    def write(self, chunk) -> None:
+        self.chunks.append(chunk)
+
+    def close(self) -> None:
+        from ..audio import save_audio
+
+        save_audio(self.path, _concat(self.chunks), SAMPLE_RATE)
+
+
+class StdoutSink:
+    """PCM16 to stdout: chunk by chunk (flushed; streaming WAV header) or one complete file at the end."""
+
+    def __init__(self, fmt: str, streaming: bool):
+        self.fmt, self.streaming = fmt, streaming
+        self.out = sys.stdout.buffer
+        self.chunks: list[Any] = []
+        self.started = False
+
+    def write(self, chunk) -> None:
+        from ..audio import float_to_pcm16, wav_header
+
+        if not self.streaming:
+            self.chunks.append(chunk)
+            return
+        data = float_to_pcm16(chunk)
+        if not self.started and self.fmt == "wav":
+            data = wav_header(SAMPLE_RATE, 1, None) + data
+        self.started = True
+        self.out.write(data)
+        self.out.flush()
+
+    def close(self) -> None:
+        from ..audio import encode_audio, wav_header
+
+        if self.streaming:
+            if not self.started and self.fmt == "wav":
+                self.out.write(wav_header(SAMPLE_RATE, 1, None))  # no audio: still a valid (empty) stream
+        else:
+            self.out.write(encode_audio(_concat(self.chunks), SAMPLE_RATE, "pcm" if self.fmt == "raw" else "wav"))
+        self.out.flush()
+
+
+class PlayerSink:
+    """The sound card via sounddevice: a callback drains a queue that generation fills.
+
+    Generation and playback overlap (writes never block); if the queue runs dry the callback plays
+    silence until more arrives. Without ``streaming`` playback starts once everything is generated.
+    """
+
+    def __init__(self, streaming: bool):
+        import sounddevice as sd
+
+        self._sd = sd
+        self.streaming = streaming
+        self._queue: deque = deque()
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+        self._no_more = False
+        self._queued = 0
+        self._stream = sd.OutputStream(
+            samplerate=SAMPLE_RATE,
+            channels=1,
+            dtype="float32",
+            callback=self._callback,
+            finished_callback=self._finished.set,
+        )
+        self._started = False
+
+    def _callback(self, outdata, frames, time_info, status) -> None:
+        filled = 0
+        with self._lock:
+            while filled < frames and self._queue:
+                head = self._queue[0]
+                take = min(len(head), frames - filled)
+                outdata[filled : filled + take, 0] = head[:take]
+                filled += take
+                if take == len(head):
+                    self._queue.popleft()
+                else:
+                    self._queue[0] = head[take:]
+            done = self._no_more and not self._queue
+        outdata[filled:] = 0
+        if done:
+            raise self._sd.CallbackStop
+
+    def write(self, chunk) -> None:
+        samples = chunk.detach().to("cpu").float().numpy()
+        with self._lock:
+            self._queue.append(samples)
+            self._queued += len(samples)
+        if self.streaming and not self._started:
+            self._start()
+
+    def _start(self) -> None:
+        self._started = True
+        self._stream.start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._no_more = True
+        if not self._started:
+            self._start()
+        self._finished.wait(timeout=self._queued / SAMPLE_RATE + 5.0)
+        self._stream.close()
+
+    def abort(self) -> None:
+        try:
+            self._stream.abort()
+            self._stream.close()
+        except Exception:  # noqa: BLE001 - best effort while already failing
+            pass
+
+
+class NullSink:
+    """Discards the audio (``demo`` without ``-o`` only reports timings)."""
+
+    def write(self, chunk) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
