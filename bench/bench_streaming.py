@@ -4,7 +4,7 @@
     python bench/bench_streaming.py --mode 1b --dtype fp32 --texts short
 
 Durations predicted by the flow head are replaced by a fixed 4-12 frame pattern (the bench
-patches ``tadastream.generation.decode_time``), so every run speaks the same number of frames
+patches the ``decode_time`` that ``tadastream.generation.program`` uses), so every run speaks the same number of frames
 and runs on different machines, dtypes or commits compare. Weights are random: audio is noise,
 timings are real.
 
@@ -32,17 +32,20 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import tadastream.generation as gen  # noqa: E402
+import tadastream.generation.program as program  # noqa: E402
 from tadastream.codec.decoder import expand_tokens  # noqa: E402
 from tadastream.codec.streaming import StreamingDecoder  # noqa: E402
 from tadastream.config import TADA_1B, tada_config  # noqa: E402
 from tadastream.demo import build_demo_model, demo_tokenizer, demo_voice  # noqa: E402
+from tadastream.engine import generate_steps  # noqa: E402
 from tadastream.model import TadaForCausalLM  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decoder import build_decoder  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SAMPLE_RATE = 24000
+from tadastream.config import SAMPLE_RATE  # noqa: E402
+
 TEXT_TOKENS = {"short": 10, "medium": 40, "long": 150}
 WORDS = (
     "the quick brown fox jumps over the lazy dog while seven wizards quietly judge a box of "
@@ -52,7 +55,7 @@ WORDS = (
 # -- fixed durations ----------------------------------------------------------------------------
 _PATTERN = (4, 7, 5, 9, 6, 12, 8, 4, 10, 5, 11, 6)  # frames, mean 7.25
 _calls = [0]
-_real_decode_time = gen.decode_time
+_real_decode_time = program.decode_time
 
 
 def _fixed_decode_time(bits: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -67,7 +70,7 @@ def reset_durations(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-gen.decode_time = _fixed_decode_time
+program.decode_time = _fixed_decode_time
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -253,7 +256,7 @@ def bench_text(model, voice, text: str, repeat: int, gen_repeat: int = 1) -> dic
     n_pred = n_prompted = 0
     raw = None
     t0 = time.perf_counter()
-    for item in gen.generate_steps(model, plan):
+    for item in generate_steps(model, plan):
         if isinstance(item, gen.StepOutput):
             if item.source == "predicted":
                 n_pred += 1

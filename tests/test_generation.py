@@ -6,13 +6,13 @@ import torch
 from tadastream import CheckpointError, GenerationInputError, InferenceOptions, TadaForCausalLM
 from tadastream.codec.decoder import Decoder
 from tadastream.demo import DEMO_VOICE_TEXT, demo_tokenizer
+from tadastream.engine import generate_steps
 from tadastream.generation import (
     MIN_LEADING_TRIM_FRAMES,
     GenerationOutput,
     StepOutput,
     SyncTokGenerationOutput,
     decode_audio,
-    generate_steps,
     plan_generation,
 )
 from tadastream.text import tokenize_joint
@@ -189,7 +189,7 @@ def test_flow_head_runs_only_where_its_output_is_used(demo_model):
     """Without a voice, the first shift_acoustic steps make no frame and the next ones take frame
     and duration from the (empty) prompt: their ODE is skipped. Their noise is still drawn, so
     later frames follow the reference's random stream (test_parity checks the audio)."""
-    from tadastream.generation import StepOutput, generate_steps, plan_generation
+    from tadastream.generation import StepOutput, plan_generation
 
     calls: list[int] = []
     plan = plan_generation(demo_model, None, "Hello there, friend.")

@@ -151,7 +151,7 @@ def test_int8_model_stays_close_to_bf16():
     # the batched adaLN projection keeps the model's dtype; everything else is int8
     assert not isinstance(quant.prediction_head.modulation, Int8Linear)
     assert isinstance(quant.prediction_head.layers[0].ffn.gate_up, Int8Linear)
-    assert isinstance(quant.model.layers[0].self_attn.q_proj, Int8Linear)
+    assert isinstance(quant.model.layers[0].self_attn.qkv, Int8Linear)
     audio = _speak(quant, voice).float()
     assert audio.shape == expected.shape  # same durations: the gray codes survive quantization
     assert 0 < _rel(audio, expected) < 0.05  # measured 0.015, as far as bf16 is from fp32

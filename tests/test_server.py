@@ -203,7 +203,7 @@ def test_disconnect_frees_the_slot(tight, caplog):
     print(f"\nslot freed {freed_after * 1000:.0f} ms after the disconnect")
     assert freed_after < 2.0, "the slot should come back within a step or two of the disconnect"
     gc.collect()
-    alive = [s for s in gc.get_objects() if type(s) is AudioStream and s._steps is not None]
+    alive = [s for s in gc.get_objects() if type(s) is AudioStream and not s.finished]
     assert not alive, "a closed stream still holds its KV cache"
     records = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
     gone = [r for r in records if r.get("outcome") == "disconnected"]
@@ -379,9 +379,11 @@ def test_wav_upload_goes_through_the_encoder(server, demo):
     model, voice = demo
     calls = []
 
-    def fake_encoder(audio, text, sample_rate):  # stands in for tadastream.codec.encoder.Encoder
-        calls.append((tuple(audio.shape), text, sample_rate, torch.get_rng_state()))
+    def fake_encoder(audio, text, sample_rate, generator):  # stands in for tadastream.codec.encoder.Encoder
+        calls.append((tuple(audio.shape), text, sample_rate, generator.get_state(), torch.get_rng_state()))
         return voice
+
+    global_state = torch.get_rng_state()
 
     tone = 0.3 * torch.sin(torch.arange(16000) * 0.05)
     wav = io.BytesIO()
@@ -404,8 +406,9 @@ def test_wav_upload_goes_through_the_encoder(server, demo):
     finally:
         app.state.encoder, app.state.settings.max_voice_seconds = None, limit
     assert calls[0][:3] == ((16000,), "a steady tone", 16000)
-    # the encoder draws noise from the global RNG, so it runs seeded (seed 0) and isolated
+    # the encoder draws its noise from a generator seeded for the upload (seed 0); the global RNG is untouched
     assert torch.equal(calls[0][3], torch.Generator().manual_seed(0).get_state())
+    assert torch.equal(calls[0][4], global_state)
 
 
 # -- incremental text over the WebSocket --------------------------------------------------------

@@ -64,7 +64,7 @@ def test_first_chunk_arrives_before_generation_ends(demo_model, demo_voice):
     stream = demo_model.generate(prompt=demo_voice, text=TEXTS[0] + " " + TEXTS[1], stream=True)
     it = iter(stream)
     next(it)
-    assert stream.result is None and stream._steps is not None  # the LLM is still mid-utterance
+    assert stream.result is None and not stream.finished  # the LLM is still mid-utterance
     rest = list(it)
     assert rest and stream.result is not None
 
@@ -75,7 +75,7 @@ def test_early_break_frees_state_and_model_stays_usable(demo_model, demo_voice):
     for _chunk, _sr in stream:
         break
     stream.close()
-    assert stream._steps is None and stream._decoder is None
+    assert stream.finished and stream.engine.pool.in_use == 0  # the slot (KV cache) is free
     assert list(stream) == []
     ref = full_audio(demo_model, demo_voice, TEXTS[1], 4)
     again = torch.cat(streamed(demo_model, demo_voice, TEXTS[1], 4)[0])
@@ -85,7 +85,7 @@ def test_early_break_frees_state_and_model_stays_usable(demo_model, demo_voice):
 def test_context_manager_closes(demo_model, demo_voice):
     with demo_model.generate(prompt=demo_voice, text=TEXTS[0], stream=True) as stream:
         next(iter(stream))
-    assert stream._steps is None
+    assert stream.finished and stream.engine.pool.in_use == 0
 
 
 def test_interleaved_streams_match_solo(demo_model, demo_voice):
@@ -153,12 +153,12 @@ def test_async_cancellation_stops_generation(demo_model, demo_voice):
         with pytest.raises(asyncio.CancelledError):
             await task
         for _ in range(100):  # the worker finishes at most the step in progress
-            if stream._steps is None:
+            if stream.finished:
                 break
             await asyncio.sleep(0.05)
 
     asyncio.run(main())
-    assert stream._steps is None and stream.result is None
+    assert stream.finished and stream.result is None and stream.engine.pool.in_use == 0
 
 
 def test_bad_input_fails_at_call_time(demo_model, demo_voice):

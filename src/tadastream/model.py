@@ -8,19 +8,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaModel
+from transformers import LlamaConfig
 
 from .codec.decoder import Decoder
 from .config import DEFAULT_CODEC, DEFAULT_TOKENIZER, num_time_bits, tada_config
-from .generation import (
-    GenerationInputError,
-    InferenceOptions,
-    decode_audio,
-    decode_frames,
-    finish_output,
-    generate_steps,
-    plan_generation,
-)
+from .generation import GenerationInputError, InferenceOptions, StreamRng, plan_generation
 from .hub import (
     CheckpointError,
     load_weights,
@@ -31,15 +23,19 @@ from .hub import (
     save_checkpoint,
 )
 from .nn.flow_head import FlowHead
-from .nn.linear import FusedGatedMLP, check_quantize, linear_factory, replace_linears
-from .stream import AudioStream
+from .nn.kv_cache import CacheSpec, SlotCache
+from .nn.linear import WithBias, check_quantize, linear_factory
+from .nn.llama import LlamaBackbone, Segment
 
 # Written by the reference's conversion path: untrained copies of lazily built codec modules.
 _UNUSED_CHECKPOINT_KEYS = (r"_decoder\..*", r"_encoder\..*", r"_acoustic_spkr_verf\..*")
 
 
 class TadaForCausalLM(nn.Module):
-    """The TADA language model. ``generate`` lives in :mod:`tadastream.generation`."""
+    """The TADA language model: weights, input embedding, the backbone over slot caches, ``lm_head``.
+
+    Generation runs on :class:`~tadastream.engine.Engine` (``generate`` is the entry point).
+    """
 
     def __init__(self, config: LlamaConfig, decoder: Decoder | None = None, tokenizer: Any = None):
         super().__init__()
@@ -47,7 +43,7 @@ class TadaForCausalLM(nn.Module):
         self.num_time_bits = num_time_bits(config)
         self.time_dim = 2 * self.num_time_bits
         hidden = config.hidden_size
-        self.model = LlamaModel(config)
+        self.model = LlamaBackbone(config)
         self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -81,11 +77,11 @@ class TadaForCausalLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.acoustic_proj.weight.device
+        return self.time_start_embed.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.acoustic_proj.weight.dtype
+        return self.time_start_embed.weight.dtype
 
     def require_decoder(self) -> Decoder:
         if self.decoder is None:
@@ -123,10 +119,9 @@ class TadaForCausalLM(nn.Module):
             raise RuntimeError(f"this model is already optimised ({self.inference_layout})")
         make = linear_factory(self.device, self.dtype, quantize)
         self.prediction_head.prepare_for_inference(make, make_batched=linear_factory(self.device, self.dtype))
-        for layer in self.model.layers:
-            mlp = layer.mlp
-            layer.mlp = FusedGatedMLP.fuse(mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn, make)
-        replace_linears(self.model, make)
+        self.model.fuse(make)
+        # every input row reads it: in the layout, its numbers do not depend on the row count either
+        self.acoustic_proj = WithBias(make(self.acoustic_proj.weight), self.acoustic_proj.bias)
         self.inference_layout = quantize or make.__name__
         return self
 
@@ -154,16 +149,19 @@ class TadaForCausalLM(nn.Module):
             + self.time_end_embed(time_after)
         )
 
-    def backbone(self, inputs_embeds: torch.Tensor, cache=None, start: int = 0) -> torch.Tensor:
-        """Last hidden states; appends to ``cache`` (a transformers Cache) when given."""
-        positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
-        out = self.model(
-            inputs_embeds=inputs_embeds,
-            cache=cache,
-            use_cache=cache is not None,
-            position_ids=positions.unsqueeze(0).expand(inputs_embeds.shape[0], -1),
-        )
-        return out.last_hidden_state
+    def new_cache(self, rows: int, positions: int) -> SlotCache:
+        """An empty key/value cache for ``rows`` rows of up to ``positions`` positions (it grows)."""
+        return SlotCache(CacheSpec.for_config(self.config, self.dtype, self.device), rows, positions)
+
+    def backbone(self, inputs_embeds: torch.Tensor, cache: SlotCache | None = None, start: int = 0) -> torch.Tensor:
+        """Last hidden states of ``inputs_embeds`` (B, T, hidden) at positions ``start..start+T``;
+        keys and values go to ``cache`` (a fresh one when None). The engine batches many streams'
+        rows into one call of ``self.model`` instead."""
+        rows, length = inputs_embeds.shape[:2]
+        cache = cache if cache is not None else self.new_cache(rows, start + length)
+        cache.reserve(start + length)
+        hidden = self.model(inputs_embeds.reshape(rows * length, -1), [Segment(cache, rows, start, length)])
+        return hidden.view(rows, length, -1)
 
     def forward_one_step(
         self,
@@ -176,7 +174,8 @@ class TadaForCausalLM(nn.Module):
         start: int = 0,
         compute_logits: bool = True,
     ):
-        """Hidden states (and logits) for a run of positions; mirrors the reference's method."""
+        """Hidden states (and logits) for a run of positions; mirrors the reference's method
+        (``cache``: a :class:`~tadastream.nn.kv_cache.SlotCache` to extend, else a fresh one)."""
         hidden = self.backbone(
             self.embed(input_ids, acoustic_features, acoustic_masks, time_len_before, time_len_after),
             cache,
@@ -200,14 +199,23 @@ class TadaForCausalLM(nn.Module):
         verbose: bool = False,
         stream: bool = False,
         streaming_cnn_window_size: int = 100,
+        seed: int | None = None,
+        engine: Any = None,
     ) -> Any:
         """Speak ``text`` in the voice of ``prompt``.
 
         Returns a :class:`GenerationOutput` (``audio[i]``: 1-D float tensor at 24 kHz), or with
         ``stream=True`` an :class:`~tadastream.stream.AudioStream` yielding ``(chunk, sample_rate)``.
         With ``stream=True``, ``text`` may also be an iterable or async iterable of string pieces
-        (characters, words, LLM tokens): speech starts before the text is complete, and the audio
-        equals that of the whole text passed at once.
+        (characters, words, LLM tokens) or a :class:`~tadastream.generation.TextInput`: speech
+        starts before the text is complete, and the audio equals that of the whole text at once.
+
+        A list of texts is generated side by side (batched) and gives one audio each. ``seed``
+        draws from generators seeded with it (torch's global state is not read or changed);
+        without it a call forks torch's global state, so ``torch.manual_seed(s)`` before the call
+        reproduces the reference; in a list, text i > 0 gets a seed derived from that state.
+        ``engine``: an :class:`~tadastream.engine.Engine` shared with other calls (their streams
+        are batched together); by default each call runs on its own.
         """
         kwargs = dict(
             num_transition_steps=num_transition_steps,
@@ -218,24 +226,31 @@ class TadaForCausalLM(nn.Module):
             use_text_in_prompt=use_text_in_prompt,
             normalize_text=normalize_text,
         )
+        from .engine import generate_utterances  # the driver; this module does not depend on it
+        from .generation import TextInput
+        from .stream import AudioStream
+
         if stream:
-            if not isinstance(text, str) and not hasattr(text, "__iter__") and not hasattr(text, "__aiter__"):
+            if (
+                not isinstance(text, str | TextInput)
+                and not hasattr(text, "__iter__")
+                and not hasattr(text, "__aiter__")
+            ):
                 raise GenerationInputError("text must be a string, or an iterable / async iterable of string pieces")
             self.require_decoder()
-            return AudioStream(self, prompt, text, window_size=streaming_cnn_window_size, **kwargs)
+            return AudioStream(
+                self, prompt, text, window_size=streaming_cnn_window_size, engine=engine, seed=seed, **kwargs
+            )
         texts = [text] if isinstance(text, str) else list(text)
-        if not texts:
-            raise GenerationInputError("text is empty: pass the words to speak")
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise GenerationInputError(
+                "text must be a string or a non-empty list of strings (stream=True takes pieces)"
+            )
         plans = [plan_generation(self, prompt, t, **kwargs) for t in texts]  # validate all before any work
         self.require_decoder()
-        outputs = []
-        for plan in plans:
-            raw = None
-            for item in generate_steps(self, plan):
-                raw = item
-            vectors, time_before = decode_frames(self, plan, raw)
-            audio = decode_audio(self, vectors[0], time_before[0], streaming_cnn_window_size)
-            outputs.append(finish_output(self, plan, raw, [audio]))
+        rng = StreamRng.from_seed(seed, self.device) if seed is not None else StreamRng.fork_global(self.device)
+        rngs = [rng.derive(i) for i in range(len(plans))]
+        outputs = generate_utterances(self, plans, rngs, streaming_cnn_window_size, engine)
         if len(outputs) == 1:
             return outputs[0]
         merged = outputs[0]
@@ -303,20 +318,8 @@ class TadaForCausalLM(nn.Module):
         return model.eval()
 
     def _init_non_persistent(self) -> None:
-        """Buffers not stored in checkpoints (rotary frequencies) after building on the meta device."""
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-        for module in self.modules():
-            if hasattr(module, "rope_type") and hasattr(module, "inv_freq"):
-                init = (
-                    module.compute_default_rope_parameters
-                    if module.rope_type == "default"
-                    else ROPE_INIT_FUNCTIONS[module.rope_type]
-                )
-                inv_freq, scaling = init(module.config, device=torch.device("cpu"))
-                module.inv_freq = inv_freq
-                module.original_inv_freq = inv_freq.clone()
-                module.attention_scaling = scaling
+        """What checkpoints do not store (rotary frequencies), after building on the meta device."""
+        self.model.init_rotary("cpu")
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """config.json + model.safetensors of the LLM (the codec is saved separately)."""

@@ -1,63 +1,87 @@
 """AudioStream: audio chunks out while the LLM is still generating.
 
-Iterating pulls LLM steps one at a time; every settled token goes to a per-stream
-:class:`~tadastream.codec.streaming.StreamingDecoder`, and whatever samples became final are
-yielded at once. Nothing is stored on the shared model, so streams can be interleaved or run in
-threads. Closing (``close()``, ``break`` + garbage collection, or leaving a ``with`` block) drops
-the KV cache and decoder state immediately.
+A stream is a program in an :class:`~tadastream.engine.Engine`. Each frame its program settles
+goes to this stream's :class:`~tadastream.codec.streaming.StreamingDecoder` (on the engine's
+ticking thread), and the samples that became final are queued for the consumer. On its own a
+stream gets a private engine that its consumer ticks inline, at batch 1; given a shared engine
+(``engine=``) it is batched with every other stream there. Nothing is stored on the shared
+model, and closing (``close()``, ``break`` + garbage collection, leaving a ``with`` block) frees
+its slot at once, or at the end of the tick in progress.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import torch
 
 from .codec.streaming import StreamingDecoder
+from .config import SAMPLE_RATE
+from .engine import Engine, EngineStream
 from .generation import (
     GenerationOutput,
-    Rng,
+    SpeechProgram,
     StepOutput,
+    StreamRng,
     SyncTokGenerationOutput,
+    TextInput,
     finish_output,
-    generate_steps,
     leading_trim_frames,
     plan_generation,
 )
 
-SAMPLE_RATE = 24000
-
-
-class TextCancelled(Exception):
-    """Raised by a text source to stop a stream that waits for text (its consumer went away)."""
+_POLL = 0.5  # seconds between checks while waiting on another thread (a safety net, not the signal)
 
 
 class AudioStream:
     """Iterate ``for chunk, sample_rate in stream``; ``stream.result`` is set after the last chunk.
 
     Chunks are float32 mono 1-D tensors at 24 kHz; concatenated they equal the non-streaming
-    audio of the same seed. ``async for`` works too: each step runs in a worker thread, and
-    cancelling the consuming task stops generation after the step in progress.
+    audio of the same seed. ``async for`` works too (compute runs off the event loop), and
+    cancelling the consuming task stops generation at the end of the tick in progress.
+
+    ``text`` is a string, an iterable or async iterable of pieces, or a :class:`TextInput` that
+    any thread fills (``stream.text.put(piece)``, ``stream.text.end()``).
     """
 
-    def __init__(self, model, prompt, text, *, window_size: int = 100, **plan_kwargs):
+    def __init__(
+        self,
+        model,
+        prompt,
+        text,
+        *,
+        window_size: int = 100,
+        engine: Engine | None = None,
+        seed: int | None = None,
+        rng: StreamRng | None = None,
+        **plan_kwargs: Any,
+    ):
         self.started_at = time.perf_counter()
         self.model = model
         self.window_size = window_size
-        self._pieces = None if isinstance(text, str) else text
-        self._pull = None
-        self._pending = None  # a text piece being awaited from an async producer
+        self.text: TextInput | None = None
+        self._source: Any = None  # an iterable of pieces this stream pulls into self.text
+        if isinstance(text, TextInput):
+            self.text = text
+        elif not isinstance(text, str):
+            self.text, self._source = TextInput(), text
         self._plan = plan_generation(model, prompt, text, **plan_kwargs)
-        self._rng = Rng.fork_global(model.device)
-        self._steps: Iterator | None = None
-        self._decoder: StreamingDecoder | None = None
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._done = False
+        self._decoder = StreamingDecoder(model.require_decoder(), window_size)
+        if rng is None:
+            rng = StreamRng.from_seed(seed, model.device) if seed is not None else StreamRng.fork_global(model.device)
+        self._engine = engine if engine is not None else Engine(model, max_streams=1)
+        self._chunks: collections.deque[torch.Tensor] = collections.deque()
+        self._cond = threading.Condition()
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._iterator: Iterator | None = None
+        self._pumped = False  # an async source is being pumped by the consuming event loop
+        self._error: BaseException | None = None
+        self._finished = False
         self.result: GenerationOutput | None = None
         self.chunk_times: list[float] = []
         self.chunk_samples: list[int] = []
@@ -65,8 +89,49 @@ class AudioStream:
         self.sample_rate = SAMPLE_RATE
         self.tokens_done = 0
         self.on_token = None  # optional callable(StepOutput), called for every spoken token
+        program = SpeechProgram(
+            self._engine.shape, self._plan, rng, self._on_step, self.text, self._engine.prefill_chunk
+        )
+        self._handle: EngineStream = self._engine.submit(program, self, self.text)
 
-    # -- sync iteration -----------------------------------------------------------------------
+    # -- the engine's side (its ticking thread) ----------------------------------------------
+    def _on_step(self, step: StepOutput) -> None:
+        plan, cfg = self._plan, self.model.config
+        if not step.final_pass or step.index < plan.decode_start:
+            return
+        self.tokens_done += 1
+        if self.on_token is not None:
+            self.on_token(step)
+        if step.index == plan.decode_start:
+            self._decoder.set_skip_leading_frames(leading_trim_frames(int(step.time_before[0])))
+        vector = step.acoustic_features[0] * cfg.acoustic_std + cfg.acoustic_mean
+        self._deliver(self._decoder.decode_block(vector, int(step.time_before[0])))
+
+    def finish(self, raw: SyncTokGenerationOutput) -> None:
+        tail = self._decoder.flush(int(raw.time_before[0, -1]))
+        self.result = finish_output(self.model, self._plan, raw, None)
+        self._deliver(tail, last=True)
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._deliver(None, last=True)
+
+    def cancelled(self) -> None:
+        self._deliver(None, last=True)
+
+    def _deliver(self, chunk: torch.Tensor | None, last: bool = False) -> None:
+        with self._cond:
+            if chunk is not None and chunk.numel():
+                self._chunks.append(chunk.detach().to("cpu", torch.float32))
+            if last:
+                self._finished = True
+                self._decoder = None
+            self._cond.notify_all()
+            waiters = list(self._async_waiters)
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    # -- the consumer's side -------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         while True:
             chunk = self._next_chunk()
@@ -74,76 +139,65 @@ class AudioStream:
                 return
             yield chunk, self.sample_rate
 
-    def _next_chunk(self) -> torch.Tensor | None:
-        with self._lock:
-            if self._done:
-                return None
-            if self._steps is None:
-                self._steps = generate_steps(self.model, self._plan, self._rng, self._text_puller())
-                self._decoder = StreamingDecoder(self.model.require_decoder(), self.window_size)
-            try:
-                while True:
-                    if self._cancelled:
-                        self._release()
-                        return None
-                    chunk = self._consume(next(self._steps))
-                    chunk = self._record(chunk) if chunk is not None and chunk.numel() else None
-                    if self._done:
-                        self._finalise_result()
-                        self._release()
-                    if chunk is not None or self._done:
-                        return chunk
-            except TextCancelled:
-                self._release()
-                return None
-            except BaseException:
-                self._release()
-                raise
-
-    def _text_puller(self):
-        """How the loop gets the next text piece: from a sync iterator, or from an async one via
-        the event loop that drives ``async for`` (the loop thread stays free while it waits)."""
-        if self._pieces is None:
+    def _take(self) -> torch.Tensor | None | bool:
+        """A queued chunk; None at the end (raising the stream's error once); False for 'not yet'."""
+        with self._cond:
+            if self._chunks:
+                return self._record(self._chunks.popleft())
+            if not self._finished:
+                return False
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            if self.result is not None and self.result.total_time is None:
+                self._finalise_result()
             return None
-        if self._pull is not None:
-            return self._pull
-        if hasattr(self._pieces, "__aiter__"):
-            raise TypeError("text is an async iterable: consume the stream with 'async for'")
-        return iter(self._pieces).__next__
 
-    def _async_puller(self, loop: asyncio.AbstractEventLoop):
-        pieces = self._pieces.__aiter__()
+    def _next_chunk(self) -> torch.Tensor | None:
+        """Block until the next chunk (ticking the engine here when nobody else does)."""
+        while True:
+            chunk = self._take()
+            if chunk is not False:
+                return chunk
+            if self._needs_piece():
+                self._pull_piece()
+            elif self._engine.has_worker or not self._engine.step():
+                # someone else ticks, or every stream waits for text: wait for news
+                self._engine.wait(self._news, _POLL)
 
-        def pull():
-            self._pending = asyncio.run_coroutine_threadsafe(pieces.__anext__(), loop)
-            try:
-                return self._pending.result()
-            except StopAsyncIteration:
-                raise StopIteration from None
-            except concurrent.futures.CancelledError:
-                raise TextCancelled from None
-            finally:
-                self._pending = None
+    def _news(self) -> bool:
+        return (
+            bool(self._chunks)
+            or self._finished
+            or self._needs_piece()
+            or (not self._engine.has_worker and self._engine.runnable())
+        )
 
-        return pull
+    def _needs_piece(self) -> bool:
+        """Parked for text that this consumer pulls from its iterable source."""
+        return (
+            self._source is not None and not self._pumped and self._handle.waiting_for_text and not self.text.has_news
+        )
 
-    def _consume(self, item) -> torch.Tensor | None:
-        plan, cfg = self._plan, self.model.config
-        if isinstance(item, StepOutput):
-            if not item.final_pass or item.index < plan.decode_start:
-                return None
-            self.tokens_done += 1
-            if self.on_token is not None:
-                self.on_token(item)
-            if item.index == plan.decode_start:
-                self._decoder.set_skip_leading_frames(leading_trim_frames(int(item.time_before[0])))
-            vector = item.acoustic_features[0] * cfg.acoustic_std + cfg.acoustic_mean
-            return self._decoder.decode_block(vector, int(item.time_before[0]))
-        assert isinstance(item, SyncTokGenerationOutput)
-        tail = self._decoder.flush(int(item.time_before[0, -1]))
-        self.result = finish_output(self.model, plan, item, None)
-        self._done = True
-        return tail
+    def _pull_piece(self) -> None:
+        if self._iterator is None:
+            if hasattr(self._source, "__aiter__") and not hasattr(self._source, "__iter__"):
+                self.close()
+                raise TypeError("text is an async iterable: consume the stream with 'async for'")
+            self._iterator = iter(self._source)
+        try:
+            piece = next(self._iterator)  # may block on the producer: this consumer's own thread
+        except StopIteration:
+            self.text.end()
+            return
+        except BaseException:
+            self.close()
+            raise
+        try:
+            self.text.put(piece)
+        except TypeError:
+            self.close()
+            raise
 
     def _record(self, chunk: torch.Tensor) -> torch.Tensor:
         now = time.perf_counter() - self.started_at
@@ -151,34 +205,83 @@ class AudioStream:
             self.time_to_first_audio = now
         self.chunk_times.append(now)
         self.chunk_samples.append(int(chunk.numel()))
-        return chunk.detach().to("cpu", torch.float32)
+        return chunk
 
     def _finalise_result(self) -> None:
-        if self.result is not None:
-            self.result.time_to_first_audio = self.time_to_first_audio
-            self.result.chunk_times = self.chunk_times
-            self.result.chunk_samples = self.chunk_samples
-            self.result.total_time = time.perf_counter() - self.started_at
+        self.result.time_to_first_audio = self.time_to_first_audio
+        self.result.chunk_times = self.chunk_times
+        self.result.chunk_samples = self.chunk_samples
+        self.result.total_time = time.perf_counter() - self.started_at
+
+    # -- async ---------------------------------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[tuple[torch.Tensor, int]]:
+        return self._aiter()
+
+    async def _aiter(self):
+        pump = None
+        if self._source is not None and hasattr(self._source, "__aiter__"):
+            self._pumped = True
+            pump = asyncio.create_task(self._pump(self._source))
+        try:
+            while True:
+                chunk = await self.read()
+                if chunk is None:
+                    return
+                yield chunk, self.sample_rate
+        finally:
+            if pump is not None:
+                pump.cancel()
+            if not self._finished:
+                self.close()  # cancelled or abandoned: free now, or at the end of the tick in progress
+
+    async def _pump(self, source) -> None:
+        """Move an async producer's pieces into the stream's text as they come."""
+        try:
+            async for piece in source:
+                self.text.put(piece)
+            self.text.end()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._error = self._error or exc
+            self.close()
+
+    async def read(self) -> torch.Tensor | None:
+        """The next chunk, or None at the end; waits without a thread when an engine worker ticks."""
+        if not self._engine.has_worker:
+            return await asyncio.to_thread(self._next_chunk)
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        with self._cond:
+            self._async_waiters.append((loop, event))
+        try:
+            while True:
+                chunk = self._take()
+                if chunk is not False:
+                    return chunk
+                if self._needs_piece():
+                    await asyncio.to_thread(self._pull_piece)
+                    continue
+                await event.wait()
+                event.clear()
+        finally:
+            with self._cond:
+                self._async_waiters.remove((loop, event))
 
     # -- lifetime -----------------------------------------------------------------------------
-    def _release(self) -> None:
-        self._done = True
-        if self._steps is not None:
-            self._steps.close()  # runs the generator's cleanup: the KV cache goes now
-        self._steps = None
-        self._decoder = None
+    @property
+    def finished(self) -> bool:
+        """Generation has ended (completed, failed or cancelled); queued chunks may remain."""
+        return self._finished
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     def close(self) -> None:
-        """Stop generating and free the KV cache and decoder state now."""
-        self._cancelled = True
-        pending = self._pending
-        if pending is not None:
-            pending.cancel()  # a worker waiting for text wakes up and stops
-        if self._lock.acquire(blocking=False):
-            try:
-                self._release()
-            finally:
-                self._lock.release()
+        """Stop generating; the slot and decoder state go now (or when the tick in progress ends)."""
+        if not self._finished:
+            self._handle.cancel()
 
     def __enter__(self) -> AudioStream:
         return self
@@ -201,21 +304,3 @@ class AudioStream:
         """Tokens this stream will speak; None while the text is still arriving."""
         steps = self._plan.num_steps
         return None if steps is None else max(0, steps - self.model.config.shift_acoustic - self.decode_start)
-
-    # -- async iteration ----------------------------------------------------------------------
-    def __aiter__(self) -> AsyncIterator[tuple[torch.Tensor, int]]:
-        return self._aiter()
-
-    async def _aiter(self):
-        if self._pieces is not None and hasattr(self._pieces, "__aiter__") and self._pull is None:
-            self._pull = self._async_puller(asyncio.get_running_loop())
-        try:
-            while True:
-                chunk = await asyncio.to_thread(self._next_chunk)
-                if chunk is None:
-                    return
-                yield chunk, self.sample_rate
-        finally:
-            if not self._done:
-                # Cancelled or abandoned: free now, or (if a worker is mid-step) after that step.
-                self.close()

@@ -406,14 +406,21 @@ class Encoder(PretrainedModule):
         hidden = self.local_attention_encoder(hidden, encoder_attention_mask(marks))
         return self.hidden_linear(hidden), marks
 
-    def sample(self, x: torch.Tensor, dist_type: str | None = None) -> torch.Tensor:
-        """Training-time noise on the vectors; draws from torch's global RNG like the reference."""
+    def sample(
+        self, x: torch.Tensor, dist_type: str | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Training-time noise on the vectors; draws from ``generator``, else torch's global RNG (as
+        the reference)."""
         dist_type = dist_type or self.config.dist_type
+
+        def noise(shape) -> torch.Tensor:
+            return torch.randn(shape, device=x.device, dtype=x.dtype, generator=generator)
+
         if dist_type == "fixed":
-            return x + torch.randn_like(x) * self.config.std
+            return x + noise(x.shape) * self.config.std
         if dist_type == "gaussian":
-            scale = torch.randn(*x.shape[:-1], device=x.device) * self.config.std / 0.8
-            return x + scale.unsqueeze(-1) * torch.randn_like(x)
+            scale = torch.randn(*x.shape[:-1], device=x.device, generator=generator) * self.config.std / 0.8
+            return x + scale.unsqueeze(-1) * noise(x.shape)
         raise ValueError(f"unknown dist_type {dist_type!r}; use 'fixed' or 'gaussian'")
 
     # ---- speech recognition ------------------------------------------------------------------
@@ -461,6 +468,7 @@ class Encoder(PretrainedModule):
         audio_length: torch.Tensor | Sequence[int] | None = None,
         sample_rate: int = SAMPLE_RATE,
         sample: bool = True,
+        generator: torch.Generator | None = None,
     ) -> EncoderOutput:
         """Encode voice prompt(s).
 
@@ -473,7 +481,8 @@ class Encoder(PretrainedModule):
         ``text`` is the transcript (one per clip; normalised, then tokenized with
         :attr:`tokenizer`); without ``text`` and ``text_tokens`` the clip is transcribed.
         ``token_positions`` (1-based) / ``token_masks`` skip the aligner. ``sample`` adds the
-        training noise to the marked frames (as the reference does by default).
+        training noise to the marked frames (as the reference does by default), drawn from
+        ``generator`` if given, else from torch's global RNG.
 
         Audio and transcripts are validated before any model runs: silent, non-finite or
         too-short audio raises :class:`~tadastream.audio.AudioError`; an empty transcript or one
@@ -535,7 +544,7 @@ class Encoder(PretrainedModule):
         encoded = torch.where(masks.unsqueeze(-1) == 0, torch.zeros_like(encoded), encoded)
         non_sampled = encoded
         if sample and self.config.std > 0.0:
-            encoded = torch.where(masks.unsqueeze(-1) == 0, encoded, self.sample(encoded))
+            encoded = torch.where(masks.unsqueeze(-1) == 0, encoded, self.sample(encoded, generator=generator))
         index = (token_positions - 1).clamp(min=0).unsqueeze(-1).expand(-1, -1, encoded.shape[-1])
         token_values = (torch.gather(encoded, 1, index) - self.config.acoustic_mean) / self.config.acoustic_std
 

@@ -139,6 +139,18 @@ def replace_linears(root: nn.Module, make: LinearFactory, skip: Callable[[str], 
     return count
 
 
+class WithBias(nn.Module):
+    """``linear(x) + bias``: a biased Linear on an inference layout built for bias-free weights."""
+
+    def __init__(self, linear: nn.Module, bias: torch.Tensor):
+        super().__init__()
+        self.linear = linear
+        self.bias = nn.Parameter(bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.bias
+
+
 class FusedGatedMLP(nn.Module):
     """``down(act(gate(x)) * up(x))`` with gate and up as one matmul (Llama's MLP, the head's FFN)."""
 
@@ -155,3 +167,17 @@ class FusedGatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down_proj(self.act(gate) * up)
+
+
+#: Rows every matmul of a batched step sees at the least. CPU kernels are chosen by the row count
+#: (1, 2-3 and 4+ rows take different paths that round differently), so a stream computed with
+#: others must see the same kernels as alone: from 4 rows on, a row's result does not depend on
+#: how many rows share the call, which makes batched generation equal solo generation bit for bit.
+MIN_ROWS = 4
+
+
+def pad_rows(x: torch.Tensor, rows: int = MIN_ROWS) -> torch.Tensor:
+    """``x`` (n, ...) with zero rows appended up to ``rows``; callers drop them from the result."""
+    if x.shape[0] >= rows:
+        return x
+    return torch.cat([x, x.new_zeros((rows - x.shape[0],) + tuple(x.shape[1:]))])

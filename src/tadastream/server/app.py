@@ -1,7 +1,7 @@
 """FastAPI app: OpenAI-compatible speech endpoint, a WebSocket stream, voices and a demo page.
 
-Every generation request goes through one :class:`~tadastream.server.engine.Engine` (admission,
-per-stream RNG isolation, one worker thread). Streaming responses are driven by
+Every generation request goes through one :class:`~tadastream.server.engine.SpeechService`
+(admission, then a stream in the shared batched engine, seeded per request). Streaming responses are driven by
 :class:`SpeechResponse`, which watches for the client going away the whole time (while queued,
 while the first chunk is computed, while streaming) and then stops generation within one step.
 Errors are JSON ``{"error": {"message", "type", "code", "param"}}`` as OpenAI sends them; no
@@ -31,12 +31,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
 from ..audio import AudioError, available_formats, encode_audio, float_to_pcm16, wav_header
+from ..config import SAMPLE_RATE
+from ..generation import TextInput
 from .engine import (
-    SAMPLE_RATE,
-    Engine,
     EngineError,
     SpeechJob,
-    TextPieces,
+    SpeechService,
     VoiceStore,
     check_seed,
     check_voice_name,
@@ -408,12 +408,14 @@ def create_app(
     """Build the app around a loaded model.
 
     ``default_voice`` (an EncoderOutput) is used when a request names no voice; ``encoder``, if
-    given, is called as ``encoder(audio, text=transcript, sample_rate=sr)`` (a
+    given, is called as ``encoder(audio, text=transcript, sample_rate=sr, generator=g)`` (a
     :class:`~tadastream.codec.encoder.Encoder`) to turn uploaded WAV files into voices; without it
     only ``.voice`` uploads are accepted.
     """
     settings = settings or ServerSettings()
-    engine = Engine(model, max_streams=settings.max_streams, queue=settings.queue, queue_timeout=settings.queue_timeout)
+    engine = SpeechService(
+        model, max_streams=settings.max_streams, queue=settings.queue, queue_timeout=settings.queue_timeout
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -618,12 +620,12 @@ async def _encode_voice(app: FastAPI, audio_bytes: bytes, transcript: str | None
             "audio",
         )
 
-    def encode():
+    def encode(generator: torch.Generator):
         with torch.inference_mode():
-            return encoder(audio, text=transcript.strip(), sample_rate=rate)
+            return encoder(audio, text=transcript.strip(), sample_rate=rate, generator=generator)
 
     try:
-        # The encoder draws noise from torch's global RNG: run it seeded and isolated on the worker.
+        # The encoder draws noise: from a generator seeded for this upload (seed 0), never the global one.
         voice = await asyncio.wrap_future(app.state.engine.run(encode))
     except ValueError as exc:  # AudioError, TranscriptError: the message says what to fix
         raise EngineError(400, f"could not encode this audio: {exc}", "encoding_failed", "audio") from None
@@ -658,7 +660,7 @@ async def _websocket_session(app: FastAPI, ws: WebSocket) -> None:
     """One utterance per connection; see the package docstring for the protocol.
 
     Generation starts on the first text message: each message becomes a piece of a
-    :class:`~tadastream.server.engine.TextPieces` that the stream pulls as it needs, so audio
+    :class:`~tadastream.generation.TextInput` that the stream takes as it needs, so audio
     starts before ``end`` (and equals the audio of the whole text). One task reads the client's
     messages (pieces, then ``cancel`` or a disconnect), another generates and sends.
     """
@@ -727,7 +729,7 @@ async def _websocket_session(app: FastAPI, ws: WebSocket) -> None:
                 message = await receive(settings.ws_idle_timeout)
                 kind = message.get("type")
                 if kind == "text":
-                    text = TextPieces([text_piece(message, 0)])
+                    text = TextInput([text_piece(message, 0)])
                     break
                 if kind == "end":
                     raise EngineError(400, "no text was sent before 'end'", "empty_input")

@@ -1,24 +1,16 @@
-"""The server's generation engine, free of any web framework.
+"""The server's speech service, free of any web framework.
 
-Three concerns live here:
-
-* **Per-request randomness.** An :class:`~tadastream.stream.AudioStream` forks torch's global RNG
-  state into private generators when it is created, and draws only from those afterwards. So the
-  server makes *creation* atomic with seeding: under one process-wide lock it swaps the state
-  ``torch.manual_seed(seed)`` would give into torch's global generators, creates the stream, and
-  restores the previous state (:func:`run_isolated`). Steps then need no lock: each stream sees
-  exactly the random numbers it would see alone after ``torch.manual_seed(seed)``, however many
-  streams interleave with it, and the global state seen by other code never changes.
+* **One batched engine.** Every admitted request is a stream in one
+  :class:`~tadastream.engine.Engine` ticked by a background worker: each tick advances every
+  stream at once (one backbone call over all their rows, one flow solve, ...), so 8 concurrent
+  requests cost little more than one instead of taking turns. A stream whose text is still
+  arriving (the WebSocket) is parked between pieces, holding no thread and no tick time.
+* **Per-request randomness.** Each stream draws from generators seeded with its request's seed
+  (:class:`~tadastream.generation.StreamRng`), never from torch's global ones: same seed, same
+  audio, whatever else runs.
 * **Admission.** At most ``max_streams`` generations hold a slot; up to ``queue`` more wait in
   FIFO order for at most ``queue_timeout`` seconds (:class:`Admission`).
 * **Voices.** Named ``NAME.voice`` files in a folder, validated names, uploads (:class:`VoiceStore`).
-
-Steps of all streams run on one worker thread: on a CPU, parallel steps would only fight over the
-cores torch already uses, and a FIFO executor gives interleaved streams round-robin fairness at
-chunk granularity. The exception is a stream whose text is still arriving (:class:`TextPieces`):
-its steps may block until the client sends more, so until the text has ended they run on a
-thread of their own (one per such stream), never stalling the shared worker; once the text has
-ended every piece is queued, nothing can block, and its steps go back to the shared worker.
 """
 
 from __future__ import annotations
@@ -28,7 +20,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
-import queue
 import re
 import secrets
 import threading
@@ -39,76 +30,29 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..generation import GenerationInputError, InferenceOptions
-from ..model import generate
-from ..stream import TextCancelled
+from ..config import SAMPLE_RATE
+from ..engine import Engine
+from ..generation import GenerationInputError, InferenceOptions, StreamRng, TextInput
+from ..generation.rng import MAX_SEED
+from ..stream import AudioStream
 
 T = TypeVar("T")
 
-SAMPLE_RATE = 24000
-MAX_SEED = 2**63 - 1
 VOICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: OpenAI's built-in voice names; they mean "the default voice" unless a file of that name exists.
 OPENAI_VOICES = frozenset(
     "alloy ash ballad cedar coral echo fable marin nova onyx sage shimmer verse".split() + ["default"]
 )
-#: Caps on per-request options, so one request cannot monopolise the worker for minutes.
+#: Caps on per-request options, so one request cannot monopolise the engine for minutes.
 OPTION_LIMITS = {"num_flow_matching_steps": 64, "num_acoustic_candidates": 8}
-
-# torch's default generators are global to the process, so the lock guarding them is too (and is
-# shared by every app created in the process).
-_RNG_LOCK = threading.Lock()
 
 
 class EngineError(Exception):
-    """A request the engine refuses; ``status`` and ``code`` map onto an HTTP error."""
+    """A request the service refuses; ``status`` and ``code`` map onto an HTTP error."""
 
     def __init__(self, status: int, message: str, code: str, param: str | None = None, retry_after: float = 0):
         super().__init__(message)
         self.status, self.message, self.code, self.param, self.retry_after = status, message, code, param, retry_after
-
-
-# -- randomness -------------------------------------------------------------------------------
-@dataclasses.dataclass
-class RngState:
-    """Torch's default generator states (CPU, and CUDA if used) that one request starts from."""
-
-    cpu: torch.Tensor
-    cuda: torch.Tensor | None = None
-    cuda_device: int | None = None
-
-    @classmethod
-    def from_seed(cls, seed: int, device: torch.device | str = "cpu") -> RngState:
-        """The state ``torch.manual_seed(seed)`` would leave, without touching the global one."""
-        device = torch.device(device)
-        cpu = torch.Generator().manual_seed(seed).get_state()
-        if device.type != "cuda":
-            return cls(cpu)
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        cuda = torch.Generator(device=f"cuda:{index}").manual_seed(seed).get_state()
-        return cls(cpu, cuda, index)
-
-
-def run_isolated(state: RngState, fn: Callable[[], T]) -> T:
-    """Run ``fn`` with ``state`` as torch's global RNG state, then store the advanced state back.
-
-    The lock makes the swap atomic with respect to everything else that goes through here; the
-    previous global state is restored afterwards, so code outside the server sees no change.
-    """
-    with _RNG_LOCK:
-        saved_cpu = torch.get_rng_state()
-        saved_cuda = torch.cuda.get_rng_state(state.cuda_device) if state.cuda is not None else None
-        torch.set_rng_state(state.cpu)
-        if state.cuda is not None:
-            torch.cuda.set_rng_state(state.cuda, state.cuda_device)
-        try:
-            return fn()
-        finally:
-            state.cpu = torch.get_rng_state()
-            torch.set_rng_state(saved_cpu)
-            if state.cuda is not None:
-                state.cuda = torch.cuda.get_rng_state(state.cuda_device)
-                torch.cuda.set_rng_state(saved_cuda, state.cuda_device)
 
 
 def new_seed() -> int:
@@ -222,113 +166,40 @@ class Admission:
         self.active -= 1
 
 
-# -- text arriving in pieces ------------------------------------------------------------------
-_END, _CLOSED = object(), object()
-
-
-class TextPieces:
-    """A request's text as it arrives: a thread-safe, queue-backed iterator of str pieces.
-
-    The event loop calls :meth:`put`, :meth:`end` and :meth:`close` (none blocks); the generation
-    (an :class:`~tadastream.stream.AudioStream` made with this as its ``text``) iterates it on a
-    worker thread, blocking until a piece, the end or a close arrives. Pieces already queued are
-    handed over joined (the generation only sees their concatenation, so the audio is the same).
-    After :meth:`close` (the request was cancelled or the client left) a waiting worker wakes up
-    and the stream stops without producing more.
-    """
-
-    def __init__(self, pieces: Any = ()):
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.ended = False  # end() or close() was called: iterating can no longer block
-        self.closed = False
-        self.chars = 0
-        self._seen_end = False
-        for piece in pieces:
-            self.put(piece)
-
-    def put(self, piece: str) -> None:
-        if self.ended:
-            raise RuntimeError("the text has already ended")
-        if not isinstance(piece, str):
-            raise TypeError(f"text pieces must be str, got {type(piece).__name__}")
-        self.chars += len(piece)
-        self._queue.put(piece)
-
-    def end(self) -> None:
-        """No more pieces: the generation finishes the text (and speaks its last word)."""
-        if not self.ended:
-            self.ended = True
-            self._queue.put(_END)
-
-    def close(self) -> None:
-        """Stop: a worker waiting for text wakes up and the stream ends early."""
-        self.closed = self.ended = True
-        self._queue.put(_CLOSED)
-
-    def __iter__(self) -> TextPieces:
-        return self
-
-    def __next__(self) -> str:
-        if self.closed:
-            raise TextCancelled
-        if self._seen_end:
-            raise StopIteration
-        item = self._queue.get()  # blocks the worker thread until the client sends more
-        parts = []
-        while True:
-            if item is _CLOSED:
-                raise TextCancelled
-            if item is _END:
-                self._seen_end = True
-                break
-            parts.append(item)
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-        if not parts:
-            raise StopIteration
-        return "".join(parts)
-
-
 # -- one generation ---------------------------------------------------------------------------
 class SpeechJob:
-    """One admitted generation: its AudioStream, slot and timings.
+    """One admitted generation: its stream in the shared engine, and its timings.
 
-    ``next_chunk`` runs one stream step on the engine's worker; ``cancel`` stops generation
-    before the next LLM step; ``finish`` (always call it) frees the KV cache and the slot once the
-    step in flight, if any, has ended.
+    ``next_chunk`` awaits the next chunk (no thread: the engine's worker computes); ``cancel``
+    stops generation at the next tick; ``finish`` (always call it) frees the slot.
     """
 
-    def __init__(self, engine: Engine, stream, seed: int, started: float, text: TextPieces | None = None):
-        self.engine, self.stream, self.seed = engine, stream, seed
-        self.text = text  # the pieces still arriving, for a stream started before its text ended
+    def __init__(self, service: SpeechService, stream: AudioStream, seed: int, started: float):
+        self.service, self.stream, self.seed = service, stream, seed
         self.started = started  # when the request arrived (perf_counter)
         self.admitted = time.perf_counter()
         self.first_audio: float | None = None
         self.samples = 0
         self.chunks = 0
         self.cancelled = False
-        self._iter = iter(stream)
-        self._inflight: concurrent.futures.Future | None = None
         self._finished = False
+
+    @property
+    def text(self) -> TextInput | None:
+        """The text still arriving (WebSocket), else None."""
+        return self.stream.text
 
     async def next_chunk(self) -> torch.Tensor | None:
         """The next float32 chunk (24 kHz mono), or None at the end or after cancel."""
         if self.cancelled or self._finished:
             return None
-        # A step that may wait for text must not hold the shared worker (see the module docstring).
-        waits = self.text is not None and not self.text.ended
-        executor = self.engine.text_executor if waits else self.engine.executor
-        self._inflight = executor.submit(next, self._iter, None)
         try:
-            item = await asyncio.wrap_future(self._inflight)
+            chunk = await self.stream.read()
         except GenerationInputError as exc:  # found when the text ended: empty, too long
             code = "empty_input" if "empty" in str(exc) else "invalid_input"
             raise EngineError(400, str(exc), code, "input") from None
-        if item is None:
+        if chunk is None:
             return None
-        chunk = item[0]
         if self.first_audio is None:
             self.first_audio = time.perf_counter()
         self.samples += int(chunk.numel())
@@ -336,33 +207,19 @@ class SpeechJob:
         return chunk
 
     def cancel(self) -> None:
-        """Stop generating: the step in progress (if any) is the last one. Safe from the event loop."""
+        """Stop generating at the next tick. Safe from the event loop."""
         self.cancelled = True
-        if self.text is not None:
-            self.text.close()  # a step waiting for text wakes up and stops
-        if self.stream is not None:
-            self.stream.close()  # never blocks: if a step is running it only flags cancellation
+        if self.stream.text is not None:
+            self.stream.text.close()
+        self.stream.close()
 
     def finish(self) -> None:
-        """Cancel if still running, then free memory and the slot after the in-flight step."""
+        """Cancel if still running and give the slot back."""
         if self._finished:
             return
         self._finished = True
         self.cancel()
-        inflight = self._inflight
-        if inflight is not None and not inflight.done():
-            loop = asyncio.get_running_loop()
-            inflight.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
-        else:
-            self._release()
-
-    def _release(self) -> None:
-        if self.stream is not None:
-            self.stream.close()  # the step is over, so this really drops the KV cache now
-            self._iter.close()
-        self.stream = None
-        self._iter = iter(())
-        self.engine.admission.release()
+        self.service.admission.release()
 
     def timings(self) -> dict[str, Any]:
         """Seconds: queue wait, time to first audio from the request, total; and the audio made."""
@@ -380,31 +237,28 @@ class SpeechJob:
         }
 
 
-class Engine:
-    """One loaded model shared by all streams, plus admission control."""
+class SpeechService:
+    """One loaded model, its batched engine (ticked by a worker thread) and admission control."""
 
     def __init__(self, model, *, max_streams: int = 4, queue: int = 16, queue_timeout: float = 30.0):
         self.model = model
         self.admission = Admission(max_streams, queue, queue_timeout)
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tadastream-gen")
-        # Steps of streams still waiting for text: at most one per admitted stream, so none queues.
-        self.text_executor = concurrent.futures.ThreadPoolExecutor(max_streams, thread_name_prefix="tadastream-text")
+        self.engine = Engine(model, max_streams=max_streams).start()
+        # Voice encoding (rare, seconds long) runs beside the engine, one at a time.
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tadastream-encode")
 
     async def start(
-        self, prompt, text: str | TextPieces, *, seed: int, options: InferenceOptions, started: float
+        self, prompt, text: str | TextInput, *, seed: int, options: InferenceOptions, started: float
     ) -> SpeechJob:
-        """Wait for a slot, then set up a stream. Raises EngineError (400/429/503).
+        """Wait for a slot, then start a stream. Raises EngineError (400/429/503).
 
-        ``text`` is the whole text, or :class:`TextPieces` still arriving: generation then starts
-        at once and pulls pieces as it needs them; the audio is the same as for the whole text.
+        ``text`` is the whole text, or a :class:`~tadastream.generation.TextInput` still being
+        filled: generation starts at once and takes pieces as they come; the audio is the same.
         """
         await self.admission.acquire()
-        state = RngState.from_seed(seed, self.model.device)
 
-        def create():  # the stream forks the global RNG state here: seed it for this request only
-            return run_isolated(
-                state, lambda: generate(self.model, prompt, text, stream=True, inference_options=options)
-            )
+        def create() -> AudioStream:  # plans (tokenizes, checks) off the event loop
+            return AudioStream(self.model, prompt, text, engine=self.engine, seed=seed, inference_options=options)
 
         try:
             stream = await asyncio.to_thread(create)
@@ -414,16 +268,15 @@ class Engine:
         except BaseException:
             self.admission.release()
             raise
-        return SpeechJob(self, stream, seed, started, text if isinstance(text, TextPieces) else None)
+        return SpeechJob(self, stream, seed, started)
 
-    def run(self, fn: Callable[[], T], seed: int = 0) -> concurrent.futures.Future:
-        """Run other RNG-consuming work (voice encoding) on the worker with its own RNG state."""
-        state = RngState.from_seed(seed, self.model.device)
-        return self.executor.submit(run_isolated, state, fn)
+    def run(self, fn: Callable[[torch.Generator], T], seed: int = 0) -> concurrent.futures.Future:
+        """Run other random work (voice encoding) off the event loop, with a generator seeded by ``seed``."""
+        return self.executor.submit(fn, StreamRng.from_seed(seed, self.model.device).device)
 
     def shutdown(self) -> None:
+        self.engine.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self.text_executor.shutdown(wait=False, cancel_futures=True)
 
 
 # -- voices -----------------------------------------------------------------------------------

@@ -1,0 +1,310 @@
+"""The engine: all running streams advance together, one tick at a time.
+
+A tick (:meth:`Engine.step`) applies cancellations, admits queued streams into free slots, wakes
+streams whose text arrived, then answers the pending requests of every running stream in phase
+order: one backbone call for all LLM steps, one flow solve for all streams that need a frame,
+one ``lm_head`` call for all that need logits. A stream's program then settles its frame and
+asks for its next LLM step, which the next tick answers. The engine decides who runs; the
+:class:`~tadastream.engine.runner.Runner` owns every tensor operation.
+
+Two ways to drive it, same ticks: a background worker (:meth:`Engine.start`, what the server
+does), or whoever waits for output calling :meth:`Engine.step` (a single stream runs inline at
+batch 1 in its consumer's thread; several consumers of one engine take turns ticking for all).
+A stream waiting for text is parked: it holds its slot but no thread and no tick time.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+
+from ..generation.feed import TextCancelled, TextInput
+from ..generation.outputs import SyncTokGenerationOutput
+from ..generation.program import PREFILL_CHUNK, ModelShape, SpeechProgram
+from ..generation.requests import FlowSolve, LlmStep, Logits, NeedText
+from ..nn.kv_cache import CacheSpec, SlotPool
+from .runner import Runner
+
+logger = logging.getLogger("tadastream.engine")
+
+QUEUED, RUNNING, DONE = "queued", "running", "done"
+
+
+class Sink(Protocol):
+    """Where a stream's outcome goes; called on the engine's ticking thread.
+
+    The program's ``emit`` delivers settled frames as they come; exactly one of ``finish``,
+    ``fail`` and ``cancelled`` ends the stream.
+    """
+
+    def finish(self, result: SyncTokGenerationOutput) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
+
+    def cancelled(self) -> None: ...
+
+
+class EngineStream:
+    """One stream in an engine: its program, slot and pending request. ``cancel()`` from any thread."""
+
+    def __init__(self, engine: Engine, program: SpeechProgram, sink: Sink, text: TextInput | None):
+        self.engine, self.program, self.sink, self.text = engine, program, sink, text
+        self.state = QUEUED
+        self.pending: Any = None
+        self.slot = None
+        self.cancel_requested = False
+        self.submitted_at = time.perf_counter()
+        self._run = None
+
+    @property
+    def done(self) -> bool:
+        return self.state == DONE
+
+    @property
+    def waiting_for_text(self) -> bool:
+        """Parked until more text arrives."""
+        return self.state == RUNNING and isinstance(self.pending, NeedText)
+
+    def cancel(self) -> None:
+        self.engine.cancel(self)
+
+
+class Engine:
+    """Batched generation over one shared model.
+
+    Args:
+        model: a loaded :class:`~tadastream.model.TadaForCausalLM`; the engine never changes it.
+        max_streams: slots, i.e. streams generating at once; more wait in FIFO order.
+        prefill_chunk: prompt positions per LLM call while a stream joins.
+    """
+
+    def __init__(self, model, *, max_streams: int = 8, prefill_chunk: int = PREFILL_CHUNK):
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be at least 1, got {max_streams}")
+        self.model = model
+        self.shape = ModelShape.of(model)
+        self.runner = Runner(model)
+        self.pool = SlotPool(CacheSpec.for_config(model.config, model.dtype, model.device), max_streams)
+        self.max_streams = max_streams
+        self.prefill_chunk = prefill_chunk
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._tick = threading.Lock()
+        self._queued: collections.deque[EngineStream] = collections.deque()
+        self._running: list[EngineStream] = []
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self.ticks = 0
+        self.tick_rows = 0  # LLM rows computed, over all ticks
+
+    # -- submitting and cancelling (any thread) ---------------------------------------------
+    def submit(self, program: SpeechProgram, sink: Sink, text: TextInput | None = None) -> EngineStream:
+        """Queue a program; it starts at the next tick that finds a free slot."""
+        stream = EngineStream(self, program, sink, text)
+        if text is not None:
+            text.subscribe(self.notify)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this engine is closed")
+            self._queued.append(stream)
+            self._changed.notify_all()
+        return stream
+
+    def cancel(self, stream: EngineStream) -> None:
+        """Stop a stream: it leaves at the next tick boundary (at once when no tick is running)."""
+        with self._lock:
+            stream.cancel_requested = True
+            self._changed.notify_all()
+        if self._tick.acquire(blocking=False):
+            try:
+                self._apply_cancellations()
+            finally:
+                self._tick.release()
+
+    def notify(self) -> None:
+        with self._lock:
+            self._changed.notify_all()
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    @property
+    def has_worker(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def runnable(self) -> bool:
+        """Whether a tick would move something now."""
+        if self._queued and (self.pool.available or any(s.cancel_requested for s in self._queued)):
+            return True
+        for s in self._running:
+            if s.cancel_requested or isinstance(s.pending, LlmStep):
+                return True
+            if isinstance(s.pending, NeedText) and s.text is not None and s.text.has_news:
+                return True
+        return False
+
+    def wait(self, ready: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Block until ``ready()`` (checked whenever the engine's state changes) or the timeout."""
+        with self._changed:
+            return self._changed.wait_for(ready, timeout)
+
+    # -- ticking ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> bool:
+        """One tick; returns False when nothing could move (every stream parked, or none)."""
+        with self._tick:
+            self._apply_cancellations()
+            moved = self._admit()
+            moved = self._wake_parked() or moved
+            llm = [s for s in self._running if isinstance(s.pending, LlmStep)]
+            if llm:
+                self._phase(llm, LlmStep, lambda reqs: self.runner.llm([(s.slot, r) for s, r in reqs]))
+                self._phase(llm, FlowSolve, lambda reqs: self.runner.flow([r for _, r in reqs]))
+                self._phase(llm, Logits, lambda reqs: self.runner.logits([r for _, r in reqs]))
+                self.ticks += 1
+            self._apply_cancellations()
+        self.notify()
+        return moved or bool(llm)
+
+    def _phase(self, streams: list[EngineStream], kind: type, call) -> None:
+        """Answer every ``kind`` request among ``streams`` with one call, and resume them."""
+        todo = [s for s in streams if s.state == RUNNING and isinstance(s.pending, kind)]
+        if not todo:
+            return
+        if kind is LlmStep:
+            self.tick_rows += sum(s.pending.rows * s.pending.length for s in todo)
+        try:
+            results = call([(s, s.pending) for s in todo])
+        except Exception as exc:  # a batched call failed: no row of it can be trusted
+            logger.exception("batched %s call failed for %d stream(s)", kind.__name__, len(todo))
+            for s in todo:
+                self._retire(s, functools.partial(s.sink.fail, exc))
+            return
+        for s, result in zip(todo, results):
+            self._advance(s, result)
+
+    def _advance(self, stream: EngineStream, value: Any) -> None:
+        """Resume a stream's program with ``value``; it answers with its next request or ends."""
+        try:
+            stream.pending = stream._run.send(value)
+        except StopIteration as stop:
+            self._retire(stream, functools.partial(stream.sink.finish, stop.value))
+        except TextCancelled:
+            self._retire(stream, stream.sink.cancelled)
+        except Exception as exc:
+            self._retire(stream, functools.partial(stream.sink.fail, exc))
+
+    def _admit(self) -> bool:
+        admitted = False
+        while self._queued and self.pool.available:
+            with self._lock:
+                stream = self._queued.popleft()
+            if stream.cancel_requested:
+                self._retire(stream, stream.sink.cancelled)
+                continue
+            program = stream.program
+            stream.slot = self.pool.acquire(program.rows, program.positions_hint)
+            stream.state = RUNNING
+            stream._run = program.run()
+            self._running.append(stream)
+            self._advance(stream, None)
+            admitted = True
+        return admitted
+
+    def _wake_parked(self) -> bool:
+        woke = False
+        for s in list(self._running):
+            if isinstance(s.pending, NeedText) and s.text is not None and s.text.has_news:
+                self._advance(s, None)
+                woke = True
+        return woke
+
+    def _apply_cancellations(self) -> None:
+        with self._lock:
+            queued = [s for s in self._queued if s.cancel_requested]
+            for s in queued:
+                self._queued.remove(s)
+        for s in queued + [s for s in self._running if s.cancel_requested]:
+            self._retire(s, s.sink.cancelled)
+
+    def _retire(self, stream: EngineStream, deliver: Callable[[], None]) -> None:
+        """Free the stream's slot and program, then tell its sink how it ended."""
+        if stream.state == DONE:
+            return
+        if stream in self._running:
+            self._running.remove(stream)
+        if stream.slot is not None:
+            self.pool.release(stream.slot)
+            stream.slot = None
+        if stream._run is not None:
+            stream._run.close()
+            stream._run = None
+        stream.pending = None
+        stream.state = DONE
+        try:
+            deliver()
+        except Exception:
+            logger.exception("a stream's sink failed while ending it")
+
+    # -- driving ------------------------------------------------------------------------------
+    def run_until(self, done: Callable[[], bool]) -> bool:
+        """Tick in this thread until ``done()``; returns False when nothing can move before that."""
+        while not done():
+            if not self.step():
+                return done()
+        return True
+
+    def start(self) -> Engine:
+        """Tick on a background thread whenever there is work (idle otherwise)."""
+        if self.has_worker:
+            return self
+        self._worker = threading.Thread(target=self._work, name="tadastream-engine", daemon=True)
+        self._worker.start()
+        return self
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._closed or self.runnable())
+                if self._closed:
+                    return
+            try:
+                self.step()
+            except Exception:  # per-stream failures are handled inside; this is a bug
+                logger.exception("engine tick failed")
+
+    def close(self) -> None:
+        """Cancel every stream and stop the worker."""
+        with self._lock:
+            self._closed = True
+            streams = list(self._queued) + list(self._running)
+            for s in streams:
+                s.cancel_requested = True
+            self._changed.notify_all()
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=30)
+        with self._tick:
+            self._apply_cancellations()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "active": self.active,
+            "queued": self.queued,
+            "max_streams": self.max_streams,
+            "ticks": self.ticks,
+            "kv_cache_bytes": self.pool.nbytes,
+        }

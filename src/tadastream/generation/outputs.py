@@ -1,0 +1,109 @@
+"""What a generation yields: settled frames (StepOutput), the raw result, the public GenerationOutput,
+and the one-pass decode of a finished utterance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import SAMPLE_RATE
+
+MIN_LEADING_TRIM_FRAMES = 5  # the proposal's fix: never expose the decoder's start-up transient
+
+
+@dataclass
+class StepOutput:
+    """One settled acoustic frame: the vector of token ``index`` and the frames before it."""
+
+    step: int
+    index: int
+    acoustic_features: torch.Tensor  # (B, acoustic_dim), normalised as the LLM sees it
+    time_before: torch.Tensor  # (B,) long
+    source: str  # "prompted" or "predicted"
+    llm_time: float = 0.0
+    flow_time: float = 0.0
+    final_pass: bool = True
+
+
+@dataclass
+class SyncTokGenerationOutput:
+    acoustic_features: torch.Tensor
+    time_before: torch.Tensor
+    text_token_ids: torch.Tensor | None
+    input_ids: torch.Tensor
+    llm_time: float
+    diffusion_time: float
+    step_logs: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class GenerationOutput:
+    audio: list[torch.Tensor | None] | None = None
+    text: list[str] | None = None
+    acoustic_features: torch.Tensor | None = None
+    time_before: torch.Tensor | None = None
+    prompt_text_tokens: torch.Tensor | None = None
+    text_token_ids: torch.Tensor | None = None
+    output_str: list[str] | None = None
+    output_text_ids: torch.Tensor | None = None
+    input_str: list[str] | None = None
+    input_text_ids: torch.Tensor | None = None
+    llm_time: torch.Tensor | None = None
+    diffusion_time: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    step_logs: list[dict] | None = None
+    sample_rate: int = SAMPLE_RATE
+    time_to_first_audio: float | None = None
+    chunk_times: list[float] | None = None
+    chunk_samples: list[int] | None = None
+    total_time: float | None = None
+
+
+def leading_trim_frames(first_time_before: int) -> int:
+    return max(int(first_time_before), MIN_LEADING_TRIM_FRAMES)
+
+
+def decode_frames(model, plan, raw: SyncTokGenerationOutput):
+    """(denormalised vectors, time_before) of the audible part, as the decoder consumes them."""
+    cfg = model.config
+    feats = raw.acoustic_features * cfg.acoustic_std + cfg.acoustic_mean
+    return feats[:, plan.decode_start :], raw.time_before[:, plan.decode_start :]
+
+
+def finish_output(model, plan, raw: SyncTokGenerationOutput, audio) -> GenerationOutput:
+    cfg, tok = model.config, model.tokenizer
+    _, time_before = decode_frames(model, plan, raw)
+    return GenerationOutput(
+        audio=audio,
+        text=[plan.text],
+        acoustic_features=raw.acoustic_features * cfg.acoustic_std + cfg.acoustic_mean,
+        time_before=time_before,
+        prompt_text_tokens=torch.tensor([plan.input_ids]),
+        input_text_ids=torch.tensor([plan.input_ids]),
+        input_str=[tok.decode(plan.input_ids)],
+        output_text_ids=raw.text_token_ids,
+        text_token_ids=raw.text_token_ids,
+        output_str=[tok.decode(row) for row in raw.text_token_ids] if raw.text_token_ids is not None else None,
+        llm_time=torch.tensor(raw.llm_time),
+        diffusion_time=torch.tensor(raw.diffusion_time),
+        step_logs=raw.step_logs,
+    )
+
+
+@torch.inference_mode()
+def decode_audio(model, vectors: torch.Tensor, time_before: torch.Tensor, window_size: int = 100) -> torch.Tensor:
+    """Decode one whole utterance, leading silence trimmed (at least 5 frames).
+
+    Runs the block-wise decoder in calls of ``window_size`` frames: the same numbers as one pass
+    over all frames (the decoder's block mask makes them equal), with memory that does not grow
+    with the utterance and without the cost of a T x T attention mask.
+    """
+    from ..codec.decoder import expand_tokens
+    from ..codec.streaming import StreamingDecoder
+
+    decoder = model.require_decoder()
+    param = decoder.decoder_proj.weight
+    frames = expand_tokens(vectors.to(param), time_before[: vectors.shape[0] + 1])
+    trim = leading_trim_frames(time_before[0])
+    return StreamingDecoder(decoder, window_size, skip_leading_frames=trim).decode(frames)

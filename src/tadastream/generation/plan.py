@@ -1,0 +1,244 @@
+"""A generation's plan: token layout, prompt frames and options, validated before any model work."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..text import IncrementalText, tokenize_joint
+from ..text import normalize_text as normalize_text_fn
+from .options import GenerationInputError, InferenceOptions
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The Llama 3 chat tokens a generation needs."""
+
+    start_header: int
+    end_header: int
+    eot: int
+    pad: int
+    bos: int
+    eos: int | None
+
+    @classmethod
+    def of(cls, tok) -> SpecialIds:
+        bos = tok.bos_token_id
+        if bos is None:
+            raise GenerationInputError("the tokenizer has no bos token: use a Llama 3 tokenizer")
+        return cls(
+            *(special_id(tok, t) for t in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
+            special_id(tok, "<|finetune_right_pad_id|>"),
+            bos,
+            tok.eos_token_id,
+        )
+
+
+def special_id(tokenizer, token: str) -> int:
+    idx = tokenizer.convert_tokens_to_ids(token)
+    if idx is None or idx == getattr(tokenizer, "unk_token_id", -1):
+        raise GenerationInputError(f"the tokenizer has no {token} token: use a Llama 3 tokenizer")
+    return int(idx)
+
+
+@dataclass
+class GenerationPlan:
+    """Everything the loop needs, validated, built before any model work.
+
+    The LLM input is ``head_ids`` (bos, chat prefix, prompt transcript), the text's ids, then
+    ``tail_ids`` (the end tokens). ``text_ids`` is None while the text is still arriving
+    (``incremental`` then turns pieces into ids).
+    """
+
+    head_ids: list[int]
+    text_ids: list[int] | None
+    tail_ids: list[int]
+    prompt_features: torch.Tensor
+    prompt_masks: torch.Tensor
+    prompt_time_before: torch.Tensor
+    prompt_time_after: torch.Tensor
+    num_extra_steps: int
+    decode_start: int
+    options: InferenceOptions
+    use_text_in_prompt: bool
+    text: str
+    special: SpecialIds
+    incremental: Any = None
+    max_positions: int = 131072
+    shift: int = 5
+    speaker_reference: torch.Tensor | None = None  # for the spkr_verification scorer
+
+    @property
+    def num_steps(self) -> int | None:
+        """LLM steps of the (first) pass; None while the text is still arriving."""
+        if self.text_ids is None:
+            return None
+        return len(self.head_ids) + len(self.text_ids) + len(self.tail_ids) + self.num_extra_steps
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.head_ids + (self.text_ids or []) + self.tail_ids
+
+    def check_length(self, num_text_ids: int) -> None:
+        if num_text_ids == 0:
+            raise GenerationInputError("text is empty: pass the words to speak")
+        self.check_room(len(self.head_ids) + num_text_ids)
+        num_steps = len(self.head_ids) + num_text_ids + len(self.tail_ids) + self.num_extra_steps
+        if num_steps - self.shift <= self.decode_start:
+            raise GenerationInputError("nothing to speak after the prompt: pass more text or fewer transition steps")
+
+    def check_room(self, num_ids: int) -> None:
+        """Refuse a text whose ids (``num_ids`` so far, end tokens to come) exceed the context."""
+        num_steps = num_ids + len(self.tail_ids) + self.num_extra_steps
+        if num_steps > self.max_positions:
+            raise GenerationInputError(
+                f"text too long: {num_steps} positions with the prompt, the model allows {self.max_positions};"
+                " split the text"
+            )
+
+
+def mask_prompt_text(ids: list[int], n: int, special: SpecialIds) -> None:
+    """Replace prompt-transcript tokens (first ``n`` ids) by the pad token, keeping the chat structure."""
+    keep_always = {special.eot, special.bos, special.eos}
+    in_header = False
+    for t in range(min(n, len(ids))):
+        token = ids[t]
+        if token == special.start_header:
+            in_header = True
+        elif token == special.end_header:
+            in_header = False
+        elif not in_header and token not in keep_always:
+            ids[t] = special.pad
+
+
+def _prompt_on(model, prompt) -> dict[str, Any]:
+    """A copy of the prompt's tensors on the model's device, floats in the model's dtype."""
+    out = {}
+    for f in dataclasses.fields(prompt):
+        value = getattr(prompt, f.name)
+        if isinstance(value, torch.Tensor):
+            value = value.to(model.device, model.dtype if value.is_floating_point() else value.dtype)
+        out[f.name] = value
+    return out
+
+
+def plan_generation(
+    model,
+    prompt,
+    text,
+    *,
+    num_transition_steps: int = 5,
+    num_extra_steps: int = 0,
+    system_prompt: str | None = None,
+    user_turn_prompt: str | None = None,
+    inference_options: InferenceOptions | None = None,
+    use_text_in_prompt: bool = False,
+    normalize_text: bool = True,
+) -> GenerationPlan:
+    """Plan speaking ``text`` (a string, or anything else for text that arrives in pieces)."""
+    opts = (inference_options or InferenceOptions()).validate()
+    incremental = not isinstance(text, str)
+    if not incremental and not text.strip():
+        raise GenerationInputError("text is empty: pass the words to speak")
+    if num_transition_steps < 0 or num_extra_steps < 0:
+        raise GenerationInputError("num_transition_steps and num_extra_steps must be >= 0")
+    if prompt is None:
+        from ..codec.encoder import EncoderOutput
+
+        prompt = EncoderOutput.empty(model.device, model.config.acoustic_dim)
+    p = _prompt_on(model, prompt)
+    tok = model.tokenizer
+    special = SpecialIds.of(tok)
+    shift = model.config.shift_acoustic
+    if not incremental:
+        text = normalize_text_fn(text) if normalize_text else text
+    prompt_text = (p["text"] or [""])[0] or ""
+    n_prompt = (
+        int(p["text_tokens_len"][0]) if p.get("text_tokens_len") is not None and p["text_tokens_len"].numel() else 0
+    )
+    known = None
+    if p.get("text_tokens") is not None and p["text_tokens"].numel() and n_prompt:
+        known = p["text_tokens"].reshape(-1)[:n_prompt].tolist()
+    if known is None and prompt_text.strip():
+        known = tok.encode(prompt_text.rstrip(), add_special_tokens=False)
+    known = known or []
+    if incremental:
+        feed_text, text_ids = IncrementalText(tok, prompt_text, known, normalize_text), None
+    else:
+        feed_text, text_ids = None, tokenize_joint(tok, prompt_text, text, known or None)[len(known) :]
+    features = p["token_values"]
+    if features.dim() != 3 or features.shape[-1] != model.config.acoustic_dim:
+        raise GenerationInputError(
+            f"prompt token_values have shape {tuple(features.shape)}, expected (1, N, {model.config.acoustic_dim}):"
+            " was the voice encoded with a matching codec?"
+        )
+    n_values = features.shape[1]
+    positions = p["token_positions"][:, :n_values].long()
+    if positions.shape[1] != n_values:
+        raise GenerationInputError("prompt token_positions and token_values disagree in length: re-encode the voice")
+    tail_ids = [] if num_extra_steps > 0 else [special.eot] * shift
+
+    classes = model.config.num_time_classes
+    # Gap before each prompt token, in frames; index 0 is a pad so time_before[k] is token k-1's.
+    gaps = (positions - F.pad(positions, [1, 0], value=1)[:, :-1]).clamp(0, classes - 1)
+    gaps = F.pad(gaps, [1, 0], value=0)
+    time_before, time_after = gaps[:, :-1], gaps[:, 1:]
+    masks = torch.ones(features.shape[:2], device=model.device, dtype=torch.long)
+
+    prefix = (
+        f"<|start_header_id|>system<|end_header_id|>{system_prompt or ''}<|eot_id|>"
+        + (f"<|start_header_id|>user<|end_header_id|>{user_turn_prompt}<|eot_id|>" if user_turn_prompt else "")
+        + "<|start_header_id|>assistant<|end_header_id|>"
+    )
+    prefix_ids = tok.encode(prefix, add_special_tokens=False)
+    n_prefix = len(prefix_ids)
+    head_ids = [special.bos] + prefix_ids + known
+    features = F.pad(features, (0, 0, n_prefix, 0))
+    masks = F.pad(masks, (n_prefix, 0))
+    time_before, time_after = F.pad(time_before, (n_prefix, 0)), F.pad(time_after, (n_prefix, 0))
+    if num_transition_steps > 0:
+        cut = max(features.shape[1] - num_transition_steps, 0)
+        features, masks = features[:, :cut], masks[:, :cut]
+        time_before, time_after = time_before[:, :cut], time_after[:, :cut]
+    masks = torch.cat([masks[:, 1:], torch.ones_like(masks[:, :1])], dim=1)
+    plan = GenerationPlan(
+        head_ids=head_ids,
+        text_ids=text_ids,
+        tail_ids=tail_ids,
+        prompt_features=features,
+        prompt_masks=masks,
+        prompt_time_before=time_before,
+        prompt_time_after=time_after,
+        num_extra_steps=num_extra_steps,
+        decode_start=features.shape[1] + num_transition_steps - 1,
+        options=opts,
+        use_text_in_prompt=use_text_in_prompt,
+        text=text if not incremental else "",
+        special=special,
+        incremental=feed_text,
+        max_positions=model.config.max_position_embeddings,
+        shift=shift,
+    )
+    if not incremental:
+        plan.check_length(len(text_ids))
+    if opts.num_acoustic_candidates > 1 and opts.scorer == "spkr_verification":
+        plan.speaker_reference = _speaker_reference(model, features)
+    return plan
+
+
+@torch.inference_mode()
+def _speaker_reference(model, features: torch.Tensor) -> torch.Tensor:
+    """The prompt's mean speaker embedding, for the spkr_verification scorer (loads the model once)."""
+    if model.acoustic_spkr_verf is None:
+        model.load_acoustic_spkr_verf()
+    sv = model.acoustic_spkr_verf
+    valid = (features.norm(dim=-1) > 0).unsqueeze(-1).float()
+    norm = (features - model.config.acoustic_mean) / model.config.acoustic_std
+    b, t, d = norm.shape
+    emb = sv(norm.reshape(-1, d).to(next(sv.parameters()).dtype)).view(b, t, -1)
+    mean = (emb * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+    return F.normalize(mean, dim=-1)
