@@ -27,7 +27,7 @@ Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is se
   ``audio`` + ``transcript`` when the server has an encoder), ``GET /v1/models``, ``GET /health``,
   and a demo page at ``/``.
 
-Same seed, same audio: each stream carries its own RNG state (see :mod:`.engine`).
+Same seed, same audio: each stream carries its own RNG state (see :mod:`.service`).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _load_encoder(opts: argparse.Namespace, model):
 def build_app(opts: argparse.Namespace):
     """The app for parsed ``serve`` options: load the model, voices and encoder."""
     from .app import ServerSettings, create_app
-    from .engine import VoiceStore
+    from .voices import VoiceStore
 
     model, default_voice = load_model(opts)
     settings = ServerSettings(

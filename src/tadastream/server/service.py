@@ -10,7 +10,8 @@
   audio, whatever else runs.
 * **Admission.** At most ``max_streams`` generations hold a slot; up to ``queue`` more wait in
   FIFO order for at most ``queue_timeout`` seconds (:class:`Admission`).
-* **Voices.** Named ``NAME.voice`` files in a folder, validated names, uploads (:class:`VoiceStore`).
+* **Validation.** Seeds and request options are checked here (:func:`inference_options`), so the
+  HTTP and WebSocket routes refuse the same things with the same errors.
 """
 
 from __future__ import annotations
@@ -19,13 +20,9 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
-import os
-import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -35,24 +32,12 @@ from ..engine import Engine
 from ..generation import GenerationInputError, InferenceOptions, StreamRng, TextInput
 from ..generation.rng import MAX_SEED
 from ..stream import AudioStream
+from .errors import EngineError
 
 T = TypeVar("T")
 
-VOICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: OpenAI's built-in voice names; they mean "the default voice" unless a file of that name exists.
-OPENAI_VOICES = frozenset(
-    "alloy ash ballad cedar coral echo fable marin nova onyx sage shimmer verse".split() + ["default"]
-)
 #: Caps on per-request options, so one request cannot monopolise the engine for minutes.
 OPTION_LIMITS = {"num_flow_matching_steps": 64, "num_acoustic_candidates": 8}
-
-
-class EngineError(Exception):
-    """A request the service refuses; ``status`` and ``code`` map onto an HTTP error."""
-
-    def __init__(self, status: int, message: str, code: str, param: str | None = None, retry_after: float = 0):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.retry_after = status, message, code, param, retry_after
 
 
 def new_seed() -> int:
@@ -61,6 +46,7 @@ def new_seed() -> int:
 
 
 def check_seed(seed: Any) -> int:
+    """``seed`` if it is an integer a stream's RNG accepts; else EngineError 400."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise EngineError(400, f"seed must be an integer in [0, {MAX_SEED}]", "invalid_seed", "seed")
     return seed
@@ -277,155 +263,3 @@ class SpeechService:
     def shutdown(self) -> None:
         self.engine.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-# -- voices -----------------------------------------------------------------------------------
-def check_voice_name(name: str) -> str:
-    if not isinstance(name, str) or not VOICE_NAME.fullmatch(name):
-        raise EngineError(
-            400,
-            "voice names use 1-64 letters, digits, '-' or '_' (no paths or extensions)",
-            "invalid_voice_name",
-            "voice",
-        )
-    return name
-
-
-def _encoder_output_class():
-    from ..codec.encoder import EncoderOutput
-
-    return EncoderOutput
-
-
-class VoiceStore:
-    """Voices by name: ``NAME.voice`` files in ``directory`` plus the model's default voice."""
-
-    def __init__(self, directory: str | os.PathLike | None, default: Any | None, model, *, cache_size: int = 16):
-        self.directory = Path(directory) if directory is not None else None
-        self.default = default
-        self.model = model
-        self._cache: collections.OrderedDict[str, tuple[tuple[int, int], Any]] = collections.OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-
-    def _path(self, name: str) -> Path | None:
-        if self.directory is None:
-            return None
-        return self.directory / f"{check_voice_name(name)}.voice"
-
-    def list(self) -> list[dict[str, Any]]:
-        voices = []
-        if self.default is not None:
-            voices.append({"id": "default", "object": "voice", "source": "builtin", "default": True})
-        if self.directory is not None and self.directory.is_dir():
-            for path in sorted(self.directory.glob("*.voice")):
-                if VOICE_NAME.fullmatch(path.stem) and path.stem != "default":
-                    voices.append({"id": path.stem, "object": "voice", "source": "file", "default": False})
-        return voices
-
-    def resolve(self, name: str | None) -> Any | None:
-        """The prompt for ``name`` (blocking: may read a file). None means "no prompt" (model default)."""
-        if name is None or name == "":
-            return self.default
-        path = self._path(name)
-        if path is not None and path.is_file():
-            return self._load(name, path)
-        if name in OPENAI_VOICES:
-            return self.default
-        raise EngineError(
-            400,
-            f"voice {name!r} not found; available: {', '.join(v['id'] for v in self.list()) or '(none)'}",
-            "voice_not_found",
-            "voice",
-        )
-
-    def _load(self, name: str, path: Path):
-        stat = path.stat()
-        key = (stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            hit = self._cache.get(name)
-            if hit is not None and hit[0] == key:
-                self._cache.move_to_end(name)
-                return hit[1]
-        data = path.read_bytes()
-        voice = self.parse(data, max_seconds=None)
-        with self._lock:
-            self._cache[name] = (key, voice)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return voice
-
-    def parse(self, data: bytes, *, max_seconds: float | None) -> Any:
-        """Load and check an encoded voice (bytes of a ``.voice`` file); raises EngineError 400.
-
-        ``.voice`` files are safetensors with JSON metadata (no pickle), so an upload cannot run code.
-        """
-        cls = _encoder_output_class()
-        tmp = None
-        try:
-            import tempfile
-
-            with tempfile.NamedTemporaryFile(suffix=".voice", delete=False) as handle:
-                handle.write(data)
-                tmp = handle.name
-            voice = cls.load(tmp)
-        except Exception:
-            raise EngineError(
-                400, "not a valid .voice file: create one with `tadastream encode-voice`", "invalid_voice_file"
-            ) from None
-        finally:
-            if tmp is not None:
-                os.unlink(tmp)
-        self.check(voice, max_seconds)
-        return voice
-
-    def check(self, voice, max_seconds: float | None) -> None:
-        """Reject voices too long or not matching the model (cheap: plans a generation, no compute)."""
-        values = getattr(voice, "token_values", None)
-        dim = self.model.config.acoustic_dim
-        if not isinstance(values, torch.Tensor) or values.dim() != 3 or values.shape[-1] != dim:
-            raise EngineError(
-                400, f"the voice does not fit this model (expected {dim}-d acoustic tokens)", "voice_mismatch"
-            )
-        if max_seconds is not None:
-            seconds = voice_seconds(voice)
-            if seconds > max_seconds:
-                raise EngineError(
-                    413, f"the voice is {seconds:.1f} s long; the limit is {max_seconds:g} s", "voice_too_long"
-                )
-        try:
-            from ..generation import plan_generation
-
-            plan_generation(self.model, voice, "Hello.")
-        except Exception as exc:
-            raise EngineError(400, f"the voice cannot be used with this model: {exc}", "voice_mismatch") from None
-
-    def save(self, name: str, voice_bytes: bytes, *, overwrite: bool) -> Path:
-        """Store an already checked voice atomically as ``NAME.voice``."""
-        path = self._path(name)
-        if path is None:
-            raise EngineError(403, "voice uploads are disabled: start the server with --voices DIR", "uploads_disabled")
-        if name in OPENAI_VOICES:
-            raise EngineError(400, f"{name!r} is reserved for the built-in voice", "invalid_voice_name", "name")
-        if path.exists() and not overwrite:
-            raise EngineError(409, f"voice {name!r} exists; send overwrite=true to replace it", "voice_exists", "name")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            tmp.write_bytes(voice_bytes)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        with self._lock:
-            self._cache.pop(name, None)
-        return path
-
-
-def voice_seconds(voice) -> float:
-    """Duration of a voice prompt's audio in seconds (0 when unknown)."""
-    rate = float(getattr(voice, "sample_rate", SAMPLE_RATE) or SAMPLE_RATE)
-    length = getattr(voice, "audio_len", None)
-    if isinstance(length, torch.Tensor) and length.numel():
-        return float(length.reshape(-1)[0]) / rate
-    audio = getattr(voice, "audio", None)
-    return audio.shape[-1] / rate if isinstance(audio, torch.Tensor) else 0.0
