@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args(argv)
+    bs.fix_durations()
     model, _ = bs.build_model(args)
     voice = demo_voice(model)
     text = bs.make_text(model.tokenizer, bs.TEXT_TOKENS[args.text])

@@ -4,7 +4,7 @@
     python bench/bench_streaming.py --mode 1b --dtype fp32 --texts short
 
 Durations predicted by the flow head are replaced by a fixed 4-12 frame pattern (the bench
-patches the ``decode_time`` that ``tadastream.generation.program`` uses), so every run speaks the same number of frames
+patches ``SpeechProgram._predicted_durations``), so every run speaks the same number of frames
 and runs on different machines, dtypes or commits compare. Weights are random: audio is noise,
 timings are real.
 
@@ -54,23 +54,24 @@ WORDS = (
 
 # -- fixed durations ----------------------------------------------------------------------------
 _PATTERN = (4, 7, 5, 9, 6, 12, 8, 4, 10, 5, 11, 6)  # frames, mean 7.25
-_calls = [0]
-_real_decode_time = program.decode_time
 
 
-def _fixed_decode_time(bits: torch.Tensor, num_bits: int) -> torch.Tensor:
-    value = _PATTERN[_calls[0] % len(_PATTERN)]
-    _calls[0] += 1
-    return torch.full(bits.shape[:-1], value, dtype=torch.long, device=bits.device)
+def _fixed_durations(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pattern, each stream from its start (whatever runs beside it), in place of the head's."""
+    k = getattr(self, "_bench_durations", 0)
+    self._bench_durations = k + 2
+    before, after = (_PATTERN[i % len(_PATTERN)] for i in (k, k + 1))
+    return (torch.full((1, 1), v, dtype=torch.long, device=latent.device) for v in (before, after))
+
+
+def fix_durations() -> None:
+    """Every generation in this process speaks the pattern's durations."""
+    program.SpeechProgram._predicted_durations = _fixed_durations
 
 
 def reset_durations(seed: int = 0) -> None:
-    """Same durations and same random numbers for the next generation."""
-    _calls[0] = 0
+    """Same random numbers for the next generation (its durations restart with it)."""
     torch.manual_seed(seed)
-
-
-program.decode_time = _fixed_decode_time
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -553,6 +554,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--_peak", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    fix_durations()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._peak:

@@ -348,9 +348,7 @@ class SpeechProgram:
         if k < p.forced_before.shape[1] - 1:
             p.time_before, p.time_after = p.forced_before[:, k + 1 : k + 2], p.forced_after[:, k + 1 : k + 2]
         else:
-            gray = latent[:, -s.time_dim :]
-            p.time_before = decode_time(gray[:, : s.time_bits], s.time_bits).unsqueeze(0)
-            p.time_after = decode_time(gray[:, s.time_bits :], s.time_bits).unsqueeze(0)
+            p.time_before, p.time_after = self._predicted_durations(latent)
         p.durations.append(p.time_before)
         p.last_loop_before = p.time_before
         llm = p.llm_seconds[-1] if p.llm_seconds else 0.0
@@ -366,6 +364,13 @@ class SpeechProgram:
                 p.final,
             )
         )
+
+    def _predicted_durations(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames before and after the token, (1, 1) each, from the latent's gray-coded bits."""
+        s = self.shape
+        gray = latent[:, -s.time_dim :]
+        before = decode_time(gray[:, : s.time_bits], s.time_bits).unsqueeze(0)
+        return before, decode_time(gray[:, s.time_bits :], s.time_bits).unsqueeze(0)
 
     def _result(self, p: PassState) -> SyncTokGenerationOutput:
         durations = p.durations + ([p.last_loop_before] if p.last_loop_before is not None else [])

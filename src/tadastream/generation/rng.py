@@ -23,6 +23,8 @@ class StreamRng:
     def __init__(self, cpu: torch.Generator, device: torch.Generator):
         self.cpu = cpu
         self.device = device
+        # what derive() starts from, however much was drawn since
+        self._origin = (cpu.get_state(), None if device is cpu else device.get_state())
 
     @classmethod
     def from_seed(cls, seed: int, device: torch.device | str = "cpu") -> StreamRng:
@@ -53,12 +55,16 @@ class StreamRng:
         return rng
 
     def derive(self, index: int) -> StreamRng:
-        """Generators for the ``index``-th text of a batch (index 0: this one), reproducible from
-        this stream's seed or forked state."""
-        if index == 0:
-            return self
+        """Generators for the ``index``-th text of a batch (index 0: this one, as created),
+        reproducible from this stream's seed or forked state."""
         probe = torch.Generator()
-        probe.set_state(self.cpu.get_state())
+        probe.set_state(self._origin[0])
+        if index == 0:
+            if self._origin[1] is None:
+                return StreamRng(probe, probe)
+            device = torch.Generator(device=self.device.device)
+            device.set_state(self._origin[1])
+            return StreamRng(probe, device)
         base = int(torch.randint(0, 2**62, (1,), generator=probe))
         return StreamRng.from_seed((base + index) % MAX_SEED, self.device.device)
 

@@ -1,0 +1,127 @@
+"""Batched against solo: is each stream's output what it is alone, in fp32 and in bf16?
+
+    python bench/bench_exactness.py                      # demo model, fp32 and bf16, 8 streams
+    python bench/bench_exactness.py --mode 1b --streams 4 --tokens 12
+
+Runs N streams (different texts, seeds and options; half of them join while the others run)
+on one engine, then each alone, and reports how many streams and frames got the same
+durations and token ids, and the largest audio difference. The head's own durations are used
+(not bench_streaming's fixed pattern): a rounding difference would show as a changed duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_streaming as bs  # noqa: E402  (puts src/ on the path when not installed)
+
+from tadastream import InferenceOptions  # noqa: E402
+from tadastream.demo import demo_voice  # noqa: E402
+from tadastream.engine import Engine  # noqa: E402
+
+OPTIONS = [
+    InferenceOptions(),
+    InferenceOptions(acoustic_cfg_scale=1.0, num_flow_matching_steps=4),
+    InferenceOptions(num_acoustic_candidates=2, cfg_schedule="linear"),
+    InferenceOptions(text_only_logit_scale=0.5, time_schedule="cosine"),
+]
+
+
+def run(model, voice, jobs, engine: Engine | None) -> list[tuple[torch.Tensor, object]]:
+    """(audio, result) per job; with ``engine`` all at once (half joining later), else each alone."""
+    if engine is None:
+        out = []
+        for text, seed, opts in jobs:
+            stream = model.generate(voice, text, stream=True, seed=seed, inference_options=opts)
+            out.append((torch.cat([c for c, _ in stream]), stream.result))
+        return out
+    streams, chunks, late = [], [], list(range(len(jobs) // 2, len(jobs)))
+
+    def join(i):
+        text, seed, opts = jobs[i]
+        streams.append(model.generate(voice, text, stream=True, seed=seed, inference_options=opts, engine=engine))
+        chunks.append([])
+
+    for i in range(len(jobs) // 2):
+        join(i)
+    while late or not all(s.finished for s in streams):
+        if late and engine.ticks >= 3 * (len(jobs) - len(late)):
+            join(late.pop(0))
+        engine.step()
+        for i, s in enumerate(streams):
+            chunks[i].extend(s._chunks)
+            s._chunks.clear()
+    return [(torch.cat(c), s.result) for c, s in zip(chunks, streams)]
+
+
+def compare(batched, solo) -> dict:
+    same_streams = same_frames = frames = same_ids = 0
+    max_diff = 0.0
+    for (a, ra), (b, rb) in zip(batched, solo):
+        ta, tb = ra.time_before[0], rb.time_before[0]
+        same_streams += torch.equal(ta, tb)
+        n = min(len(ta), len(tb))
+        same_frames += int((ta[:n] == tb[:n]).sum())
+        frames += max(len(ta), len(tb))
+        same_ids += torch.equal(ra.output_text_ids, rb.output_text_ids)
+        if a.shape == b.shape:
+            max_diff = max(max_diff, float((a - b).abs().max()))
+        else:
+            max_diff = float("nan")
+    return {
+        "streams": len(solo),
+        "same_durations_streams": same_streams,
+        "same_durations_frames": f"{same_frames}/{frames}",
+        "same_token_ids_streams": same_ids,
+        "max_audio_diff": max_diff,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("tiny", "1b"), default="tiny")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--layout", choices=("optimized", "plain"), default="optimized")
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=20, help="text tokens per stream")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    rows = {}
+    for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
+        ns = argparse.Namespace(mode=args.mode, dtype=dtype, device=args.device, layout=args.layout)
+        model, _ = bs.build_model(ns)
+        voice = demo_voice(model)
+        words = bs.make_text(model.tokenizer, args.tokens).split()
+        jobs = [
+            (" ".join(words[i % 5 :] + words[: i % 5]).capitalize() + ".", 10 + i, OPTIONS[i % len(OPTIONS)])
+            for i in range(args.streams)
+        ]
+        batched = run(model, voice, jobs, Engine(model, max_streams=args.streams))
+        rows[dtype] = compare(batched, run(model, voice, jobs, None))
+        print(dtype, rows[dtype])
+    result = {
+        "date": _dt.date.today().isoformat(),
+        "machine": bs.machine_name(),
+        "mode": args.mode,
+        "layout": args.layout,
+        "command": " ".join(["python", "bench/bench_exactness.py", *(sys.argv[1:] if argv is None else argv)]),
+        "results": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{result['date']}-{result['machine']}-exactness-{args.mode}-{args.layout}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
