@@ -43,22 +43,29 @@ def run(model, voice, jobs, engine: Engine | None) -> list[tuple[torch.Tensor, o
             stream = model.generate(voice, text, stream=True, seed=seed, inference_options=opts)
             out.append((torch.cat([c for c, _ in stream]), stream.result))
         return out
-    streams, chunks, late = [], [], list(range(len(jobs) // 2, len(jobs)))
+    streams, chunks, iters, done = [], [], [], set()
 
     def join(i):
         text, seed, opts = jobs[i]
         streams.append(model.generate(voice, text, stream=True, seed=seed, inference_options=opts, engine=engine))
         chunks.append([])
+        iters.append(iter(streams[-1]))
 
-    for i in range(len(jobs) // 2):
+    first = len(jobs) // 2
+    for i in range(first):
         join(i)
-    while late or not all(s.finished for s in streams):
-        if late and engine.ticks >= 3 * (len(jobs) - len(late)):
-            join(late.pop(0))
-        engine.step()
-        for i, s in enumerate(streams):
-            chunks[i].extend(s._chunks)
-            s._chunks.clear()
+    rounds = 0
+    while len(streams) < len(jobs) or len(done) < len(streams):
+        rounds += 1
+        if len(streams) < len(jobs) and rounds % 3 == 0:  # the second half joins one by one
+            join(len(streams))
+        for i, it in enumerate(iters):  # each next() ticks the shared engine when it has nothing queued
+            if i not in done:
+                chunk = next(it, None)
+                if chunk is None:
+                    done.add(i)
+                else:
+                    chunks[i].append(chunk[0])
     return [(torch.cat(c), s.result) for c, s in zip(chunks, streams)]
 
 

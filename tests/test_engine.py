@@ -70,17 +70,18 @@ def test_batched_streams_equal_solo_with_streams_joining_mid_way(demo_model, dem
 
     join(0)
     join(1)
-    iters = {}
-    rounds = 0
-    while len(chunks) < len(jobs) or any(not s.finished or s._chunks for s in streams):
+    iters, done, rounds = {}, set(), 0
+    while len(chunks) < len(jobs) or len(done) < len(streams):
         rounds += 1
         if rounds in (3, 7, 12, 20) and len(chunks) < len(jobs):  # join while the others run
             join(len(chunks))
         for i, stream in enumerate(streams):
-            it = iters.setdefault(i, iter(stream))
-            chunk = next(it, None)
-            if chunk is not None:
-                chunks[i].append(chunk[0])
+            if i not in done:
+                chunk = next(iters.setdefault(i, iter(stream)), None)
+                if chunk is None:
+                    done.add(i)
+                else:
+                    chunks[i].append(chunk[0])
         if rounds > 10_000:
             raise AssertionError("streams did not finish")
     assert engine.ticks > 0 and engine.pool.in_use == 0

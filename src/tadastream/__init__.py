@@ -18,6 +18,8 @@ _EXPORTS = {
     "SyncTokGenerationOutput": "tadastream.generation",
     "GenerationInputError": "tadastream.generation",
     "AudioStream": "tadastream.stream",
+    "Engine": "tadastream.engine",
+    "TextInput": "tadastream.generation",
     "StreamingDecoder": "tadastream.codec.streaming",
     "Decoder": "tadastream.codec.decoder",
     "Encoder": "tadastream.codec.encoder",
@@ -50,12 +52,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .codec.spkr_verf import AcousticSpkrVerf
     from .codec.streaming import StreamingDecoder
     from .config import DecoderConfig, EncoderConfig
+    from .engine import Engine
     from .generation import (
         GenerationInputError,
         GenerationOutput,
         InferenceOptions,
         StepOutput,
         SyncTokGenerationOutput,
+        TextInput,
     )
     from .hub import CheckpointError
     from .model import TadaForCausalLM

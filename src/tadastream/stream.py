@@ -6,7 +6,9 @@ ticking thread), and the samples that became final are queued for the consumer. 
 stream gets a private engine that its consumer ticks inline, at batch 1; given a shared engine
 (``engine=``) it is batched with every other stream there. Nothing is stored on the shared
 model, and closing (``close()``, ``break`` + garbage collection, leaving a ``with`` block) frees
-its slot at once, or at the end of the tick in progress.
+its slot at once, or at the end of the tick in progress. The engine holds only the stream's
+:class:`_Delivery` (decoder and queued chunks), never the AudioStream, so dropping the last
+reference to a stream cancels it at once.
 """
 
 from __future__ import annotations
@@ -36,6 +38,59 @@ from .generation import (
 )
 
 _POLL = 0.5  # seconds between checks while waiting on another thread (a safety net, not the signal)
+
+
+class _Delivery:
+    """The engine's side of a stream, called on its ticking thread: settled frames go through the
+    StreamingDecoder, and the samples they make final are queued for the consumer."""
+
+    def __init__(self, model, plan, window_size: int):
+        self.model, self.plan = model, plan
+        self.decoder: StreamingDecoder | None = StreamingDecoder(model.require_decoder(), window_size)
+        self.chunks: collections.deque[torch.Tensor] = collections.deque()
+        self.cond = threading.Condition()
+        self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self.error: BaseException | None = None
+        self.finished = False
+        self.result: GenerationOutput | None = None
+        self.tokens_done = 0
+        self.on_token = None
+
+    def step(self, step: StepOutput) -> None:
+        plan, cfg = self.plan, self.model.config
+        if not step.final_pass or step.index < plan.decode_start:
+            return
+        self.tokens_done += 1
+        if self.on_token is not None:
+            self.on_token(step)
+        if step.index == plan.decode_start:
+            self.decoder.set_skip_leading_frames(leading_trim_frames(int(step.time_before[0])))
+        vector = step.acoustic_features[0] * cfg.acoustic_std + cfg.acoustic_mean
+        self._deliver(self.decoder.decode_block(vector, int(step.time_before[0])))
+
+    def finish(self, raw: SyncTokGenerationOutput) -> None:
+        tail = self.decoder.flush(int(raw.time_before[0, -1]))
+        self.result = finish_output(self.model, self.plan, raw, None)
+        self._deliver(tail, last=True)
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._deliver(None, last=True)
+
+    def cancelled(self) -> None:
+        self._deliver(None, last=True)
+
+    def _deliver(self, chunk: torch.Tensor | None, last: bool = False) -> None:
+        with self.cond:
+            if chunk is not None and chunk.numel():
+                self.chunks.append(chunk.detach().to("cpu", torch.float32))
+            if last:
+                self.finished = True
+                self.decoder = None
+            self.cond.notify_all()
+            waiters = list(self.async_waiters)
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
 
 
 class AudioStream:
@@ -71,67 +126,40 @@ class AudioStream:
         elif not isinstance(text, str):
             self.text, self._source = TextInput(), text
         self._plan = plan_generation(model, prompt, text, **plan_kwargs)
-        self._decoder = StreamingDecoder(model.require_decoder(), window_size)
+        self._delivery = _Delivery(model, self._plan, window_size)
         if rng is None:
             rng = StreamRng.from_seed(seed, model.device) if seed is not None else StreamRng.fork_global(model.device)
         self._engine = engine if engine is not None else Engine(model, max_streams=1)
-        self._chunks: collections.deque[torch.Tensor] = collections.deque()
-        self._cond = threading.Condition()
-        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._iterator: Iterator | None = None
         self._pumped = False  # an async source is being pumped by the consuming event loop
-        self._error: BaseException | None = None
-        self._finished = False
-        self.result: GenerationOutput | None = None
         self.chunk_times: list[float] = []
         self.chunk_samples: list[int] = []
         self.time_to_first_audio: float | None = None
         self.sample_rate = SAMPLE_RATE
-        self.tokens_done = 0
-        self.on_token = None  # optional callable(StepOutput), called for every spoken token
-        program = SpeechProgram(
-            self._engine.shape, self._plan, rng, self._on_step, self.text, self._engine.prefill_chunk
-        )
-        self._handle: EngineStream = self._engine.submit(program, self, self.text)
+        d, eng = self._delivery, self._engine
+        program = SpeechProgram(eng.shape, self._plan, rng, d.step, self.text, eng.prefill_chunk)
+        self._handle: EngineStream = eng.submit(program, d, self.text)
 
-    # -- the engine's side (its ticking thread) ----------------------------------------------
-    def _on_step(self, step: StepOutput) -> None:
-        plan, cfg = self._plan, self.model.config
-        if not step.final_pass or step.index < plan.decode_start:
-            return
-        self.tokens_done += 1
-        if self.on_token is not None:
-            self.on_token(step)
-        if step.index == plan.decode_start:
-            self._decoder.set_skip_leading_frames(leading_trim_frames(int(step.time_before[0])))
-        vector = step.acoustic_features[0] * cfg.acoustic_std + cfg.acoustic_mean
-        self._deliver(self._decoder.decode_block(vector, int(step.time_before[0])))
+    @property
+    def result(self) -> GenerationOutput | None:
+        """The GenerationOutput (audio=None, plus chunk timings), once generation has finished."""
+        return self._delivery.result
 
-    def finish(self, raw: SyncTokGenerationOutput) -> None:
-        tail = self._decoder.flush(int(raw.time_before[0, -1]))
-        self.result = finish_output(self.model, self._plan, raw, None)
-        self._deliver(tail, last=True)
+    @property
+    def tokens_done(self) -> int:
+        """Tokens of the new text spoken so far."""
+        return self._delivery.tokens_done
 
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._deliver(None, last=True)
+    @property
+    def on_token(self):
+        """Optional callable(StepOutput), called for every spoken token (on the engine's thread)."""
+        return self._delivery.on_token
 
-    def cancelled(self) -> None:
-        self._deliver(None, last=True)
+    @on_token.setter
+    def on_token(self, callback) -> None:
+        self._delivery.on_token = callback
 
-    def _deliver(self, chunk: torch.Tensor | None, last: bool = False) -> None:
-        with self._cond:
-            if chunk is not None and chunk.numel():
-                self._chunks.append(chunk.detach().to("cpu", torch.float32))
-            if last:
-                self._finished = True
-                self._decoder = None
-            self._cond.notify_all()
-            waiters = list(self._async_waiters)
-        for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
-
-    # -- the consumer's side -------------------------------------------------------------------
+    # -- sync ----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         while True:
             chunk = self._next_chunk()
@@ -141,16 +169,17 @@ class AudioStream:
 
     def _take(self) -> torch.Tensor | None | bool:
         """A queued chunk; None at the end (raising the stream's error once); False for 'not yet'."""
-        with self._cond:
-            if self._chunks:
-                return self._record(self._chunks.popleft())
-            if not self._finished:
+        d = self._delivery
+        with d.cond:
+            if d.chunks:
+                return self._record(d.chunks.popleft())
+            if not d.finished:
                 return False
-            if self._error is not None:
-                error, self._error = self._error, None
+            if d.error is not None:
+                error, d.error = d.error, None
                 raise error
-            if self.result is not None and self.result.total_time is None:
-                self._finalise_result()
+            if d.result is not None and d.result.total_time is None:
+                self._finalise_result(d.result)
             return None
 
     def _next_chunk(self) -> torch.Tensor | None:
@@ -166,9 +195,10 @@ class AudioStream:
                 self._engine.wait(self._news, _POLL)
 
     def _news(self) -> bool:
+        d = self._delivery
         return (
-            bool(self._chunks)
-            or self._finished
+            bool(d.chunks)
+            or d.finished
             or self._needs_piece()
             or (not self._engine.has_worker and self._engine.runnable())
         )
@@ -207,11 +237,11 @@ class AudioStream:
         self.chunk_samples.append(int(chunk.numel()))
         return chunk
 
-    def _finalise_result(self) -> None:
-        self.result.time_to_first_audio = self.time_to_first_audio
-        self.result.chunk_times = self.chunk_times
-        self.result.chunk_samples = self.chunk_samples
-        self.result.total_time = time.perf_counter() - self.started_at
+    def _finalise_result(self, result: GenerationOutput) -> None:
+        result.time_to_first_audio = self.time_to_first_audio
+        result.chunk_times = self.chunk_times
+        result.chunk_samples = self.chunk_samples
+        result.total_time = time.perf_counter() - self.started_at
 
     # -- async ---------------------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[tuple[torch.Tensor, int]]:
@@ -231,7 +261,7 @@ class AudioStream:
         finally:
             if pump is not None:
                 pump.cancel()
-            if not self._finished:
+            if not self.finished:
                 self.close()  # cancelled or abandoned: free now, or at the end of the tick in progress
 
     async def _pump(self, source) -> None:
@@ -243,17 +273,17 @@ class AudioStream:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            self._error = self._error or exc
+            self._delivery.error = self._delivery.error or exc
             self.close()
 
     async def read(self) -> torch.Tensor | None:
         """The next chunk, or None at the end; waits without a thread when an engine worker ticks."""
         if not self._engine.has_worker:
             return await asyncio.to_thread(self._next_chunk)
-        loop = asyncio.get_running_loop()
+        loop, d = asyncio.get_running_loop(), self._delivery
         event = asyncio.Event()
-        with self._cond:
-            self._async_waiters.append((loop, event))
+        with d.cond:
+            d.async_waiters.append((loop, event))
         try:
             while True:
                 chunk = self._take()
@@ -265,14 +295,14 @@ class AudioStream:
                 await event.wait()
                 event.clear()
         finally:
-            with self._cond:
-                self._async_waiters.remove((loop, event))
+            with d.cond:
+                d.async_waiters.remove((loop, event))
 
     # -- lifetime -----------------------------------------------------------------------------
     @property
     def finished(self) -> bool:
         """Generation has ended (completed, failed or cancelled); queued chunks may remain."""
-        return self._finished
+        return self._delivery.finished
 
     @property
     def engine(self) -> Engine:
@@ -280,7 +310,7 @@ class AudioStream:
 
     def close(self) -> None:
         """Stop generating; the slot and decoder state go now (or when the tick in progress ends)."""
-        if not self._finished:
+        if not self._delivery.finished:
             self._handle.cancel()
 
     def __enter__(self) -> AudioStream:
