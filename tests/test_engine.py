@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tadastream import InferenceOptions
+from tadastream.demo import build_demo_model
 from tadastream.engine import Engine
 from tadastream.generation import StreamRng, TextInput
 from tadastream.stream import AudioStream
@@ -260,3 +261,27 @@ def test_a_failing_stream_fails_alone(demo_model, demo_voice):
         list(bad)
     assert torch.cat([c for c, _ in good]).numel() > 0
     assert engine.pool.in_use == 0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_half_precision_pads_rows_only_where_the_cpu_has_native_kernels(demo_model, demo_voice, monkeypatch, native):
+    """Padding to 4 rows makes batching bit-exact where rows are nearly free; on a CPU whose bf16
+    matmul is compute-bound it would double a lone stream's cost, so there it is skipped."""
+    from tadastream.nn import linear
+
+    monkeypatch.setattr(linear, "_native_half", lambda dtype: native)
+    model = build_demo_model().to(torch.bfloat16).eval()  # the shared fixture stays fp32
+    expected_rows = linear.MIN_ROWS if native else 1
+    assert linear.invariant_rows("cpu", torch.bfloat16) == expected_rows
+    assert linear.invariant_rows("cpu", torch.float32) == linear.invariant_rows("cuda", torch.bfloat16) == 4
+    seen = []
+    hook = model.prediction_head.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(args[0].shape[0]), with_kwargs=True
+    )
+    try:
+        options = InferenceOptions(acoustic_cfg_scale=1.0)  # one row per ODE step: padding shows
+        audio, _ = solo(model, demo_voice, TEXTS[2], 5, options)
+    finally:
+        hook.remove()
+    assert audio.numel() > 0 and torch.isfinite(audio).all()
+    assert seen and set(seen) == {expected_rows}

@@ -16,7 +16,7 @@ import torch
 from ..generation.flow import solve_flows
 from ..generation.requests import Computed, FlowSolve, LlmStep, Logits
 from ..nn.kv_cache import SlotCache
-from ..nn.linear import pad_rows
+from ..nn.linear import invariant_rows, pad_rows
 from ..nn.llama import Segment
 
 
@@ -24,6 +24,7 @@ class Runner:
     def __init__(self, model):
         self.model = model
         self._sync = model.device.type == "cuda"
+        self.min_rows = invariant_rows(model.device, model.dtype)
 
     def _now(self) -> float:
         if self._sync:
@@ -41,8 +42,8 @@ class Runner:
         ]
         acoustic = torch.cat([s.acoustic.reshape(-1, dim) for s in steps])
         n = acoustic.shape[0]
-        ids, masks, before, after = (pad_rows(t) for t in flat)
-        x = model.embed(ids, pad_rows(acoustic), masks, before, after)
+        ids, masks, before, after = (pad_rows(t, self.min_rows) for t in flat)
+        x = model.embed(ids, pad_rows(acoustic, self.min_rows), masks, before, after)
         segments = []
         for slot, step in work:
             slot.reserve(step.start + step.length)
@@ -68,7 +69,7 @@ class Runner:
     def logits(self, requests: Sequence[Logits]) -> list[Computed]:
         start = self._now()
         rows = torch.cat([r.hidden for r in requests])
-        logits = self.model.lm_head(pad_rows(rows))[: rows.shape[0]].float()
+        logits = self.model.lm_head(pad_rows(rows, self.min_rows))[: rows.shape[0]].float()
         seconds = self._now() - start
         out, offset = [], 0
         for r in requests:

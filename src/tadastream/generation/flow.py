@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..nn.linear import pad_rows
+from ..nn.linear import invariant_rows, pad_rows
 from ..timecode import decode_time
 from .options import InferenceOptions
 from .requests import FlowSolve
@@ -72,7 +72,7 @@ def _schedule(solve: FlowSolve) -> tuple[_Ode, torch.Tensor]:
 
 def solve_flows(model, solves: Sequence[FlowSolve]) -> list[torch.Tensor]:
     """Final latents, (1, latent) per solve (the best candidate where a solve has several)."""
-    head = model.prediction_head
+    head, min_rows = model.prediction_head, invariant_rows(model.device, model.dtype)
     odes, t_rows, c_rows = [], [], []
     for solve in solves:
         ode, conds = _schedule(solve)
@@ -80,17 +80,17 @@ def solve_flows(model, solves: Sequence[FlowSolve]) -> list[torch.Tensor]:
         t_rows.append(ode.grid[:-1].to(solve.noise.dtype).repeat_interleave(conds.shape[0]))
         c_rows.append(model.bottleneck_proj(conds).repeat(ode.steps, 1))
     t_all, c_all = torch.cat(t_rows), torch.cat(c_rows)
-    modulations = head.modulations(pad_rows(t_all), pad_rows(c_all))[: t_all.shape[0]]
+    modulations = head.modulations(pad_rows(t_all, min_rows), pad_rows(c_all, min_rows))[: t_all.shape[0]]
     offset = 0
     for ode, t in zip(odes, t_rows):
         ode.modulations = modulations[offset : offset + t.shape[0]].unflatten(0, (ode.steps, -1))
         offset += t.shape[0]
     for k in range(max(ode.steps for ode in odes)):
-        _euler_step(model, [ode for ode in odes if k < ode.steps], k)
-    return [_pick(model, solve, ode.x) for solve, ode in zip(solves, odes)]
+        _euler_step(model, [ode for ode in odes if k < ode.steps], k, min_rows)
+    return [_pick(model, solve, ode.x, min_rows) for solve, ode in zip(solves, odes)]
 
 
-def _euler_step(model, odes: list[_Ode], k: int) -> None:
+def _euler_step(model, odes: list[_Ode], k: int, min_rows: int) -> None:
     """Step ``k`` of every given solve: one head call over all their rows."""
     split = model.config.acoustic_dim
     latents, mods = [], []
@@ -102,7 +102,7 @@ def _euler_step(model, odes: list[_Ode], k: int) -> None:
             latents.append(ode.x)
             mods.append(ode.modulations[k, rows : 2 * rows])
     x, m = torch.cat(latents), torch.cat(mods)
-    out = model.prediction_head(pad_rows(x), modulations=pad_rows(m))
+    out = model.prediction_head(pad_rows(x, min_rows), modulations=pad_rows(m, min_rows))
     offset = 0
     for ode in odes:
         rows, (a, d) = ode.x.shape[0], ode.scales[k]
@@ -117,7 +117,7 @@ def _euler_step(model, odes: list[_Ode], k: int) -> None:
         ode.x = ode.x + (ode.grid[k + 1] - ode.grid[k]) * velocity
 
 
-def _pick(model, solve: FlowSolve, flat: torch.Tensor) -> torch.Tensor:
+def _pick(model, solve: FlowSolve, flat: torch.Tensor, min_rows: int) -> torch.Tensor:
     """The solve's result: its one row, or the best of its candidates by the options' scorer."""
     n = solve.candidates
     if n == 1:
@@ -135,11 +135,11 @@ def _pick(model, solve: FlowSolve, flat: torch.Tensor) -> torch.Tensor:
         dur = decode_time(times[..., :bits], bits) + decode_time(times[..., bits:], bits)
         best = (dur - dur.median()).abs().argmin()
     else:
-        best = _reconstruction_scores(model, flat, solve.noise, solve.cond).argmax()
+        best = _reconstruction_scores(model, flat, solve.noise, solve.cond, min_rows).argmax()
     return flat[int(best)].unsqueeze(0)
 
 
-def _reconstruction_scores(model, samples, noise, cond, points: int = 3) -> torch.Tensor:
+def _reconstruction_scores(model, samples, noise, cond, min_rows: int, points: int = 3) -> torch.Tensor:
     """How well the head reconstructs each candidate from its own noise (higher is better)."""
     batch = samples.shape[0]
     target = samples - noise
@@ -147,7 +147,7 @@ def _reconstruction_scores(model, samples, noise, cond, points: int = 3) -> torc
     x_t = torch.cat([(1 - t) * noise + t * samples for t in ts], dim=0)
     t_all = torch.cat([t.expand(batch) for t in ts], dim=0)
     cond_all = model.bottleneck_proj(cond).repeat(points, 1)
-    pred = model.prediction_head(pad_rows(x_t), pad_rows(t_all), pad_rows(cond_all))[: x_t.shape[0]]
+    pred = model.prediction_head(*(pad_rows(t, min_rows) for t in (x_t, t_all, cond_all)))[: x_t.shape[0]]
     err = (pred - target.repeat(points, 1))[..., : model.config.acoustic_dim].pow(2).mean(-1)
     return -err.view(points, batch).mean(dim=0)
 

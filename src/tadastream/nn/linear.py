@@ -9,6 +9,7 @@ reordered once into its blocked layout, fed at least 4 rows, reaches 75-90 % (fp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -169,14 +170,36 @@ class FusedGatedMLP(nn.Module):
         return self.down_proj(self.act(gate) * up)
 
 
-#: Rows every matmul of a batched step sees at the least. CPU kernels are chosen by the row count
-#: (1, 2-3 and 4+ rows take different paths that round differently), so a stream computed with
-#: others must see the same kernels as alone: from 4 rows on, a row's result does not depend on
-#: how many rows share the call, which makes batched generation equal solo generation bit for bit.
+#: Rows every matmul of a batched step sees at the least, where padding is cheap. CPU kernels are
+#: chosen by the row count (1, 2-3 and 4+ rows take different paths that round differently), so a
+#: stream computed with others must see the same kernels as alone: from 4 rows on, a row's result
+#: does not depend on how many rows share the call, which makes batched generation equal solo
+#: generation bit for bit.
 MIN_ROWS = 4
 
 
-def pad_rows(x: torch.Tensor, rows: int = MIN_ROWS) -> torch.Tensor:
+@functools.cache
+def _native_half(dtype: torch.dtype) -> bool:
+    if dtype == torch.bfloat16:
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", None)
+    return torch.backends.mkldnn.is_available() and check is not None and check()
+
+
+def invariant_rows(device: torch.device | str, dtype: torch.dtype) -> int:
+    """Rows to pad a batched matmul's input to, so that batching does not change a row's result.
+
+    :data:`MIN_ROWS` where the weight read is the cost and extra rows are nearly free (CPU fp32,
+    CPU half precision with native kernels, GPUs); 1 (no padding) where the kernel is compute-bound
+    (bf16/fp16 on a CPU without native support: every row costs as much as the first, so padding
+    would make a lone stream up to 2x slower and batching saves nothing there anyway).
+    """
+    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        return MIN_ROWS if _native_half(dtype) else 1
+    return MIN_ROWS
+
+
+def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     """``x`` (n, ...) with zero rows appended up to ``rows``; callers drop them from the result."""
     if x.shape[0] >= rows:
         return x
