@@ -10,7 +10,9 @@ A TADA-1B-shaped checkpoint with random weights (and a codec decoder) is written
 once (``stream_format: sse``, one seed each) and the bench records, per request, time to first
 audio and total time from the client's side and the tokens spoken from the server's usage. It
 reports aggregate tokens/s (all tokens / wall time of the level) against one stream, each
-stream's real-time factor, mean and p95 time to first audio, and the server's peak memory.
+stream's real-time factor, mean and p95 time to first audio, the server's peak memory, and from
+the engine's own counters (``/health``) the seconds per tick: backbone, flow head, and programs
+(each stream's logic and its codec decoding).
 
 As in bench_streaming.py the head's durations are replaced by a fixed 4-12 frame pattern (each
 stream from its start), so every request speaks the same frames whatever runs beside it. Weights
@@ -125,6 +127,12 @@ class Server:
     def peak_mb(self) -> float:
         return _status_kib(self.proc.pid, "VmHWM") / 1024
 
+    def engine(self) -> dict:
+        """The engine's counters from ``/health``: ticks and seconds per phase so far."""
+        import httpx
+
+        return httpx.get(self.url + "/health", timeout=30, trust_env=False).json()["engine"]
+
 
 def _status_kib(pid: int, field: str) -> int:
     try:
@@ -188,6 +196,7 @@ def run_level(server: Server, text: str, n: int, seed0: int) -> dict:
             errors.append(repr(exc))
 
     server.reset_peak()
+    before = server.engine()
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
@@ -201,6 +210,10 @@ def run_level(server: Server, text: str, n: int, seed0: int) -> dict:
     poller.join()
     if errors:
         raise SystemExit(f"{len(errors)} of {n} requests failed: {errors[0]}")
+    after = server.engine()
+    ticks = after["ticks"] - before["ticks"]
+    # per tick, the server's own split: backbone, flow head, lm_head, programs (incl. codec decoding)
+    tick_s = {k: (after["seconds"][k] - before["seconds"][k]) / max(ticks, 1) for k in after["seconds"]}
     tokens = sum(r["tokens"] for r in results)
     ttfa = sorted(r["ttfa_s"] for r in results)
     return {
@@ -214,6 +227,8 @@ def run_level(server: Server, text: str, n: int, seed0: int) -> dict:
         "ttfa_mean_s": statistics.mean(ttfa),
         "ttfa_p95_s": ttfa[min(len(ttfa) - 1, round(0.95 * (len(ttfa) - 1)))],
         "peak_rss_mb": max(max(peak_rss), server.peak_mb()),
+        "ticks": ticks,
+        "tick_s": tick_s,
         "requests": results,
     }
 
@@ -232,7 +247,7 @@ def print_table(rows: list[dict]) -> None:
     head = "".join(
         f"{h:>{w}}"
         for h, w in [("streams", 8), ("tok/s", 9), ("x one", 8), ("RTF mean", 10), ("RTF max", 9), ("TTFA s", 9)]
-        + [("p95 TTFA", 10), ("peak MB", 9)]
+        + [("p95 TTFA", 10), ("peak MB", 9), ("s/tick", 8), ("llm", 7), ("flow", 7), ("progs", 7)]
     )
     print(head)
     print("-" * len(head))
@@ -241,6 +256,8 @@ def print_table(rows: list[dict]) -> None:
         print(
             f"{r['streams']:>8}{r['tokens_per_s']:9.2f}{gain}{r['rtf_mean']:10.2f}{r['rtf_max']:9.2f}"
             f"{r['ttfa_mean_s']:9.2f}{r['ttfa_p95_s']:10.2f}{r['peak_rss_mb']:9.0f}"
+            f"{sum(r['tick_s'].values()):8.3f}{r['tick_s']['llm']:7.3f}{r['tick_s']['flow']:7.3f}"
+            f"{r['tick_s']['programs']:7.3f}"
         )
 
 

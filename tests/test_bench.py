@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -23,3 +25,47 @@ def test_streaming_bench_tiny_writes_its_figures(tmp_path):
     assert row["llm_s_per_token"] > 0 and row["flow_s_per_token"] > 0
     assert result["ratios"]["stream_total_over_nonstream_total"]["short"] > 0
     assert result["layout"] == "optimized" and "bench_streaming.py" in result["command"]
+
+
+def _run(script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_exactness_bench_tiny_reports_batched_equal_to_solo(tmp_path):
+    _run("bench_exactness.py", "--dtypes", "fp32", "--streams", "3", "--tokens", "8", "--out", str(tmp_path))
+    (path,) = tmp_path.glob("*-exactness-tiny-optimized.json")
+    row = json.loads(path.read_text())["results"]["fp32"]
+    assert row["streams"] == 3
+    assert row["same_durations_streams"] == 3 and row["same_token_ids_streams"] == 3
+    assert row["max_audio_diff"] <= 1e-4
+
+
+def test_concurrency_bench_tiny_serves_concurrent_streams(tmp_path):
+    args = ["--mode", "tiny", "--dtype", "fp32", "--levels", "1,2", "--tokens", "8"]
+    _run("bench_concurrency.py", *args, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path))
+    (path,) = tmp_path.glob("*-concurrency-tiny-fp32.json")
+    levels = json.loads(path.read_text())["levels"]
+    assert [lv["streams"] for lv in levels] == [1, 2]
+    one, two = levels
+    assert two["tokens"] == 2 * one["tokens"] > 0  # same text, same fixed durations: same tokens each
+    for level in levels:
+        assert all(r["ttfa_s"] < r["total_s"] for r in level["requests"])
+        assert level["tokens_per_s"] > 0 and level["peak_rss_mb"] > 0
+        assert level["ticks"] > 0 and level["tick_s"]["llm"] > 0 and level["tick_s"]["flow"] > 0
+        assert {r["audio_s"] for r in level["requests"]} == {one["requests"][0]["audio_s"]}
+
+
+def test_ab_bench_tiny_compares_against_a_commit(tmp_path):
+    repo = BENCH.parent
+    if subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("bench_ab.py extracts a commit: needs the git checkout")
+    _run("bench_ab.py", "--rev", "HEAD", "--mode", "tiny", "--rounds", "1", "--tokens", "6", "--out", str(tmp_path))
+    (path,) = tmp_path.glob("*-ab-HEAD-tiny-fp32.json")
+    result = json.loads(path.read_text())
+    for kind in ("nonstream", "stream"):
+        assert result["summary"][kind]["wall_new_s"] > 0 and result["summary"][kind]["wall_old_s"] > 0
+    assert len(result["runs"]["old-stream"]) == len(result["runs"]["new-stream"]) == 1

@@ -103,6 +103,9 @@ class Engine:
         self._closed = False
         self.ticks = 0
         self.tick_rows = 0  # LLM rows computed, over all ticks
+        # Seconds spent, over all ticks: each batched call, and resuming programs (their own logic
+        # and delivering frames, i.e. codec decoding where a sink decodes).
+        self.seconds = dict.fromkeys(("llm", "flow", "logits", "programs"), 0.0)
 
     # -- submitting and cancelling (any thread) ---------------------------------------------
     def submit(self, program: SpeechProgram, sink: Sink, text: TextInput | None = None) -> EngineStream:
@@ -171,15 +174,15 @@ class Engine:
             moved = self._wake_parked() or moved
             llm = [s for s in self._running if isinstance(s.pending, LlmStep)]
             if llm:
-                self._phase(llm, LlmStep, lambda reqs: self.runner.llm([(s.slot, r) for s, r in reqs]))
-                self._phase(llm, FlowSolve, lambda reqs: self.runner.flow([r for _, r in reqs]))
-                self._phase(llm, Logits, lambda reqs: self.runner.logits([r for _, r in reqs]))
+                self._phase(llm, LlmStep, "llm", lambda reqs: self.runner.llm([(s.slot, r) for s, r in reqs]))
+                self._phase(llm, FlowSolve, "flow", lambda reqs: self.runner.flow([r for _, r in reqs]))
+                self._phase(llm, Logits, "logits", lambda reqs: self.runner.logits([r for _, r in reqs]))
                 self.ticks += 1
             self._apply_cancellations()
         self.notify()
         return moved or bool(llm)
 
-    def _phase(self, streams: list[EngineStream], kind: type, call) -> None:
+    def _phase(self, streams: list[EngineStream], kind: type, name: str, call) -> None:
         """Answer every ``kind`` request among ``streams`` with one call, and resume them."""
         todo = [s for s in streams if s.state == RUNNING and isinstance(s.pending, kind)]
         if not todo:
@@ -193,11 +196,13 @@ class Engine:
             for s in todo:
                 self._retire(s, functools.partial(s.sink.fail, exc))
             return
+        self.seconds[name] += results[0].seconds if results else 0.0
         for s, result in zip(todo, results):
             self._advance(s, result)
 
     def _advance(self, stream: EngineStream, value: Any) -> None:
         """Resume a stream's program with ``value``; it answers with its next request or ends."""
+        start = time.perf_counter()
         try:
             stream.pending = stream._run.send(value)
         except StopIteration as stop:
@@ -206,6 +211,8 @@ class Engine:
             self._retire(stream, stream.sink.cancelled)
         except Exception as exc:
             self._retire(stream, functools.partial(stream.sink.fail, exc))
+        finally:
+            self.seconds["programs"] += time.perf_counter() - start
 
     def _admit(self) -> bool:
         admitted = False
@@ -307,4 +314,5 @@ class Engine:
             "max_streams": self.max_streams,
             "ticks": self.ticks,
             "kv_cache_bytes": self.pool.nbytes,
+            "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
         }
