@@ -63,6 +63,28 @@ def test_extra_steps_continue_after_the_text(demo_model, demo_voice):
     assert more.output_text_ids.shape[1] > base.output_text_ids.shape[1] - 5
 
 
+@pytest.mark.parametrize("speed", [0.25, 0.5, 0.8, 2.0, 4.0])
+def test_every_speed_scales_the_durations_even_past_the_models_range(demo_model, demo_voice, speed):
+    """Slowed speech forces durations the time embeddings do not know (the demo model knows 0-15
+    frames): the model sees the longest it knows, the audio keeps the real, longer durations."""
+    text = "Hello there, how are you doing today?"
+    base = demo_model.generate(prompt=demo_voice, text=text, seed=1)
+    out = demo_model.generate(
+        prompt=demo_voice, text=text, seed=1, inference_options=InferenceOptions(speed_up_factor=speed)
+    )
+    expected = (base.time_before.float() / speed).round().long()
+    assert torch.equal(out.time_before[:, 1:-1], expected[:, 1:-1])  # the first pass is the plain run
+    if speed < 1:
+        assert int(out.time_before.max()) > demo_model.config.num_time_classes - 1 or speed == 0.8
+    ratio = out.audio[0].numel() / base.audio[0].numel()
+    assert ratio == pytest.approx(1 / speed, rel=0.3)
+    streamed = demo_model.generate(
+        prompt=demo_voice, text=text, seed=1, stream=True, inference_options=InferenceOptions(speed_up_factor=speed)
+    )
+    audio = torch.cat([c for c, _ in streamed])
+    assert audio.shape == out.audio[0].shape and (audio - out.audio[0]).abs().max() <= 1e-4
+
+
 def test_leading_trim_is_at_least_five_frames(demo_model):
     vectors = torch.randn(4, demo_model.config.acoustic_dim)
     short = decode_audio(demo_model, vectors, torch.tensor([2, 3, 3, 3, 2]))

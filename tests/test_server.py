@@ -492,3 +492,20 @@ def test_websocket_empty_text_is_an_error_and_frees_the_slot(tight):
     tight.wait_for(lambda s: s["active"] == 0)
     with tight.client(headers={"Authorization": f"Bearer {KEY}"}) as c:  # the one slot is free again
         assert len(speak(c, SHORT, 3)) > 0
+
+
+@pytest.mark.parametrize("speed", [0.25, 0.5, 0.8, 1.5, 4.0])
+def test_every_speed_the_api_accepts_streams_whole_audio(server, speed):
+    """Slow speeds used to force durations past the model's time classes (500, or a stream cut
+    mid-way); now the audio is as much longer as asked, streamed to the end."""
+    text = "Hello there, how are you doing today?"
+    with server.client() as c:
+        normal = speak(c, text, 1)
+        scaled = speak(c, text, 1, speed=speed)
+        with c.stream(
+            "POST", "/v1/audio/speech", json={"input": text, "seed": 1, "speed": speed, "response_format": "wav"}
+        ) as res:
+            assert res.status_code == 200
+            wav = res.read()
+    assert len(scaled) / len(normal) == pytest.approx(1 / speed, rel=0.3)
+    assert wav[44:] == scaled  # the whole stream arrived: same samples as the pcm response

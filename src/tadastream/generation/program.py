@@ -46,12 +46,19 @@ class ModelShape:
     time_bits: int
     dtype: torch.dtype
     device: torch.device
+    max_time: int  # the longest duration (frames) the time embeddings know
 
     @classmethod
     def of(cls, model) -> ModelShape:
         cfg = model.config
         return cls(
-            cfg.shift_acoustic, cfg.acoustic_dim, cfg.hidden_size, model.num_time_bits, model.dtype, model.device
+            cfg.shift_acoustic,
+            cfg.acoustic_dim,
+            cfg.hidden_size,
+            model.num_time_bits,
+            model.dtype,
+            model.device,
+            cfg.num_time_classes - 1,
         )
 
     @property
@@ -216,7 +223,7 @@ class SpeechProgram:
         before[:, off : off + k] = p.forced_before[:, 1 : 1 + k]
         after[:, off : off + k] = p.forced_after[:, 1 : 1 + k]
         ids = torch.tensor([p.feed.ids[:length]], device=s.device)
-        return ids, feats, masks, before, after
+        return ids, feats, masks, before.clamp_(max=s.max_time), after.clamp_(max=s.max_time)
 
     def _prefill(self, p: PassState, length: int):
         ids, feats, masks, before, after = self._prefill_inputs(p, length)
@@ -269,7 +276,10 @@ class SpeechProgram:
     def _llm_step(self, p: PassState) -> LlmStep:
         s, ids = self.shape, p.feed.ids
         current = torch.tensor([[ids[p.step] if p.step < len(ids) else ids[-1]]], device=s.device)
-        rows = [(current, p.acoustic, p.acoustic_mask, p.time_before, p.time_after)]
+        # A slowed-down second pass forces durations past what the time embeddings know: the model
+        # sees the longest it knows, while the frames (and so the audio) keep the real length.
+        before, after = p.time_before.clamp(max=s.max_time), p.time_after.clamp(max=s.max_time)
+        rows = [(current, p.acoustic, p.acoustic_mask, before, after)]
         if self.text_only_row is not None:
             zeros = torch.zeros_like(p.acoustic_mask)
             rows.append((current, torch.zeros_like(p.acoustic), zeros, zeros, zeros))
@@ -277,7 +287,7 @@ class SpeechProgram:
             sp = self.plan.special
             structural = (current == sp.start_header) | (current == sp.end_header) | (current == sp.eot)
             masked = torch.where(structural, current, torch.full_like(current, sp.pad))
-            rows.append((masked, p.acoustic, p.acoustic_mask, p.time_before, p.time_after))
+            rows.append((masked, p.acoustic, p.acoustic_mask, before, after))
         return LlmStep(*(torch.cat(c) for c in zip(*rows)), start=p.step)
 
     def _update_negative_condition(self, p: PassState, hidden: torch.Tensor) -> None:
