@@ -152,6 +152,20 @@ def test_bf16_model_generates(demo_voice):
     assert torch.isfinite(out.audio[0]).all() and out.audio[0].numel() > 0
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_layout_keeps_the_decoder_fp32_where_the_cpu_emulates_bf16(demo_voice, monkeypatch, native):
+    from tadastream import model as model_module
+    from tadastream.demo import build_demo_model
+
+    monkeypatch.setattr(model_module, "native_cpu_kernels", lambda dtype: native)
+    model = build_demo_model().to(torch.bfloat16).optimize_for_inference()
+    assert model.dtype == torch.bfloat16
+    assert model.decoder.decoder_proj.weight.dtype == (torch.bfloat16 if native else torch.float32)
+    out = model.generate(prompt=demo_voice, text="Hello there.", seed=3)
+    assert out.audio[0].dtype == model.decoder.decoder_proj.weight.dtype
+    assert torch.isfinite(out.audio[0].float()).all() and out.audio[0].numel() > 0
+
+
 def test_save_and_load_llm_with_codec_and_tokenizer(tmp_path, demo_model, demo_voice):
     demo_model.save_pretrained(tmp_path / "llm")
     demo_model.decoder.save_pretrained(tmp_path / "codec" / "decoder")

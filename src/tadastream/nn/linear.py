@@ -179,11 +179,17 @@ MIN_ROWS = 4
 
 
 @functools.cache
-def _native_half(dtype: torch.dtype) -> bool:
-    if dtype == torch.bfloat16:
-        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", None)
-    return torch.backends.mkldnn.is_available() and check is not None and check()
+def native_cpu_kernels(dtype: torch.dtype) -> bool:
+    """Whether this CPU computes in ``dtype`` natively (fp32 always; bf16/fp16 with oneDNN's
+    avx512_bf16/AMX/fp16 paths). Without, half-precision matmuls and convolutions are
+    compute-bound emulation, several times slower than fp32."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return True
+    if not torch.backends.mkldnn.is_available():
+        return False
+    name = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
+    check = getattr(torch.ops.mkldnn, name, None)
+    return check is not None and bool(check())
 
 
 def invariant_rows(device: torch.device | str, dtype: torch.dtype) -> int:
@@ -194,8 +200,8 @@ def invariant_rows(device: torch.device | str, dtype: torch.dtype) -> int:
     (bf16/fp16 on a CPU without native support: every row costs as much as the first, so padding
     would make a lone stream up to 2x slower and batching saves nothing there anyway).
     """
-    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
-        return MIN_ROWS if _native_half(dtype) else 1
+    if torch.device(device).type == "cpu" and not native_cpu_kernels(dtype):
+        return 1
     return MIN_ROWS
 
 
