@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -332,6 +333,38 @@ def test_voice_file_rejects_other_files(tmp_path, encoded):
     )
     with pytest.raises(VoiceFileError, match="token_positions"):
         EncoderOutput.load(damaged)
+
+
+def _damaged(voice: EncoderOutput, **changes) -> EncoderOutput:
+    return dataclasses.replace(
+        voice, **{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in changes.items()}
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda v: {"token_values": v.token_values.index_fill(1, torch.tensor([0]), float("nan"))},
+            "token_values holds NaN",
+        ),
+        (lambda v: {"audio": v.audio.index_fill(1, torch.tensor([3]), float("inf"))}, "audio holds NaN or infinite"),
+        (lambda v: {"token_positions": v.token_positions.flip(1)}, "not strictly increasing"),
+        (lambda v: {"token_positions": v.token_positions.float()}, "must be integers"),
+        (lambda v: {"token_positions": -v.token_positions}, "negative frames"),
+        (lambda v: {"audio_len": v.audio_len + v.audio.shape[-1]}, "audio_len is outside"),
+        (lambda v: {"text_tokens": v.text_tokens - 10_000}, "negative ids"),
+        (lambda v: {"text_tokens_len": v.text_tokens_len + 99}, "text_tokens_len is outside"),
+    ],
+)
+def test_voice_files_with_inconsistent_tensors_are_refused(tmp_path, encoded, change, message):
+    voice = _damaged(encoded, **change(encoded))
+    assert message in voice.problem()
+    path = voice.save(tmp_path / "bad.voice")
+    with pytest.raises(VoiceFileError, match=message) as info:
+        EncoderOutput.load(path)
+    assert info.value.reason and message in info.value.reason
+    assert encoded.problem() is None
 
 
 def test_output_to_and_alignment_text(encoder, encoded):

@@ -375,6 +375,38 @@ def test_voice_upload(server, demo, tmp_path):
         assert too_big.status_code == 413
 
 
+def test_damaged_voice_uploads_are_refused_before_they_are_stored(server, demo, tmp_path):
+    """NaN values, ids outside the vocabulary or positions out of order used to be stored (201),
+    then failed with 500 on every use."""
+    import dataclasses
+
+    model, voice = demo
+    vocab = model.config.vocab_size
+    damaged = {
+        "nan": dataclasses.replace(voice, token_values=voice.token_values.clone().fill_(float("nan"))),
+        "vocab": dataclasses.replace(voice, text_tokens=voice.text_tokens.clone().fill_(vocab + 5)),
+        "order": dataclasses.replace(voice, token_positions=voice.token_positions.flip(1).clone()),
+    }
+    with server.client() as c:
+        for name, bad in damaged.items():
+            path = bad.save(tmp_path / f"{name}.voice")
+            res = c.post("/v1/voices", data={"name": name}, files={"file": (path.name, path.read_bytes())})
+            assert res.status_code == 400, (name, res.text)
+            err = error_of(res)
+            assert err["code"] == "invalid_voice_file" and "encode-voice" in err["message"], err
+            assert name not in [v["id"] for v in c.get("/v1/voices").json()["data"]]
+        assert (
+            "vocabulary"
+            in error_of(
+                c.post(
+                    "/v1/voices",
+                    data={"name": "v"},
+                    files={"file": ("v.voice", (tmp_path / "vocab.voice").read_bytes())},
+                )
+            )["message"]
+        )
+
+
 def test_wav_upload_goes_through_the_encoder(server, demo):
     model, voice = demo
     calls = []

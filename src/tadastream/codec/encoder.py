@@ -54,7 +54,12 @@ _VOICE_VERSION = "1"
 
 
 class VoiceFileError(ValueError):
-    """A file that is not a readable encoded voice; the message says what to do."""
+    """A file that is not a readable encoded voice; the message says what to do, ``reason`` what
+    is wrong with it (without the path)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 def aligner_subfolder(language: str | None) -> str:
@@ -184,7 +189,7 @@ class EncoderOutput:
     @classmethod
     def _from_parts(cls, source: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> EncoderOutput:
         def bad(why: str) -> VoiceFileError:
-            return VoiceFileError(f"{source} is not a valid encoded voice file: {why}; re-encode the prompt audio")
+            return VoiceFileError(f"{source} is not a valid encoded voice file: {why}; re-encode the prompt audio", why)
 
         if metadata.get("format") != _VOICE_FORMAT:
             raise bad("it is a safetensors file without encoded-voice metadata")
@@ -211,7 +216,54 @@ class EncoderOutput:
             raise bad(f"token_values {tuple(values.shape)} and token_positions {tuple(positions.shape)} do not match")
         if text is not None and len(text) != values.shape[0]:
             raise bad(f"it has {len(text)} transcripts for {values.shape[0]} prompts")
+        problem = _first_problem(tensors)
+        if problem:
+            raise bad(problem)
         return cls(text=text, sample_rate=sample_rate, **tensors)
+
+    def problem(self) -> str | None:
+        """What makes this voice unusable (NaN values, positions out of order, lengths that do not
+        add up), or None; :meth:`load` refuses such files, callers holding one in memory can ask."""
+        return _first_problem(self._tensor_fields())
+
+
+def _first_problem(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The first inconsistency in an encoded voice's tensors (shapes of token_values and
+    token_positions already agree), or None."""
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"{name} holds NaN or infinite values"
+    audio, audio_len, positions = tensors["audio"], tensors["audio_len"], tensors["token_positions"]
+    batch = positions.shape[0]
+    if positions.is_floating_point() or positions.dtype == torch.bool:
+        return f"token_positions must be integers, not {positions.dtype}"
+    if positions.numel():
+        if int(positions.min()) < 0:
+            return "token_positions has negative frames"
+        valid = positions > 0  # frames are 1-based; zeros pad shorter prompts of a batch
+        if bool((~valid[:, :-1] & valid[:, 1:]).any()):
+            return "token_positions has a token after the padding"
+        rising = positions[:, 1:] > positions[:, :-1]
+        if bool((valid[:, 1:] & ~rising).any()):
+            return "token_positions are not strictly increasing"
+    if audio.dim() != 2 or audio.shape[0] != batch or audio_len.reshape(-1).shape[0] != batch:
+        return f"audio {tuple(audio.shape)} and audio_len {tuple(audio_len.shape)} do not fit {batch} prompt(s)"
+    if bool((audio_len < 0).any()) or bool((audio_len > audio.shape[-1]).any()):
+        return f"audio_len is outside 0..{audio.shape[-1]} samples"
+    tokens, lengths = tensors.get("text_tokens"), tensors.get("text_tokens_len")
+    if tokens is not None:
+        if tokens.is_floating_point() or tokens.dim() != 2 or tokens.shape[0] != batch:
+            return f"text_tokens must be integer ids of shape ({batch}, N), not {tokens.dtype} {tuple(tokens.shape)}"
+        if tokens.numel() and int(tokens.min()) < 0:
+            return "text_tokens has negative ids"
+    if lengths is not None:
+        limit = tokens.shape[1] if tokens is not None else 0
+        if lengths.reshape(-1).shape[0] != batch or bool((lengths < 0).any()) or bool((lengths > limit).any()):
+            return f"text_tokens_len is outside 0..{limit} or not one per prompt"
+    masks = tensors.get("token_masks")
+    if masks is not None and masks.numel() and not bool(((masks == 0) | (masks == 1)).all()):
+        return "token_masks holds values other than 0 and 1"
+    return None
 
     def alignment_text(self, tokenizer: Any, index: int = 0) -> str:
         """Tokens at their frames (one character per 20 ms frame), to eyeball a prompt's alignment."""

@@ -124,9 +124,11 @@ class VoiceStore:
                 handle.write(data)
                 tmp = handle.name
             voice = cls.load(tmp)
-        except Exception:
+        except Exception as exc:
+            reason = getattr(exc, "reason", None)
+            detail = f" ({reason})" if reason else ""
             raise EngineError(
-                400, "not a valid .voice file: create one with `tadastream encode-voice`", "invalid_voice_file"
+                400, f"not a valid .voice file{detail}: create one with `tadastream encode-voice`", "invalid_voice_file"
             ) from None
         finally:
             if tmp is not None:
@@ -141,6 +143,17 @@ class VoiceStore:
         if not isinstance(values, torch.Tensor) or values.dim() != 3 or values.shape[-1] != dim:
             raise EngineError(
                 400, f"the voice does not fit this model (expected {dim}-d acoustic tokens)", "voice_mismatch"
+            )
+        problem = voice.problem() if hasattr(voice, "problem") else None
+        tokens = getattr(voice, "text_tokens", None)
+        vocab = self.model.config.vocab_size
+        if problem is None and isinstance(tokens, torch.Tensor) and tokens.numel() and int(tokens.max()) >= vocab:
+            problem = f"text_tokens has ids beyond this model's vocabulary ({vocab})"
+        if problem:
+            raise EngineError(
+                400,
+                f"the voice is damaged: {problem}; re-encode it with `tadastream encode-voice`",
+                "invalid_voice_file",
             )
         if max_seconds is not None:
             seconds = voice_seconds(voice)
