@@ -117,6 +117,12 @@ def test_joint_tokenization_keeps_characters_at_the_seam():
         (dict(text="Hi.", inference_options=InferenceOptions(speed_up_factor=-1.0)), "speed_up_factor"),
         (dict(text="Hi.", num_extra_steps=-1), ">= 0"),
         (dict(text="word " * 5000), "too long"),
+        (dict(text="Hi \ud800."), "unpaired UTF-16 surrogate"),
+        (dict(text="Hi.", inference_options=InferenceOptions(text_temperature="hot")), "must be a number"),
+        (dict(text="Hi.", inference_options=InferenceOptions(noise_temperature=1e308)), "outside"),
+        (dict(text="Hi.", inference_options=InferenceOptions(acoustic_cfg_scale=float("nan"))), "outside"),
+        (dict(text="Hi.", inference_options=InferenceOptions(text_do_sample="no")), "true or false"),
+        (dict(text="Hi.", inference_options=InferenceOptions(text_top_k=2.5)), "must be an integer"),
     ],
 )
 def test_bad_input_is_one_clear_error(demo_model, demo_voice, kwargs, match):

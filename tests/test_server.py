@@ -247,12 +247,55 @@ def test_queue_full_gives_429_and_waiting_too_long_503(tight):
         ({"input": "hi", "options": {"num_flow_matching_steps": 10000}}, 400, "invalid_option"),
         ({"input": "hi", "options": {"nonsense": 1}}, 400, "invalid_option"),
         ({"voice": "alloy"}, 400, "invalid_request"),
+        # strict types: these were accepted (or failed with Python's own message, or a 500)
+        ({"input": "hi", "options": {"noise_temperature": 1e308}}, 400, "invalid_option"),
+        ({"input": "hi", "options": {"text_do_sample": "no"}}, 400, "invalid_option"),
+        ({"input": "hi", "options": {"text_temperature": "hot"}}, 400, "invalid_option"),
+        ({"input": "hi", "options": {"num_acoustic_candidates": True}}, 400, "invalid_option"),
+        ({"input": "hi", "seed": True}, 400, "invalid_request"),
+        ({"input": "hi", "speed": True}, 400, "invalid_request"),
+        ({"input": "hi", "speed": "fast"}, 400, "invalid_request"),
+        ({"input": "hi", "voice": {"x": 1}}, 400, "invalid_voice_name"),
+        ({"input": 5}, 400, "invalid_request"),
     ],
 )
 def test_bad_requests_get_clear_4xx(tight, body, status, code):
     with tight.client(headers={"Authorization": f"Bearer {KEY}"}) as c:
         res = c.post("/v1/audio/speech", json=body)
     assert res.status_code == status and error_of(res)["code"] == code
+    message = error_of(res)["message"]
+    assert "\n" not in message and "Traceback" not in message and "not supported between" not in message
+
+
+def test_a_lone_surrogate_is_a_400(tight):
+    raw = b'{"input": "hi \\ud800 there", "response_format": "pcm"}'  # valid JSON, not valid Unicode
+    with tight.client(headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"}) as c:
+        res = c.post("/v1/audio/speech", content=raw)
+    assert res.status_code == 400 and error_of(res)["code"] == "invalid_input" and error_of(res)["param"] == "input"
+
+
+def test_speech_takes_json_only(tight):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = b'{"input": "hi", "seed": 1, "response_format": "pcm"}'
+    with tight.client(headers=auth) as c:
+        form = c.post("/v1/audio/speech", content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+        text = c.post("/v1/audio/speech", content=body, headers={"content-type": "text/plain"})
+        ok = c.post("/v1/audio/speech", content=body, headers={"content-type": "application/json; charset=utf-8"})
+    for res in (form, text):
+        assert res.status_code == 415 and error_of(res)["code"] == "unsupported_media_type"
+        assert "application/json" in error_of(res)["message"]
+    assert ok.status_code == 200 and len(ok.content) > 0
+
+
+def test_websocket_refuses_a_lone_surrogate(server):
+    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    url = server.url.replace("http", "ws") + "/v1/audio/stream"
+    with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
+        ws.send(json.dumps({"seed": 1}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        ws.send('{"type": "text", "text": "hello \\ud800"}')
+        reply = json.loads(ws.recv(timeout=30))
+    assert reply["type"] == "error" and reply["error"]["code"] == "invalid_input"
 
 
 def test_api_key_and_body_limit(tight):

@@ -62,6 +62,16 @@ def _capitalize_match(match: re.Match[str]) -> str:
     return match.group(1) + match.group(2).upper()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unpaired_surrogate(text: str) -> int | None:
+    """Index of the first lone UTF-16 surrogate in ``text`` (JSON's ``"\\ud800"``), or None: such a
+    string has no UTF-8 form, so no tokenizer can read it."""
+    found = _SURROGATE.search(text)
+    return found.start() if found else None
+
+
 def normalize_text(text: str) -> str:
     """Normalize ``text`` the way TADA's training data was normalized.
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from .options import check_encodable
 from .plan import GenerationPlan
 
 
@@ -40,6 +41,7 @@ class TextInput:
     def put(self, piece: str) -> None:
         if not isinstance(piece, str):
             raise TypeError(f"text pieces must be str, got {type(piece).__name__}")
+        check_encodable(piece)
         with self._lock:
             if self.ended:
                 raise RuntimeError("the text has already ended")

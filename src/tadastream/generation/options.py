@@ -5,9 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..text import unpaired_surrogate
+
 
 class GenerationInputError(ValueError):
     """Bad input to generate(); the message says how to fix it."""
+
+
+def check_encodable(text: str) -> None:
+    """Refuse text no tokenizer can read (a lone surrogate, e.g. JSON's ``"\\ud800"``)."""
+    at = unpaired_surrogate(text)
+    if at is not None:
+        raise GenerationInputError(
+            f"text holds an unpaired UTF-16 surrogate at character {at}: send valid Unicode (UTF-8) text"
+        )
 
 
 @dataclass
@@ -37,7 +48,42 @@ class InferenceOptions:
         "negative_condition_source": ("negative_step_output", "prompt", "zero"),
     }
 
+    #: Fields by kind, and the range a float may take (beyond it the noise or the guidance overflows
+    #: to inf/NaN mid-generation instead of failing here).
+    _BOOLS = ("text_do_sample",)
+    _INTS = ("text_top_k", "num_flow_matching_steps", "num_acoustic_candidates")
+    _FLOAT_RANGES = {
+        "text_temperature": (0.0, 100.0),
+        "text_top_p": (0.0, 1.0),
+        "text_repetition_penalty": (0.0, 100.0),
+        "acoustic_cfg_scale": (-100.0, 100.0),
+        "duration_cfg_scale": (-100.0, 100.0),
+        "noise_temperature": (0.0, 10.0),
+        "spkr_verification_weight": (-1000.0, 1000.0),
+        "speed_up_factor": (0.0, 100.0),
+        "text_only_logit_scale": (0.0, 100.0),
+    }
+
+    def _check_types(self) -> None:
+        for name in self._BOOLS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise GenerationInputError(f"{name} must be true or false, got {value!r}")
+        for name in self._INTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise GenerationInputError(f"{name} must be an integer, got {value!r}")
+        for name, (low, high) in self._FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if value is None and name == "speed_up_factor":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise GenerationInputError(f"{name} must be a number, got {value!r}")
+            if not low <= value <= high:  # NaN fails this too
+                raise GenerationInputError(f"{name}={value!r} is outside [{low:g}, {high:g}]")
+
     def validate(self) -> InferenceOptions:
+        self._check_types()
         for name, allowed in self._CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise GenerationInputError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")

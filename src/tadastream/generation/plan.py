@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..text import IncrementalText, tokenize_joint
 from ..text import normalize_text as normalize_text_fn
-from .options import GenerationInputError, InferenceOptions
+from .options import GenerationInputError, InferenceOptions, check_encodable
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,8 @@ def plan_generation(
     incremental = not isinstance(text, str)
     if not incremental and not text.strip():
         raise GenerationInputError("text is empty: pass the words to speak")
+    if not incremental:
+        check_encodable(text)
     if num_transition_steps < 0 or num_extra_steps < 0:
         raise GenerationInputError("num_transition_steps and num_extra_steps must be >= 0")
     if prompt is None:

@@ -16,7 +16,7 @@ import contextlib
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,7 +26,7 @@ from .errors import EngineError, engine_error_response, error_response, validati
 from .middleware import RequestGuard
 from .service import SpeechService
 from .settings import ServerSettings
-from .speech import SpeechRequest, speech_formats, speech_response
+from .speech import SpeechRequest, require_json, speech_formats, speech_response
 from .voices import VoiceStore, save_voice_upload
 from .websocket import websocket_session
 
@@ -95,7 +95,7 @@ def create_app(
     async def list_voices() -> dict[str, Any]:
         return {"object": "list", "data": await asyncio.to_thread(app.state.voices.list)}
 
-    @app.post("/v1/audio/speech")
+    @app.post("/v1/audio/speech", dependencies=[Depends(require_json)])
     async def speech(body: SpeechRequest, request: Request) -> Response:
         return speech_response(app, body, request, formats)
 

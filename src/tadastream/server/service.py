@@ -32,6 +32,7 @@ from ..engine import Engine
 from ..generation import GenerationInputError, InferenceOptions, StreamRng, TextInput
 from ..generation.rng import MAX_SEED
 from ..stream import AudioStream
+from ..text import unpaired_surrogate
 from .errors import EngineError
 
 T = TypeVar("T")
@@ -50,6 +51,19 @@ def check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise EngineError(400, f"seed must be an integer in [0, {MAX_SEED}]", "invalid_seed", "seed")
     return seed
+
+
+def check_text(text: str, param: str = "input") -> str:
+    """``text`` if a tokenizer can read it; a lone surrogate (JSON ``"\\ud800"``) is EngineError 400."""
+    at = unpaired_surrogate(text)
+    if at is not None:
+        raise EngineError(
+            400,
+            f"{param} holds an unpaired UTF-16 surrogate at character {at}: send valid Unicode",
+            "invalid_input",
+            param,
+        )
+    return text
 
 
 def inference_options(options: dict[str, Any] | None, speed: float | None, model) -> InferenceOptions:

@@ -22,7 +22,7 @@ from ..audio import AudioError, available_formats, encode_audio, float_to_pcm16,
 from ..config import SAMPLE_RATE
 from ..generation import InferenceOptions
 from .errors import EngineError, engine_error_response, error_response
-from .service import SpeechJob, check_seed, inference_options, new_seed
+from .service import SpeechJob, check_seed, check_text, inference_options, new_seed
 from .settings import ServerSettings
 from .voices import check_voice_name
 
@@ -43,7 +43,8 @@ MEDIA_TYPES = {
 class SpeechRequest(BaseModel):
     """Body of ``POST /v1/audio/speech`` (OpenAI's fields plus ``seed`` and ``options``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    # strict: true is not a seed or a speed, "no" is not false; ints still pass for floats
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None  # accepted and ignored: this server serves one model
     input: str
@@ -54,6 +55,18 @@ class SpeechRequest(BaseModel):
     seed: int | None = None
     instructions: str | None = None  # accepted and ignored: TADA takes no style instructions
     options: dict[str, Any] | None = None
+
+
+def require_json(request: Request) -> None:
+    """415 for a body declared as anything but JSON (no Content-Type at all is read as JSON)."""
+    declared = request.headers.get("content-type")
+    kind = (declared or "application/json").split(";")[0].strip().lower()
+    if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
+        raise EngineError(
+            415,
+            f"the body is declared as {kind!r}: send JSON with Content-Type: application/json",
+            "unsupported_media_type",
+        )
 
 
 def speech_formats() -> list[str]:
@@ -100,14 +113,22 @@ def speech_response(app: FastAPI, body: SpeechRequest, request: Request, formats
             "input_too_long",
             "input",
         )
+    check_text(text)
     fmt = _response_format(body, formats)
-    voice = body.voice.get("id") if isinstance(body.voice, dict) else body.voice
-    if voice:
-        check_voice_name(voice)
+    voice = _voice_name(body.voice)
     seed = check_seed(body.seed) if body.seed is not None else new_seed()
     options = inference_options(body.options, body.speed, app.state.service.model)
     log.update(voice=voice or "default", format=fmt, seed=seed)
     return SpeechResponse(app, body, fmt, seed, options, voice)
+
+
+def _voice_name(voice: str | dict[str, Any] | None) -> str | None:
+    """The checked voice name: a string, or OpenAI's ``{"id": NAME}`` object."""
+    if isinstance(voice, dict):
+        if set(voice) != {"id"} or not isinstance(voice["id"], str):
+            raise EngineError(400, 'voice objects are {"id": "<voice name>"}', "invalid_voice_name", "voice")
+        voice = voice["id"]
+    return check_voice_name(voice) if voice else None
 
 
 class SpeechResponse(Response):

@@ -23,7 +23,7 @@ from ..config import SAMPLE_RATE
 from ..generation import InferenceOptions, TextInput
 from .errors import EngineError, error_body
 from .middleware import authorized
-from .service import SpeechJob, SpeechService, check_seed, inference_options, new_seed
+from .service import SpeechJob, SpeechService, check_seed, check_text, inference_options, new_seed
 from .settings import ServerSettings
 from .voices import check_voice_name
 
@@ -220,6 +220,7 @@ class _Session:
         piece = message.get("text")
         if not isinstance(piece, str):
             raise EngineError(400, "a text message needs a string 'text'", "invalid_message")
+        check_text(piece, "text")
         limit = self.settings.max_input_chars
         if length + len(piece) > limit:
             raise EngineError(400, f"input exceeds {limit} characters", "input_too_long")
