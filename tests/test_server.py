@@ -584,3 +584,55 @@ def test_every_speed_the_api_accepts_streams_whole_audio(server, speed):
             wav = res.read()
     assert len(scaled) / len(normal) == pytest.approx(1 / speed, rel=0.3)
     assert wav[44:] == scaled  # the whole stream arrived: same samples as the pcm response
+
+
+def test_small_http_items_health_head_favicon_docs_behind_the_key(tight, server):
+    with tight.client() as c:
+        head = c.head("/health")
+        assert head.status_code == 200 and head.content == b""
+        icon = c.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/")
+        for path in ("/openapi.json", "/docs"):  # the key is set on this server
+            assert c.get(path).status_code == 401, path
+            assert c.get(path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200, path
+    with server.client() as c:  # no key: open
+        assert "/v1/audio/speech" in c.get("/openapi.json").json()["paths"]
+
+
+def test_retry_after_follows_the_queue_and_how_long_streams_take():
+    from tadastream.server.service import Admission
+
+    adm = Admission(max_active=2, max_waiting=4, timeout=1)
+    assert adm.retry_after() == 3  # no history yet: 5 s a stream, one waiting slot's turn, 2 at a time
+    adm.active = 2
+    adm.release(held=70.0)
+    assert adm.mean_hold == 70.0 and adm.retry_after() == 35  # 70 s a stream, 2 slots
+    adm.release(held=10.0)
+    assert adm.mean_hold == pytest.approx(52.0)
+
+
+def test_cors_preflight_works_with_a_key(demo):
+    model, voice = demo
+    settings = ServerSettings(api_key=KEY, cors_origins=("https://app.example",))
+    with LiveServer(create_app(model, settings=settings, default_voice=voice)) as live, live.client() as c:
+        pre = c.options(
+            "/v1/audio/speech",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://app.example"
+        assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+        res = c.post(
+            "/v1/audio/speech",
+            json={"input": "Hi.", "seed": 2, "response_format": "pcm"},
+            headers={"Origin": "https://app.example", "Authorization": f"Bearer {KEY}"},
+        )
+        assert res.status_code == 200 and res.headers["access-control-allow-origin"] == "https://app.example"
+        assert "x-seed" in res.headers["access-control-expose-headers"].lower()
+        other = c.options(
+            "/v1/audio/speech", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        )
+        assert "access-control-allow-origin" not in other.headers

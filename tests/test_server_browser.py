@@ -106,3 +106,17 @@ def test_page_plays_the_stream(server_url, browser):
     # Web Audio: the chunks were decoded and scheduled one after another as they arrived.
     assert "no audio output" not in status.text
     assert int(browser.find_element(By.ID, "scheduled").text) > 1
+
+
+def test_page_sends_a_seed_past_2_to_the_53_exactly(server_url, browser):
+    seed = "9007199254740993"  # 2^53 + 1: a JS Number would turn it into ...992
+    browser.get(server_url + "/")
+    wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "idle")
+    text = browser.find_element(By.ID, "text")
+    text.clear()
+    text.send_keys("Hi.")
+    browser.find_element(By.ID, "seed").send_keys(seed)
+    browser.find_element(By.ID, "play").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error"))
+    assert browser.find_element(By.ID, "seed-used").text == seed

@@ -72,6 +72,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("TADASTREAM_API_KEY"),
         help="require this bearer key on /v1 (default: $TADASTREAM_API_KEY)",
     )
+    add(
+        "--cors-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://app.example.com, or *) call the API; repeatable",
+    )
     add("--max-input-chars", type=int, default=4096, help="longest input text (default 4096)")
     add("--max-voice-mb", type=float, default=16.0, help="largest voice upload in MiB (default 16)")
     add("--max-voice-seconds", type=float, default=60.0, help="longest voice prompt in seconds (default 60)")
@@ -133,6 +140,7 @@ def build_app(opts: argparse.Namespace):
         max_voice_bytes=int(opts.max_voice_mb * 1024 * 1024),
         max_voice_seconds=opts.max_voice_seconds,
         voices_dir=opts.voices,
+        cors_origins=tuple(opts.cors_origin or ()),
     )
     if opts.default_voice:
         default_voice = VoiceStore(opts.voices, None, model).resolve(opts.default_voice)

@@ -32,6 +32,11 @@ from .websocket import websocket_session
 
 __all__ = ["ServerSettings", "create_app"]
 
+_FAVICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#345"/>'
+    b'<path d="M3 8h2l1-4 2 8 2-6 1 2h2" stroke="#fff" fill="none" stroke-width="1.4"/></svg>'
+)
+
 
 def create_app(
     model,
@@ -57,13 +62,24 @@ def create_app(
         yield
         service.shutdown()
 
-    app = FastAPI(title="tadastream", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="tadastream", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.service = service
     app.state.voices = VoiceStore(settings.voices_dir, default_voice, model)
     app.state.encoder = encoder
     formats = speech_formats()
     app.add_middleware(RequestGuard, settings=settings)
+    if settings.cors_origins:  # outermost: a preflight is answered before the key is asked for
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "HEAD", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Seed", "X-Request-Id"],
+            max_age=600,
+        )
     _add_error_handlers(app)
 
     page = resources.files("tadastream.server").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -72,6 +88,14 @@ def create_app(
     async def index() -> HTMLResponse:
         csp = "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'"
         return HTMLResponse(page, headers={"content-security-policy": csp, "cache-control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(_FAVICON, media_type="image/svg+xml", headers={"cache-control": "max-age=86400"})
+
+    @app.head("/health", include_in_schema=False)
+    async def health_head() -> Response:  # load balancers probe with HEAD
+        return Response(status_code=200, media_type="application/json")
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

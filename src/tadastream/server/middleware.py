@@ -16,6 +16,9 @@ from .settings import ServerSettings
 
 logger = logging.getLogger("tadastream.server")
 
+#: Beyond /v1/*, what needs the key when one is set: the API's schema and its docs page.
+GUARDED_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect"})
+
 
 def authorized(api_key: str | None, header: str | None, query_key: str | None = None) -> bool:
     """Whether the bearer ``header`` (or, for WebSockets, ``?api_key=``) matches; compared in constant time."""
@@ -107,7 +110,8 @@ class RequestGuard:
         async def reply(response: Response) -> None:
             await response(scope, receive, sent.send)
 
-        if path.startswith("/v1/") and not authorized(self.settings.api_key, headers.get("authorization")):
+        guarded = path.startswith("/v1/") or path in GUARDED_PATHS
+        if guarded and not authorized(self.settings.api_key, headers.get("authorization")):
             await reply(
                 error_response(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", "invalid_api_key")
             )

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -118,6 +119,13 @@ class Admission:
         self.max_active, self.max_waiting, self.timeout = max_active, max_waiting, timeout
         self.active = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.mean_hold: float | None = None  # seconds a slot is held, averaged over recent releases
+
+    def retry_after(self) -> int:
+        """Seconds until a retry may find room: the queue ahead, served ``max_active`` at a time,
+        at the recent time a slot is held (5 s before any request finished)."""
+        hold = self.mean_hold if self.mean_hold is not None else 5.0
+        return max(1, min(3600, math.ceil(hold * (self.waiting + 1) / self.max_active)))
 
     @property
     def waiting(self) -> int:
@@ -132,7 +140,7 @@ class Admission:
                 429,
                 f"all {self.max_active} streams are busy and the queue is full; retry shortly",
                 "queue_full",
-                retry_after=1,
+                retry_after=self.retry_after(),
             )
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -146,7 +154,7 @@ class Admission:
                 503,
                 f"no stream became free within {self.timeout:g} s; retry later",
                 "queue_timeout",
-                retry_after=max(1, round(self.timeout)),
+                retry_after=self.retry_after(),
             ) from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
@@ -156,8 +164,10 @@ class Admission:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    def release(self) -> None:
-        """Hand the slot to the oldest live waiter, or free it."""
+    def release(self, held: float | None = None) -> None:
+        """Hand the slot to the oldest live waiter, or free it; ``held``: seconds it was used."""
+        if held is not None:
+            self.mean_hold = held if self.mean_hold is None else 0.7 * self.mean_hold + 0.3 * held
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -219,7 +229,7 @@ class SpeechJob:
             return
         self._finished = True
         self.cancel()
-        self.service.admission.release()
+        self.service.admission.release(time.perf_counter() - self.admitted)
 
     def timings(self) -> dict[str, Any]:
         """Seconds: queue wait, time to first audio from the request, total; and the audio made."""

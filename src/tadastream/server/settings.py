@@ -20,3 +20,4 @@ class ServerSettings:
     max_voice_seconds: float = 60.0
     voices_dir: str | None = None
     ws_idle_timeout: float = 60.0
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*" for any)
