@@ -226,6 +226,29 @@ class EncoderOutput:
         add up), or None; :meth:`load` refuses such files, callers holding one in memory can ask."""
         return _first_problem(self._tensor_fields())
 
+    def alignment_text(self, tokenizer: Any, index: int = 0) -> str:
+        """Tokens at their frames (one character per 20 ms frame), to eyeball a prompt's alignment."""
+        if self.text_tokens is None or self.token_positions.numel() == 0:
+            return "no alignment data"
+        count = int(self.text_tokens_len[index]) if self.text_tokens_len is not None else self.text_tokens.shape[1]
+        ids = self.text_tokens[index, :count].tolist()
+        positions = self.token_positions[index, :count].tolist()
+        seconds = int(self.audio_len[index]) / self.sample_rate if self.audio.numel() else 0.0
+        pieces, frame, previous = [], 0, ""
+        for i, pos in enumerate(positions):
+            decoded = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
+            label, previous = decoded[len(previous) :], decoded  # prefix difference keeps multi-byte chars
+            pieces.append("·" * max(0, int(pos) - 1 - frame) + (label if label.strip() else "_"))
+            frame = int(pos)
+        return f"{count} tokens | {seconds:.2f}s audio\n" + "".join(pieces)
+
+    def print_alignment(self, tokenizer: Any) -> None:
+        print(self.alignment_text(tokenizer))
+
+
+# --------------------------------------------------------------------------------------------
+# the network
+
 
 def _first_problem(tensors: dict[str, torch.Tensor]) -> str | None:
     """The first inconsistency in an encoded voice's tensors (shapes of token_values and
@@ -264,29 +287,6 @@ def _first_problem(tensors: dict[str, torch.Tensor]) -> str | None:
     if masks is not None and masks.numel() and not bool(((masks == 0) | (masks == 1)).all()):
         return "token_masks holds values other than 0 and 1"
     return None
-
-    def alignment_text(self, tokenizer: Any, index: int = 0) -> str:
-        """Tokens at their frames (one character per 20 ms frame), to eyeball a prompt's alignment."""
-        if self.text_tokens is None or self.token_positions.numel() == 0:
-            return "no alignment data"
-        count = int(self.text_tokens_len[index]) if self.text_tokens_len is not None else self.text_tokens.shape[1]
-        ids = self.text_tokens[index, :count].tolist()
-        positions = self.token_positions[index, :count].tolist()
-        seconds = int(self.audio_len[index]) / self.sample_rate if self.audio.numel() else 0.0
-        pieces, frame, previous = [], 0, ""
-        for i, pos in enumerate(positions):
-            decoded = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
-            label, previous = decoded[len(previous) :], decoded  # prefix difference keeps multi-byte chars
-            pieces.append("·" * max(0, int(pos) - 1 - frame) + (label if label.strip() else "_"))
-            frame = int(pos)
-        return f"{count} tokens | {seconds:.2f}s audio\n" + "".join(pieces)
-
-    def print_alignment(self, tokenizer: Any) -> None:
-        print(self.alignment_text(tokenizer))
-
-
-# --------------------------------------------------------------------------------------------
-# the network
 
 
 class EncoderBlock(nn.Module):
