@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import datetime as _dt
-import json
 import shutil
 import statistics
 import subprocess
@@ -142,22 +140,19 @@ def main(argv=None) -> int:
         summary[kind] = row
         print(f"{kind:>9}: wall {row['wall_old_s']:.2f} -> {row['wall_new_s']:.2f} s ({row['wall_new_over_old']:.3f}),"
               f" cpu {row['cpu_old_s']:.2f} -> {row['cpu_new_s']:.2f} s ({row['cpu_new_over_old']:.3f})")  # fmt: skip
-    result = {
-        "date": _dt.date.today().isoformat(),
-        "machine": bs.machine_name(),
-        "rev_old": args.rev,
-        "mode": args.mode,
-        "dtype": args.dtype,
-        "text_tokens": args.tokens,
-        "rounds": args.rounds,
-        "command": " ".join(["python", "bench/bench_ab.py", *(sys.argv[1:] if argv is None else argv)]),
-        "summary": summary,
-        "runs": times,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{result['date']}-{result['machine']}-ab-{args.rev}-{args.mode}-{args.dtype}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path}")
+    bs.save_result(
+        args.out,
+        f"ab-{args.rev}-{args.mode}-{args.dtype}",
+        "bench_ab.py",
+        argv,
+        rev_old=args.rev,
+        mode=args.mode,
+        dtype=args.dtype,
+        text_tokens=args.tokens,
+        rounds=args.rounds,
+        summary=summary,
+        runs=times,
+    )
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime as _dt
 import json
 import os
 import socket
@@ -325,26 +324,22 @@ def main(argv=None) -> int:
             rows.append(run_level(server, text, n, seed0=1000 * n))
             print(f"{n} streams: {rows[-1]['tokens_per_s']:.2f} tok/s", file=sys.stderr)
         command = server.command
-    result = {
-        "date": _dt.date.today().isoformat(),
-        "machine": bs.machine_name(),
-        "mode": args.mode,
-        "dtype": args.dtype,
-        "device": args.device,
-        "text": text,
-        "text_tokens": args.tokens,
-        "server_command": " ".join(command[:1] + ["bench/bench_concurrency.py"] + command[2:]),
-        "bench_command": " ".join(["python", "bench/bench_concurrency.py", *(sys.argv[1:] if argv is None else argv)]),
-        "levels": rows,
-    }
     print_table(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{result['date']}-{result['machine']}-concurrency-{args.mode}-{args.dtype}"
-    path = args.out / f"{stem}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path}")
-    if args.plot and plot(result, args.out / f"{stem}.png"):
-        print(f"wrote {args.out / (stem + '.png')}")
+    result, stem = bs.save_result(
+        args.out,
+        f"concurrency-{args.mode}-{args.dtype}",
+        "bench_concurrency.py",
+        argv,
+        mode=args.mode,
+        dtype=args.dtype,
+        device=args.device,
+        text=text,
+        text_tokens=args.tokens,
+        server_command=" ".join(command[:1] + ["bench/bench_concurrency.py"] + command[2:]),
+        levels=rows,
+    )
+    if args.plot and plot(result, Path(f"{stem}.png")):
+        print(f"wrote {stem}.png")
     return 0
 
 

@@ -12,8 +12,6 @@ durations and token ids, and the largest audio difference. The head's own durati
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import sys
 from pathlib import Path
 
@@ -115,18 +113,15 @@ def main(argv=None) -> int:
         batched = run(model, voice, jobs, Engine(model, max_streams=args.streams))
         rows[dtype] = compare(batched, run(model, voice, jobs, None))
         print(dtype, rows[dtype])
-    result = {
-        "date": _dt.date.today().isoformat(),
-        "machine": bs.machine_name(),
-        "mode": args.mode,
-        "layout": args.layout,
-        "command": " ".join(["python", "bench/bench_exactness.py", *(sys.argv[1:] if argv is None else argv)]),
-        "results": rows,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{result['date']}-{result['machine']}-exactness-{args.mode}-{args.layout}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path}")
+    bs.save_result(
+        args.out,
+        f"exactness-{args.mode}-{args.layout}",
+        "bench_exactness.py",
+        argv,
+        mode=args.mode,
+        layout=args.layout,
+        results=rows,
+    )
     return 0
 
 

@@ -433,6 +433,20 @@ def machine_name() -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
 
 
+def save_result(out: Path, name: str, script: str, argv: list[str] | None, **fields) -> tuple[dict, Path]:
+    """``fields`` stamped with date, machine and the command line, written as
+    ``out/{date}-{machine}-{name}.json``; returns (the result, its path without ``.json``)."""
+    import datetime
+
+    command = " ".join(["python", f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
+    result = {"date": datetime.date.today().isoformat(), "machine": machine_name(), **fields, "command": command}
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{result['date']}-{result['machine']}-{name}"
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")  # (stem holds dots: no with_suffix)
+    print(f"wrote {stem}.json")
+    return result, stem
+
+
 def _print_rows(cols: list[tuple[str, str, str]], rows: dict) -> None:
     """One line per text; ``cols``: (header, key, format); missing values print as '-'."""
     head = f"{'text':<7}" + "".join(f"{h:>12}" for h, _, _ in cols)

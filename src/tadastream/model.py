@@ -123,8 +123,8 @@ class TadaForCausalLM(nn.Module):
         # every input row reads it: in the layout, its numbers do not depend on the row count either
         self.acoustic_proj = WithBias(make(self.acoustic_proj.weight), self.acoustic_proj.bias)
         if self.decoder is not None and self.device.type == "cpu" and not native_cpu_kernels(self.dtype):
-            # Emulated half-precision convolutions made decoding most of a bf16 step on such CPUs
-            # (2-core Zen 3: 27x the fp32 decoder); it is 0.5 GB in fp32 and its output is fp32.
+            # Emulated half-precision convolutions made decoding most of a bf16 step on such CPUs;
+            # the decoder is 0.5 GB in fp32 and its output is fp32.
             self.decoder.float()
         self.inference_layout = quantize or make.__name__
         return self

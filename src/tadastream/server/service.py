@@ -31,9 +31,9 @@ import torch
 from ..config import SAMPLE_RATE
 from ..engine import Engine
 from ..generation import GenerationInputError, InferenceOptions, StreamRng, TextInput
+from ..generation.options import check_encodable
 from ..generation.rng import MAX_SEED
 from ..stream import AudioStream
-from ..text import unpaired_surrogate
 from .errors import EngineError
 
 T = TypeVar("T")
@@ -55,15 +55,11 @@ def check_seed(seed: Any) -> int:
 
 
 def check_text(text: str, param: str = "input") -> str:
-    """``text`` if a tokenizer can read it; a lone surrogate (JSON ``"\\ud800"``) is EngineError 400."""
-    at = unpaired_surrogate(text)
-    if at is not None:
-        raise EngineError(
-            400,
-            f"{param} holds an unpaired UTF-16 surrogate at character {at}: send valid Unicode",
-            "invalid_input",
-            param,
-        )
+    """``text`` if a tokenizer can read it (see :func:`check_encodable`); else EngineError 400."""
+    try:
+        check_encodable(text)
+    except GenerationInputError as exc:
+        raise EngineError(400, str(exc), "invalid_input", param) from None
     return text
 
 
