@@ -13,6 +13,7 @@ import torch
 
 from tadastream.audio import (
     AudioError,
+    StreamEncoder,
     available_formats,
     check_prompt_audio,
     encode_audio,
@@ -324,6 +325,95 @@ def test_encode_rejects_bad_input() -> None:
         encode_audio(torch.tensor([0.0, float("nan")] * 50), 24000, "wav")
     with pytest.raises(AudioError, match="positive integer"):
         encode_audio(torch.zeros(100), 0, "wav")
+
+
+def speech_like(seconds: float = 4.0, sample_rate: int = 24000) -> torch.Tensor:
+    """A voiced, syllable-modulated signal: compresses like speech, unlike a pure tone."""
+    t = torch.arange(int(sample_rate * seconds), dtype=torch.float64) / sample_rate
+    voiced = sum(torch.sin(2 * math.pi * 140 * k * t) / k for k in range(1, 12))
+    envelope = 0.5 + 0.5 * torch.sin(2 * math.pi * 3.0 * t)
+    noise = torch.from_numpy(np.random.default_rng(0).standard_normal(t.numel())) * 0.01
+    return (0.15 * voiced * envelope + noise).to(torch.float32)
+
+
+def stream_encode(audio: torch.Tensor, fmt: str, chunk: int = 3840) -> list[bytes]:
+    """Each piece StreamEncoder hands out for 160 ms chunks, the last one from finish()."""
+    encoder = StreamEncoder(24000, fmt)
+    parts = [encoder.encode(audio[i : i + chunk]) for i in range(0, audio.numel(), chunk)]
+    return [*parts, encoder.finish()]
+
+
+@pytest.mark.parametrize("fmt", ["pcm", "wav", "flac"])
+def test_stream_encoder_lossless_formats_equal_the_whole_file(fmt: str) -> None:
+    audio = speech_like()
+    parts = stream_encode(audio, fmt)
+    streamed, whole = b"".join(parts), encode_audio(audio, 24000, fmt)
+    assert sum(1 for p in parts if p) >= len(parts) - 4, "bytes leave with (nearly) every chunk"
+    if fmt == "pcm":
+        assert streamed == whole == float_to_pcm16(audio)
+        return
+    decoded, rate = load_audio(streamed)
+    assert rate == 24000 and float_to_pcm16(decoded[0]) == float_to_pcm16(audio), "the same 16-bit samples"
+    if fmt == "wav":
+        # the stream's header cannot know the length; the whole file's does
+        assert streamed[44:] == whole[44:] and streamed[4:8] == b"\xff" * 4 and whole[4:8] != b"\xff" * 4
+        assert sf.info(io.BytesIO(whole)).frames == audio.numel()
+    else:  # FLAC: a stream's STREAMINFO gives no length; the frames themselves are the same bytes
+        assert len(streamed) == len(whole) and sum(a != b for a, b in zip(streamed, whole)) < 40
+        assert sf.info(io.BytesIO(whole)).frames == audio.numel()
+
+
+@pytest.mark.parametrize("fmt", sorted({"ogg", "opus", "mp3"} & available_formats()))
+def test_stream_encoder_lossy_formats_arrive_progressively_and_decode_alike(fmt: str) -> None:
+    audio = speech_like()
+    parts = stream_encode(audio, fmt)
+    first_audio_part = next(i for i, p in enumerate(parts) if i > 0 and p)
+    assert first_audio_part <= 8, f"audio bytes began only after chunk {first_audio_part} (1.3 s)"
+    assert sum(1 for p in parts if p) >= len(parts) // 6, "pages/frames leave while audio is still coming"
+    streamed, whole = b"".join(parts), encode_audio(audio, 24000, fmt)
+    a, rate_a = load_audio(streamed)
+    b, rate_b = load_audio(whole)
+    assert rate_a == rate_b
+    if fmt == "mp3":
+        # the same constant-bit-rate frames; only the first (LAME tag in a file, silence in a stream) differs
+        differ = [i for i, (x, y) in enumerate(zip(streamed, whole)) if x != y]
+        assert len(streamed) == len(whole) and differ and max(differ) < 1024
+        # a stream keeps the leading silent frame and the encoder delay that a file's tag lets decoders trim
+        extra = a.shape[-1] - b.shape[-1]
+        assert 0 < extra <= 4 * 576
+        delay = min(range(extra + 1), key=lambda d: float((a[0, d : d + 4000] - b[0, :4000]).abs().sum()))
+        a = a[..., delay : delay + b.shape[-1]]
+        assert float((a - b).abs().max()) < 1e-4, "the same frames decode to the same samples"
+    assert a.shape == b.shape
+    assert float((a - b).abs().max()) < 0.02, "a stream decodes to the whole file's audio"
+
+
+def test_stream_encoder_refuses_bad_use() -> None:
+    with pytest.raises(AudioError, match="not supported"):
+        StreamEncoder(24000, "aac")
+    with pytest.raises(AudioError, match="positive integer"):
+        StreamEncoder(0, "wav")
+    encoder = StreamEncoder(24000, "flac")
+    with pytest.raises(AudioError, match="channel"):
+        encoder.encode(torch.zeros(2, 100))
+    with pytest.raises(AudioError, match="NaN"):
+        encoder.encode(torch.tensor([0.0, float("nan")] * 50))
+    assert encoder.encode(torch.zeros(4800))[:4] == b"fLaC"
+    assert encoder.finish() and encoder.closed and encoder.finish() == b""
+    with pytest.raises(AudioError, match="finished"):
+        encoder.encode(torch.zeros(100))
+    abandoned = StreamEncoder(24000, "mp3")
+    abandoned.encode(torch.zeros(2400))
+    abandoned.close()  # releases the encoder; nothing more comes
+    assert abandoned.finish() == b""
+
+
+def test_load_audio_reads_a_flac_stream_of_unknown_length() -> None:
+    audio = speech_like(1.0)
+    streamed = b"".join(stream_encode(audio, "flac"))
+    assert sf.info(io.BytesIO(streamed)).frames > 1 << 62, "libsndfile reports no length for it"
+    decoded, rate = load_audio(streamed)
+    assert rate == 24000 and decoded.shape == (1, audio.numel())
 
 
 # ------------------------------------------------------------------------------------------ saving

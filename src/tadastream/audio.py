@@ -16,6 +16,7 @@ import io
 import os
 import secrets
 import struct
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,6 +29,7 @@ from .config import FRAME_RATE
 
 __all__ = [
     "AudioError",
+    "StreamEncoder",
     "available_formats",
     "check_prompt_audio",
     "encode_audio",
@@ -51,6 +53,7 @@ _ENCODINGS: dict[str, tuple[str, str, tuple[int, ...] | None]] = {
     "mp3": ("MP3", "MPEG_LAYER_III", None),
 }
 _SAVE_EXTENSIONS = ("wav", "flac", "ogg", "opus", "mp3")
+_WAV_MAX_SAMPLES = (0xFFFFFFFF - 36) // 2  # 16-bit samples (all channels) a RIFF size field can count
 
 
 class AudioError(ValueError):
@@ -90,7 +93,12 @@ def load_audio(source: str | os.PathLike[str] | bytes | BinaryIO) -> tuple[torch
         name = str(getattr(source, "name", "<audio stream>"))
         handle = source
     try:
-        data, sample_rate = sf.read(handle, dtype="float32", always_2d=True)
+        with sf.SoundFile(handle) as audio_file:
+            sample_rate = audio_file.samplerate
+            if audio_file.frames >= _UNKNOWN_LENGTH:
+                data = _read_to_end(audio_file)
+            else:
+                data = audio_file.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as err:
         detail = str(err).splitlines()[-1].strip() if str(err) else type(err).__name__
         raise AudioError(
@@ -100,6 +108,25 @@ def load_audio(source: str | os.PathLike[str] | bytes | BinaryIO) -> tuple[torch
     if data.shape[0] == 0:
         raise AudioError(f"{name} contains no audio samples; use a recording of a few seconds")
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate)
+
+
+#: libsndfile's frame count for a stream whose header gives no length (a live FLAC stream).
+_UNKNOWN_LENGTH = 2**63 - 1
+
+
+def _read_to_end(audio_file: sf.SoundFile, block: int = 1 << 16) -> np.ndarray:
+    """All frames of a file of unknown length, read block by block (soundfile's read wants the length)."""
+    ffi, lib = getattr(sf, "_ffi", None), getattr(sf, "_snd", None)
+    if ffi is None or lib is None:
+        raise ValueError("this soundfile cannot read audio of unknown length; convert the file to WAV first")
+    blocks = []
+    while True:
+        out = np.empty((block, audio_file.channels), np.float32)
+        got = lib.sf_readf_float(audio_file._file, ffi.cast("float *", out.ctypes.data), block)
+        if got <= 0:
+            break
+        blocks.append(out[:got])
+    return np.concatenate(blocks) if blocks else np.zeros((0, audio_file.channels), np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,17 +302,187 @@ def wav_header(sample_rate: int, num_channels: int = 1, num_samples: int | None 
     )
 
 
+class _ForwardBuffer:
+    """The file libsndfile writes into, handed out piece by piece as it grows.
+
+    Encoders seek back on close to fill in headers (FLAC's length, MP3's LAME tag). Bytes not yet
+    taken still receive those rewrites; bytes already taken (sent) cannot, so a rewrite of them
+    is dropped: a stream keeps the header it started with, which every format here allows.
+    """
+
+    def __init__(self) -> None:
+        self._pending = bytearray()  # bytes from offset ``_taken`` on
+        self._taken = 0
+        self._pos = 0
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        end = self._pos + len(data)
+        size = self._taken + len(self._pending)
+        if end > size:
+            self._pending.extend(bytes(end - size))
+        start = max(self._pos, self._taken)
+        if end > start:
+            self._pending[start - self._taken : end - self._taken] = data[start - self._pos :]
+        self._pos = end
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._taken + len(self._pending)}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:  # libsndfile never reads back what it writes; the API wants it
+        return b""
+
+    def take(self) -> bytes:
+        """The bytes written since the last call; from now on they are final."""
+        out = bytes(self._pending)
+        self._taken += len(out)
+        self._pending.clear()
+        return out
+
+
+# libsndfile commands (sndfile.h) that soundfile does not wrap
+_SFC_SET_COMPRESSION_LEVEL = 0x1301
+_SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302
+_SFC_SET_BITRATE_MODE = 0x1305
+_SF_BITRATE_MODE_CONSTANT = 0
+#: MP3 is constant bit rate, so a stream without the LAME tag (a stream cannot go back to write
+#: it) still tells decoders its length; 0.6 is about 64 kbit/s at 24 kHz, VBR's size for speech.
+_MP3_COMPRESSION = 0.6
+#: Ogg Opus flushes a page at least this often (libsndfile's default is a second).
+_OPUS_PAGE_MS = 100.0
+
+
+def _sf_command(handle: sf.SoundFile, command: int, ctype: str, value: float) -> None:
+    """Send one sf_command to an open file; a soundfile without the low-level handle keeps defaults."""
+    ffi, lib = getattr(sf, "_ffi", None), getattr(sf, "_snd", None)
+    if ffi is None or lib is None:
+        return
+    lib.sf_command(handle._file, command, ffi.new(f"{ctype}*", value), ffi.sizeof(ctype))
+
+
+class StreamEncoder:
+    """Encode audio chunk by chunk as it is made: each call returns the bytes ready to send.
+
+    ``format`` is "pcm" (raw s16le), "wav" (header with unknown length, then PCM16), "flac",
+    "ogg" (Vorbis), "opus" (Ogg Opus at 48 kHz) or "mp3" (constant 64 kbit/s). Concatenating
+    everything :meth:`encode` and :meth:`finish` return gives a playable file whose samples match
+    the whole-file encoding (:func:`encode_audio`, which runs this same encoder): PCM formats bit
+    for bit, FLAC losslessly. What a stream cannot have is a header filled in at the end: its
+    WAV and FLAC headers give no length, and MP3 starts with one silent frame (24 ms) where the
+    whole file has its LAME tag. Calls may come from different threads (one at a time is
+    enforced), so a server can encode off its event loop and close from it.
+    """
+
+    def __init__(self, sample_rate: int, format: str, channels: int = 1):
+        self.sample_rate = _check_rate(sample_rate, "sample_rate")
+        self.format = format.lower().lstrip(".")
+        if self.format != "pcm" and self.format not in _ENCODINGS:
+            known = ", ".join(["pcm", *_ENCODINGS])
+            raise AudioError(f"audio format {format!r} is not supported; choose one of: {known}")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise AudioError(f"channels must be a positive integer, got {channels!r}")
+        self.channels = channels
+        self._buffer = _ForwardBuffer()
+        self._file: sf.SoundFile | None = None
+        self._resampler: soxr.ResampleStream | None = None
+        self._closed = False
+        self._samples = 0
+        self._lock = threading.Lock()
+        if self.format == "wav":
+            self._buffer.write(wav_header(self.sample_rate, channels))
+        elif self.format != "pcm":
+            self._file = self._open()
+
+    def _open(self) -> sf.SoundFile:
+        container, subtype, rates = _ENCODINGS[self.format]
+        rate = self.sample_rate
+        if rates is not None and rate not in rates:
+            # Opus only takes a few rates; 48 kHz is what it runs at internally anyway.
+            self._resampler = soxr.ResampleStream(rate, 48000, self.channels, dtype="float32", quality="VHQ")
+            rate = 48000
+        try:
+            handle = sf.SoundFile(self._buffer, "w", rate, self.channels, subtype, format=container)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+            raise AudioError(f"audio format {self.format!r} is not available with this libsndfile: {err}") from err
+        if self.format == "mp3":
+            _sf_command(handle, _SFC_SET_BITRATE_MODE, "int", _SF_BITRATE_MODE_CONSTANT)
+            _sf_command(handle, _SFC_SET_COMPRESSION_LEVEL, "double", _MP3_COMPRESSION)
+        elif self.format == "opus":
+            _sf_command(handle, _SFC_SET_OGG_PAGE_LATENCY_MS, "double", _OPUS_PAGE_MS)
+        return handle
+
+    def encode(self, audio: torch.Tensor | np.ndarray) -> bytes:
+        """Add 1-D or ``(channels, samples)`` float audio; returns the bytes now ready (maybe none)."""
+        frames = _to_numpy_frames(audio, "audio")
+        if frames.shape[1] != self.channels:
+            raise AudioError(f"audio has {frames.shape[1]} channel(s); this encoder takes {self.channels}")
+        if not np.isfinite(frames).all():
+            raise AudioError("audio contains NaN or infinite samples; nothing was encoded")
+        with self._lock:
+            if self._closed:
+                raise AudioError("this encoder is finished; start a new StreamEncoder for more audio")
+            self._write(frames, last=False)
+            return self._buffer.take()
+
+    def finish(self) -> bytes:
+        """Flush the encoder and close the file; returns the last bytes (trailers, last pages)."""
+        with self._lock:
+            if not self._closed:
+                self._write(np.zeros((0, self.channels), np.float32), last=True)
+                if self.format == "wav" and self._samples <= _WAV_MAX_SAMPLES // self.channels:
+                    self._buffer.seek(0)  # the real length, where the header is not sent yet (whole files)
+                    self._buffer.write(wav_header(self.sample_rate, self.channels, self._samples))
+                self._close()
+            return self._buffer.take()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`finish` or :meth:`close` has run."""
+        return self._closed
+
+    def close(self) -> None:
+        """Release the encoder without flushing (a stream that was abandoned); unsent bytes are dropped."""
+        with self._lock:
+            self._close()
+            self._buffer.take()
+
+    def _close(self) -> None:
+        self._closed = True
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _write(self, frames: np.ndarray, *, last: bool) -> None:
+        if self._file is None:  # pcm, wav: our own quantization, so streams equal whole files
+            self._buffer.write(_quantize16(frames).tobytes())
+            self._samples += len(frames)
+            return
+        if self._resampler is not None:
+            frames = self._resampler.resample_chunk(frames, last=last)
+        if not len(frames):
+            return
+        _, subtype, _ = _ENCODINGS[self.format]
+        # 16-bit formats get our own quantization (libsndfile's differs by one step on some values).
+        self._file.write(_quantize16(frames) if subtype == "PCM_16" else np.clip(frames, -1.0, 1.0))
+
+    def __enter__(self) -> StreamEncoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _encode(frames: np.ndarray, sample_rate: int, fmt: str) -> bytes:
-    container, subtype, rates = _ENCODINGS[fmt]
-    if rates is not None and sample_rate not in rates:
-        # Opus only takes a few rates; 48 kHz is what it runs at internally anyway.
-        resampled = resample(torch.from_numpy(np.ascontiguousarray(frames.T)), sample_rate, 48000)
-        frames, sample_rate = np.ascontiguousarray(resampled.numpy().T), 48000
-    # 16-bit formats get our own quantization (libsndfile's differs by one step on some values).
-    data = _quantize16(frames) if subtype == "PCM_16" else np.clip(frames, -1.0, 1.0)
-    buffer = io.BytesIO()
-    sf.write(buffer, data, sample_rate, format=container, subtype=subtype)
-    return buffer.getvalue()
+    """A whole file: nothing is taken before the end, so the encoder fills in its headers."""
+    with StreamEncoder(sample_rate, fmt, frames.shape[1]) as encoder:
+        encoder._write(frames, last=False)  # checked by the caller; nothing is taken before the end
+        return encoder.finish()
 
 
 def available_formats() -> set[str]:
@@ -331,8 +528,6 @@ def encode_audio(audio: torch.Tensor | np.ndarray, sample_rate: int, format: str
     frames = _to_numpy_frames(audio, "audio")
     if not np.isfinite(frames).all():
         raise AudioError("audio contains NaN or infinite samples; nothing was encoded")
-    if fmt == "pcm":
-        return float_to_pcm16(frames.T)
     return _encode(frames, sample_rate, fmt)
 
 
