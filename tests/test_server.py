@@ -10,7 +10,6 @@ import json
 import logging
 import socket
 import struct
-import threading
 import time
 
 import pytest
@@ -21,8 +20,9 @@ httpx = pytest.importorskip("httpx")
 
 import soundfile  # noqa: E402
 import torch  # noqa: E402
+from server_harness import LiveServer  # noqa: E402
 
-from tadastream.audio import float_to_pcm16  # noqa: E402
+from tadastream.audio import float_to_pcm16, load_audio  # noqa: E402
 from tadastream.demo import build_demo_model, demo_voice  # noqa: E402
 from tadastream.model import generate  # noqa: E402
 from tadastream.server.app import ServerSettings, create_app  # noqa: E402
@@ -31,50 +31,6 @@ from tadastream.stream import AudioStream  # noqa: E402
 SHORT = "Hello there, how are you today?"
 LONG = " ".join(["This sentence keeps the only stream busy for a good while."] * 40)
 KEY = "test-key-123"
-
-
-class LiveServer:
-    """uvicorn in a background thread on a socket bound to 127.0.0.1:0."""
-
-    def __init__(self, app):
-        self.app = app
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-        self.sock.close()
-
-    def client(self, **kw) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, trust_env=False, **kw)
-
-    def health(self) -> dict:
-        with self.client() as c:
-            return c.get("/health").json()
-
-    def wait_for(self, predicate, timeout: float = 20.0) -> float:
-        """Poll /health until predicate(streams) holds; returns the seconds it took."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if predicate(self.health()["streams"]):
-                return time.monotonic() - start
-            time.sleep(0.02)
-        raise AssertionError(f"server state not reached: {self.health()}")
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +197,8 @@ def test_queue_full_gives_429_and_waiting_too_long_503(tight):
         ({"input": "hi", "voice": "../../etc/passwd"}, 400, "invalid_voice_name"),
         ({"input": "hi", "voice": "nobody"}, 400, "voice_not_found"),
         ({"input": "hi", "response_format": "aac"}, 400, "unsupported_format"),
-        ({"input": "hi", "stream_format": "sse", "response_format": "mp3"}, 400, "unsupported_format"),
+        ({"input": "hi", "stream_format": "sse", "response_format": "aac"}, 400, "unsupported_format"),
+        ({"input": "hi", "stream_format": "chunks"}, 400, "invalid_request"),
         ({"input": "hi", "speed": 9}, 400, "invalid_speed"),
         ({"input": "hi", "seed": -1}, 400, "invalid_seed"),
         ({"input": "hi", "options": {"num_flow_matching_steps": 10000}}, 400, "invalid_option"),
@@ -327,9 +284,11 @@ def test_openai_client_streams_a_file(server, tmp_path):
     assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
     with server.client() as c:
         assert data[44:] == speak(c, SHORT, 5), "the OpenAI client got the same samples as a plain request"
-    flac = client.audio.speech.create(model="tts-1", voice="alloy", input=SHORT, response_format="flac")
-    audio, rate = soundfile.read(io.BytesIO(flac.content))
-    assert rate == 24000 and len(audio) > 0.3 * 24000
+    flac = client.audio.speech.create(
+        model="tts-1", voice="alloy", input=SHORT, response_format="flac", extra_body={"seed": 5}
+    )
+    audio, rate = load_audio(flac.content)  # a streamed FLAC gives no length; soundfile.read cannot take it
+    assert rate == 24000 and float_to_pcm16(audio[0]) == data[44:], "FLAC is lossless: the same samples"
 
 
 def test_sse_events(server):
@@ -636,3 +595,218 @@ def test_cors_preflight_works_with_a_key(demo):
             "/v1/audio/speech", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+# -- progressive encodings, SSE in any format ----------------------------------------------------
+MEDIUM = " ".join(
+    [
+        "Every format leaves the server while the audio is still being made.",
+        "That is what a voice agent needs: the first words play before the last are spoken.",
+        "The same seed gives the same audio, whatever the container around it.",
+    ]
+    * 3
+)
+
+
+def timed_parts(client: httpx.Client, body: dict) -> tuple[list[tuple[float, bytes]], float, httpx.Response]:
+    """(arrival time, bytes) of every body part, the total time, and the response."""
+    start = time.perf_counter()
+    parts = []
+    with client.stream("POST", "/v1/audio/speech", json=body) as res:
+        assert res.status_code == 200, res.read()
+        for part in res.iter_raw():
+            if part:
+                parts.append((time.perf_counter() - start, part))
+    return parts, time.perf_counter() - start, res
+
+
+def test_mp3_streams_progressively_and_sse_carries_any_format(server):
+    with server.client() as c:
+        parts, total, res = timed_parts(c, {"input": MEDIUM, "seed": 3, "response_format": "mp3"})
+        body = {"input": MEDIUM, "seed": 3, "response_format": "mp3", "stream_format": "sse"}
+        sse = c.post("/v1/audio/speech", json=body)
+        pcm = speak(c, MEDIUM, 3)
+    first = parts[0][0]
+    print(f"\nmp3: first bytes after {first * 1000:.0f} ms of {total * 1000:.0f} ms, {len(parts)} parts")
+    assert res.headers["content-type"] == "audio/mpeg" and "content-length" not in res.headers
+    assert first < total / 2, "the first mp3 bytes must come before half the total time"
+    assert len({round(t, 2) for t, _ in parts}) >= 3, "mp3 bytes came in one burst"
+    mp3 = b"".join(p for _, p in parts)
+    events = [json.loads(line[6:]) for line in sse.text.splitlines() if line.startswith("data: ")]
+    assert sse.headers["content-type"].startswith("text/event-stream") and events[-1]["type"] == "speech.audio.done"
+    assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == mp3, "SSE deltas carry the same mp3 bytes"
+    # the mp3 decodes to the pcm response's audio (after the encoder's delay), within mp3's loss
+    decoded, rate = load_audio(mp3)
+    reference = torch.frombuffer(bytearray(pcm), dtype=torch.int16).float() / 32767
+    assert rate == 24000 and 0 < decoded.shape[-1] - reference.numel() <= 4 * 576
+    window = reference[: 24000 // 2]
+    delay = min(range(4 * 576), key=lambda d: float((decoded[0, d : d + window.numel()] - window).abs().sum()))
+    aligned = decoded[0, delay : delay + reference.numel()]
+    assert float((aligned - reference).pow(2).mean() / reference.pow(2).mean()) < 0.1
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "opus", "ogg"])
+def test_every_format_streams_and_decodes_to_the_pcm_audio(server, fmt):
+    with server.client() as c:
+        parts, _, res = timed_parts(c, {"input": MEDIUM, "seed": 4, "response_format": fmt})
+        body = {"input": SHORT, "seed": 4, "response_format": fmt, "stream_format": "sse"}
+        sse = c.post("/v1/audio/speech", json=body)
+        pcm = speak(c, MEDIUM, 4)
+    assert len(parts) >= 2, f"{fmt} came in one burst"
+    decoded, rate = load_audio(b"".join(p for _, p in parts))
+    events = [json.loads(line[6:]) for line in sse.text.splitlines() if line.startswith("data: ")]
+    short, short_rate = load_audio(b"".join(base64.b64decode(e["audio"]) for e in events[:-1]))
+    assert events[-1]["type"] == "speech.audio.done" and short.shape[-1] / short_rate > 0.3
+    if fmt in ("wav", "flac"):
+        assert float_to_pcm16(decoded[0]) == pcm, f"{fmt} is lossless: the pcm response's samples"
+    else:
+        assert abs(decoded.shape[-1] / rate - len(pcm) / 2 / 24000) < 0.1, "the same duration"
+
+
+# -- slow or idle clients -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def guarded(demo):
+    """One stream, 1 s send timeout, 1.5 s WebSocket idle timeout; the server's socket has a small send
+    buffer (as under load), so a client that stops reading stalls its writes within a second or two."""
+    model, voice = demo
+    settings = ServerSettings(max_streams=1, queue=2, queue_timeout=30, send_timeout=1.0, ws_idle_timeout=1.5)
+    with LiveServer(create_app(model, settings=settings, default_voice=voice), send_buffer=8192) as live:
+        yield live
+
+
+def unread_connection(server, request: bytes, then: bytes = b"") -> socket.socket:
+    """A client socket with a tiny receive window that sends ``request`` and then never reads.
+
+    With ``then``, it reads the reply's head first (a WebSocket handshake), then sends ``then``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(request)
+    if then:
+        sock.settimeout(10)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        sock.sendall(then)
+    return sock
+
+
+def server_records(caplog) -> list[dict]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+
+
+def test_a_client_that_stops_reading_loses_its_slot(guarded, caplog):
+    caplog.set_level(logging.INFO, logger="tadastream.server")
+    body = json.dumps({"input": LONG, "response_format": "pcm"}).encode()
+    head = f"POST /v1/audio/speech HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    stalled = unread_connection(guarded, head.encode() + b"\r\n\r\n" + body)
+    try:
+        guarded.wait_for(lambda s: s["active"] == 1)
+        freed_after = guarded.wait_for(lambda s: s["active"] == 0, timeout=60)
+        with guarded.client() as c:
+            assert len(speak(c, SHORT, 1)) > 0, "the only slot serves others while the stalled client stays connected"
+    finally:
+        stalled.close()
+    print(f"\nslot freed {freed_after:.1f} s after generation began, the client never read")
+    assert any(r.get("outcome") == "stalled" for r in server_records(caplog))
+    assert any("--send-timeout" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def ws_frame(payload: dict) -> bytes:
+    """One masked client text frame (RFC 6455), as a browser sends it."""
+    data = json.dumps(payload).encode()
+    mask = b"\x01\x02\x03\x04"
+    size = bytes([0x80 | len(data)]) if len(data) < 126 else bytes([0x80 | 126]) + struct.pack(">H", len(data))
+    return b"\x81" + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def test_a_websocket_that_stops_reading_loses_its_slot(guarded, caplog):
+    caplog.set_level(logging.INFO, logger="tadastream.server")
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    handshake = (
+        "GET /v1/audio/stream HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    text = LONG[:2000]
+    frames = ws_frame({"seed": 1}) + ws_frame({"type": "text", "text": text}) + ws_frame({"type": "end"})
+    stalled = unread_connection(guarded, handshake, then=frames)
+    try:
+        guarded.wait_for(lambda s: s["active"] == 1)
+        guarded.wait_for(lambda s: s["active"] == 0, timeout=60)
+        # the slot is freed first; the request's log line follows once the close gave up on the client
+        deadline = time.monotonic() + 10
+        while not any(r.get("outcome") == "stalled" for r in server_records(caplog)):
+            assert time.monotonic() < deadline, "no 'stalled' outcome was logged"
+            time.sleep(0.05)
+    finally:
+        stalled.close()
+
+
+def ws_session(server, send_piece, *, pieces: int, every: float) -> tuple[list[dict], float]:
+    """Send ``send_piece(i)`` every ``every`` s (then 'end'), reading all the while: (JSON messages, seconds)."""
+    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    messages = []
+    start = time.perf_counter()
+    with ws_client.connect(server.url.replace("http", "ws") + "/v1/audio/stream", proxy=None) as ws:
+        ws.send(json.dumps({"seed": 2}))
+        sent = 0
+        while True:
+            if sent < pieces and time.perf_counter() - start >= sent * every:
+                ws.send(json.dumps({"type": "text", "text": send_piece(sent)}))
+                sent += 1
+                if sent == pieces:
+                    ws.send(json.dumps({"type": "end"}))
+            try:
+                message = ws.recv(timeout=every / 4)
+            except TimeoutError:
+                continue
+            except Exception:  # closed by the server
+                break
+            if isinstance(message, str):
+                messages.append(json.loads(message))
+                if messages[-1]["type"] in ("result", "error"):
+                    break
+    return messages, time.perf_counter() - start
+
+
+def test_websocket_spaces_do_not_keep_a_session_alive(guarded):
+    # one word every 0.5 s for 4 s: past the 1.5 s idle timeout in total, never idle
+    words = "one two three four five six seven eight".split()
+    messages, _ = ws_session(guarded, lambda i: words[i] + " ", pieces=len(words), every=0.5)
+    assert messages[-1]["type"] == "result", messages[-1]
+    # a word, then only spaces every 0.3 s: cut off after 1.5 s without a word
+    messages, seconds = ws_session(guarded, lambda i: "Hello" if i == 0 else " ", pieces=40, every=0.3)
+    assert messages[-1]["type"] == "error" and messages[-1]["error"]["code"] == "timeout", messages[-1]
+    assert 1.4 < seconds < 8, seconds
+    guarded.wait_for(lambda s: s["active"] == 0, timeout=5)
+
+
+def test_max_session_seconds_caps_requests_and_sessions(demo, caplog):
+    caplog.set_level(logging.INFO, logger="tadastream.server")
+    model, voice = demo
+    settings = ServerSettings(max_streams=1, max_session_seconds=1.0)
+    with LiveServer(create_app(model, settings=settings, default_voice=voice)) as live, live.client() as c:
+        start = time.perf_counter()
+        with pytest.raises(httpx.RemoteProtocolError):  # the body is cut off: the client sees it incomplete
+            with c.stream("POST", "/v1/audio/speech", json={"input": LONG, "response_format": "pcm"}) as res:
+                assert res.status_code == 200
+                for _ in res.iter_raw():
+                    pass
+        assert time.perf_counter() - start < 10
+        live.wait_for(lambda s: s["active"] == 0, timeout=5)
+        messages, seconds = ws_session(live, lambda i: LONG, pieces=1, every=0.2)
+        assert messages[-1]["type"] == "error" and messages[-1]["error"]["code"] == "session_limit"
+        assert seconds < 10
+        live.wait_for(lambda s: s["active"] == 0, timeout=5)
+    assert sum(r.get("outcome") == "session_limit" for r in server_records(caplog)) == 2
+
+
+def test_server_settings_refuse_bad_limits():
+    with pytest.raises(ValueError, match="--send-timeout must be a number of seconds > 0"):
+        ServerSettings(send_timeout=0)
+    with pytest.raises(ValueError, match="--max-session-seconds"):
+        ServerSettings(max_session_seconds=-1)
+    with pytest.raises(ValueError, match="--ws-idle-timeout"):
+        ServerSettings(ws_idle_timeout=float("nan"))
+    assert ServerSettings(max_session_seconds=0).session_cap is None

@@ -7,9 +7,6 @@ skips with the reason otherwise. Everything stays on 127.0.0.1.
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 
@@ -18,14 +15,11 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
 
-import torch  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-from tadastream.demo import build_demo_model, demo_voice  # noqa: E402
-from tadastream.server.app import ServerSettings, create_app  # noqa: E402
+from server_harness import demo_server  # noqa: E402
 
 BROWSER = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 DRIVER = shutil.which("chromedriver")
@@ -38,24 +32,8 @@ TEXT = "Hello from the browser test."
 
 @pytest.fixture(scope="module")
 def server_url():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = build_demo_model()
-    app = create_app(model, settings=ServerSettings(max_streams=2), default_voice=demo_voice(model))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=20)
-    sock.close()
-    torch.set_num_threads(threads)
+    with demo_server(max_streams=2) as live:
+        yield live.url
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,14 @@
 Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is set):
 
 * ``POST /v1/audio/speech``: OpenAI-compatible JSON body ``model`` (ignored), ``input``, ``voice``
-  (name, OpenAI name = default voice, or omitted), ``response_format`` (pcm, wav stream chunk by
-  chunk; flac, opus, ogg, mp3 are encoded at the end; default mp3 as OpenAI, else wav),
+  (name, OpenAI name = default voice, or omitted), ``response_format`` (pcm, wav, flac, opus,
+  ogg, mp3, all encoded chunk by chunk as the audio is made; default mp3 as OpenAI, else wav),
   ``speed`` (0.25-4, maps to ``speed_up_factor``: two LLM passes, so later first audio),
-  ``stream_format`` ("audio" or "sse": ``speech.audio.delta`` events with base64 PCM16, then
-  ``speech.audio.done`` with usage and timings), plus ``seed`` and ``options`` (InferenceOptions
-  fields). Audio is 24 kHz mono; the ``x-seed`` header gives the seed used.
+  ``stream_format`` ("audio" or "sse": ``speech.audio.delta`` events carrying the format's bytes
+  in base64 (pcm when no format is named), then ``speech.audio.done`` with usage and timings),
+  plus ``seed`` and ``options`` (InferenceOptions fields). Audio is 24 kHz mono; the ``x-seed``
+  header gives the seed used. A client that reads nothing for ``--send-timeout`` seconds, or a
+  request past ``--max-session-seconds``, is cut off and its slot freed.
 * ``WS /v1/audio/stream`` (key as ``Authorization`` header or ``?api_key=``): send a config
   ``{"voice", "seed", "speed", "options"}``; receive ``{"type": "ready", "sample_rate": 24000,
   "encoding": "pcm_s16le", "seed"}``; send ``{"type": "text", "text": ...}`` any number of times,
@@ -21,8 +23,9 @@ Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is se
   "cancelled"}``, and the server closes (1000). ``{"type": "cancel"}`` stops generation after the
   current step (the two final messages still come; before any text it just closes); a disconnect
   stops it too. Errors (an empty or whitespace-only text, found at ``end``; text over the limit;
-  no message for 60 s while the text is open): ``{"type": "error", "error": {...}}`` then a close
-  (1008; 1003 for a malformed message; 1013 when busy).
+  no word for ``--ws-idle-timeout`` s (whitespace-only pieces do not count); audio left unread
+  for ``--send-timeout`` s; a session past ``--max-session-seconds``): ``{"type": "error", "error":
+  {...}}`` then a close (1008; 1003 for a malformed message; 1013 when busy).
 * ``GET /v1/voices``, ``POST /v1/voices`` (multipart ``name`` + ``file`` = a ``.voice`` file, or
   ``audio`` + ``transcript`` when the server has an encoder), ``GET /v1/models``, ``GET /health``,
   and a demo page at ``/``.
@@ -80,6 +83,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="let web pages from ORIGIN (e.g. https://app.example.com, or *) call the API; repeatable",
     )
     add("--max-input-chars", type=int, default=4096, help="longest input text (default 4096)")
+    add(
+        "--send-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may leave audio unread before its stream is stopped and the slot freed (default 30)",
+    )
+    add(
+        "--max-session-seconds",
+        type=float,
+        default=1800.0,
+        help="longest a request or WebSocket session may hold a stream slot; 0 for no cap (default 1800)",
+    )
+    add(
+        "--ws-idle-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a WebSocket may stay open without sending a word (default 60)",
+    )
     add("--max-voice-mb", type=float, default=16.0, help="largest voice upload in MiB (default 16)")
     add("--max-voice-seconds", type=float, default=60.0, help="longest voice prompt in seconds (default 60)")
     add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -128,8 +149,7 @@ def build_app(opts: argparse.Namespace):
     from .app import ServerSettings, create_app
     from .voices import VoiceStore
 
-    model, default_voice = load_model(opts)
-    settings = ServerSettings(
+    settings = ServerSettings(  # checked before the model loads: a bad flag fails in a second
         model_id=opts.model if isinstance(opts.model, str) else "tada",
         max_streams=opts.max_streams,
         queue=opts.queue,
@@ -141,7 +161,11 @@ def build_app(opts: argparse.Namespace):
         max_voice_seconds=opts.max_voice_seconds,
         voices_dir=opts.voices,
         cors_origins=tuple(opts.cors_origin or ()),
+        send_timeout=opts.send_timeout,
+        max_session_seconds=opts.max_session_seconds,
+        ws_idle_timeout=opts.ws_idle_timeout,
     )
+    model, default_voice = load_model(opts)
     if opts.default_voice:
         default_voice = VoiceStore(opts.voices, None, model).resolve(opts.default_voice)
     return create_app(model, settings=settings, default_voice=default_voice, encoder=_load_encoder(opts, model))

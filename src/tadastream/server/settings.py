@@ -19,5 +19,26 @@ class ServerSettings:
     max_voice_bytes: int = 16 * 1024 * 1024
     max_voice_seconds: float = 60.0
     voices_dir: str | None = None
-    ws_idle_timeout: float = 60.0
+    ws_idle_timeout: float = 60.0  # seconds a WebSocket may go without a word (whitespace does not count)
+    send_timeout: float = 30.0  # seconds one write may wait for a client that stopped reading
+    max_session_seconds: float = 1800.0  # longest a request or WebSocket may hold a stream slot; 0 = no cap
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*" for any)
+
+    def __post_init__(self) -> None:
+        # name -> whether 0 is allowed (no queue wait; no session cap)
+        for name, zero_ok in (
+            ("queue_timeout", True),
+            ("ws_idle_timeout", False),
+            ("send_timeout", False),
+            ("max_session_seconds", True),
+        ):
+            value = getattr(self, name)
+            number = not isinstance(value, bool) and isinstance(value, int | float)
+            if not number or not (value > 0 or (zero_ok and value == 0)):
+                bound = ">= 0" if zero_ok else "> 0"
+                raise ValueError(f"--{name.replace('_', '-')} must be a number of seconds {bound}, got {value!r}")
+
+    @property
+    def session_cap(self) -> float | None:
+        """Seconds a request or session may hold a slot, or None for no cap."""
+        return self.max_session_seconds or None

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
-from ..audio import AudioError, available_formats, encode_audio, float_to_pcm16, wav_header
+from ..audio import AudioError, StreamEncoder, available_formats
 from ..config import SAMPLE_RATE
 from ..generation import InferenceOptions
 from .errors import EngineError, engine_error_response, error_response
@@ -28,7 +28,6 @@ from .voices import check_voice_name
 
 logger = logging.getLogger("tadastream.server")
 
-STREAMED_FORMATS = ("pcm", "wav")
 SPEECH_FORMATS = ("pcm", "wav", "flac", "opus", "mp3", "ogg")
 MEDIA_TYPES = {
     "pcm": "audio/pcm",
@@ -75,19 +74,10 @@ def speech_formats() -> list[str]:
 
 
 def _response_format(body: SpeechRequest, formats: list[str]) -> str:
-    """The checked format: pcm for SSE; else as asked, or mp3 (OpenAI's default) when it can, else wav."""
-    if body.stream_format == "sse":
-        fmt = body.response_format or "pcm"
-        if fmt != "pcm":
-            raise EngineError(
-                400,
-                "stream_format 'sse' sends base64 PCM16 deltas: use response_format 'pcm'",
-                "unsupported_format",
-                "response_format",
-            )
-        return fmt
-    default_format = "mp3" if "mp3" in formats else "wav"
-    fmt = (body.response_format or default_format).lower()
+    """The checked format: as asked; else pcm for SSE (OpenAI's choice) and mp3 (else wav) for audio."""
+    if body.response_format is None:
+        return "pcm" if body.stream_format == "sse" else ("mp3" if "mp3" in formats else "wav")
+    fmt = body.response_format.lower()
     if fmt not in formats:
         raise EngineError(
             400,
@@ -131,12 +121,18 @@ def _voice_name(voice: str | dict[str, Any] | None) -> str | None:
     return check_voice_name(voice) if voice else None
 
 
+class _Stalled(Exception):
+    """The client stopped reading: a write waited longer than the send timeout."""
+
+
 class SpeechResponse(Response):
     """Admission, generation and streaming, all while watching for the client to disconnect.
 
-    Nothing is sent until the first audio chunk exists, so queue and input errors (and a failure
-    in the first step) still get a proper status and JSON body. pcm and wav then stream chunk by
-    chunk (wav with a length-unknown header); other formats are encoded once generation ends.
+    Nothing is sent until the first audio chunk is made and encoded, so queue and input errors
+    (and a failure in the first step) still get a proper status and JSON body. Every format then
+    streams chunk by chunk as it is made (:class:`~tadastream.audio.StreamEncoder`), as raw bytes
+    or as SSE deltas carrying them in base64. A client that stops reading for ``send_timeout``
+    seconds, or a request past ``max_session_seconds``, is cut off and its slot freed.
     """
 
     def __init__(
@@ -144,6 +140,7 @@ class SpeechResponse(Response):
     ):
         super().__init__(status_code=200)
         self.app_state = app.state
+        self.settings: ServerSettings = app.state.settings
         self.request, self.fmt, self.seed, self.options, self.voice = body, fmt, seed, options, voice
         self.job: SpeechJob | None = None
         self.disconnected = False
@@ -187,6 +184,16 @@ class SpeechResponse(Response):
                 log["outcome"] = "disconnected"
 
     async def _run(self, scope, send, log: dict[str, Any]) -> None:
+        encoder = StreamEncoder(SAMPLE_RATE, self.fmt)
+        try:
+            head = await self._first_audio(scope, send, log, encoder)
+            if head is not None:
+                await self._stream_until_done(send, log, encoder, head)
+        finally:
+            encoder.close()
+
+    async def _first_audio(self, scope, send, log: dict[str, Any], encoder: StreamEncoder) -> bytes | None:
+        """Admission, the first chunk and its bytes; on failure the JSON error is sent and None returned."""
         state = self.app_state
         started = scope.get("tadastream.start", time.perf_counter())
         try:
@@ -194,29 +201,34 @@ class SpeechResponse(Response):
             self.job = await state.service.start(
                 prompt, self.request.input, seed=self.seed, options=self.options, started=started
             )
-            first = await self.job.next_chunk()
+            return await self._encode(encoder, await self.job.next_chunk())
         except EngineError as exc:
             log["outcome"] = exc.code
             await engine_error_response(exc)(scope, None, send)
-            return
+        except AudioError:
+            logger.exception("encoding %s failed (request %s)", self.fmt, log.get("request_id"))
+            log["outcome"] = "encoding_failed"
+            await error_response(500, f"could not encode the audio as {self.fmt}", "encoding_failed")(scope, None, send)
         except Exception:
             logger.exception("generation failed before any audio (request %s)", log.get("request_id"))
             log["outcome"] = "error"
             await error_response(500, "internal error while generating audio", "generation_failed")(scope, None, send)
-            return
-        headers = {
-            "x-seed": str(self.seed),
-            "x-sample-rate": str(SAMPLE_RATE),
-            "cache-control": "no-store",
-            "x-accel-buffering": "no",
-        }
+        return None
+
+    async def _stream_until_done(self, send, log: dict[str, Any], encoder: StreamEncoder, head: bytes) -> None:
+        """Stream the audio within the send timeout and the session cap; either one cuts the response off."""
         try:
-            if self.request.stream_format == "sse":
-                await self._stream_sse(send, first, headers)
-            elif self.fmt in STREAMED_FORMATS:
-                await self._stream_raw(send, first, headers)
-            else:
-                await self._send_encoded(send, first, headers)
+            async with asyncio.timeout_at(self._deadline()):
+                await self._stream(self._timed(send), encoder, head)
+        except _Stalled:
+            self._cut_off(
+                log, "stalled", f"the client read nothing for {self.settings.send_timeout:g} s (--send-timeout)"
+            )
+            return  # returning with the response unfinished makes the server close the connection
+        except TimeoutError:
+            cap = self.settings.max_session_seconds
+            self._cut_off(log, "session_limit", f"held a stream slot for {cap:g} s (--max-session-seconds)")
+            return
         except (asyncio.CancelledError, OSError):
             raise
         except Exception:
@@ -225,54 +237,74 @@ class SpeechResponse(Response):
             raise
         log.setdefault("outcome", "ok")
 
-    async def _start(self, send, headers: dict[str, str], media_type: str, length: int | None = None) -> None:
-        raw = [(b"content-type", media_type.encode())] + [(k.encode(), v.encode()) for k, v in headers.items()]
-        if length is not None:
-            raw.append((b"content-length", str(length).encode()))
+    def _cut_off(self, log: dict[str, Any], outcome: str, reason: str) -> None:
+        """Stop generating (the slot is freed when the response ends) and say why in the log."""
+        self.job.cancel()
+        log["outcome"] = outcome
+        logger.warning("request %s: %s; stream stopped, slot freed", log.get("request_id"), reason)
+
+    def _deadline(self) -> float | None:
+        """The event-loop time when this request's slot is taken back (None: no cap)."""
+        cap = self.settings.session_cap
+        if cap is None:
+            return None
+        held = time.perf_counter() - self.job.admitted
+        return asyncio.get_running_loop().time() + cap - held
+
+    def _timed(self, send):
+        """``send`` that raises _Stalled when one write waits longer than the send timeout."""
+        timeout = self.settings.send_timeout
+
+        async def send_or_stall(message) -> None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await send(message)
+            except TimeoutError:
+                raise _Stalled from None
+
+        return send_or_stall
+
+    async def _encode(self, encoder: StreamEncoder, chunk: torch.Tensor | None) -> bytes:
+        """The bytes ``chunk`` adds (the end of the file when it is None); compressed formats off the loop."""
+        if chunk is None:
+            return await asyncio.to_thread(encoder.finish)
+        if self.fmt in ("pcm", "wav"):
+            return encoder.encode(chunk)
+        return await asyncio.to_thread(encoder.encode, chunk)
+
+    async def _stream(self, send, encoder: StreamEncoder, head: bytes) -> None:
+        """Headers, then every chunk's bytes as they come (SSE: as base64 deltas), then the end."""
+        sse = self.request.stream_format == "sse"
+        headers = [
+            ("content-type", "text/event-stream" if sse else MEDIA_TYPES[self.fmt]),
+            ("x-seed", str(self.seed)),
+            ("x-sample-rate", str(SAMPLE_RATE)),
+            ("cache-control", "no-store"),
+            ("x-accel-buffering", "no"),
+        ]
+        raw = [(k.encode(), v.encode()) for k, v in headers]
         await send({"type": "http.response.start", "status": 200, "headers": raw})
+        data = head
+        while True:
+            if data:
+                body = _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}) if sse else data
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            if encoder.closed:
+                break
+            data = await self._encode(encoder, await self.job.next_chunk())
+        await send({"type": "http.response.body", "body": _sse(self._done_event()) if sse else b"", "more_body": False})
 
-    async def _chunks(self, first: torch.Tensor | None):
-        chunk = first
-        while chunk is not None:
-            yield chunk
-            chunk = await self.job.next_chunk()
-
-    async def _stream_raw(self, send, first, headers) -> None:
-        await self._start(send, headers, MEDIA_TYPES[self.fmt])
-        prefix = wav_header(SAMPLE_RATE) if self.fmt == "wav" else b""
-        async for chunk in self._chunks(first):
-            await send({"type": "http.response.body", "body": prefix + float_to_pcm16(chunk), "more_body": True})
-            prefix = b""
-        await send({"type": "http.response.body", "body": prefix, "more_body": False})
-
-    async def _stream_sse(self, send, first, headers) -> None:
-        await self._start(send, headers, "text/event-stream")
-        async for chunk in self._chunks(first):
-            event = {"type": "speech.audio.delta", "audio": base64.b64encode(float_to_pcm16(chunk)).decode()}
-            await send({"type": "http.response.body", "body": _sse(event), "more_body": True})
+    def _done_event(self) -> dict[str, Any]:
+        """SSE's last event: token usage (input text, output frames) and timings."""
         tokens = len(self.app_state.service.model.tokenizer.encode(self.request.input, add_special_tokens=False))
         result = getattr(self.job.stream, "result", None)
         frames = getattr(result, "time_before", None)
         out = int(frames.shape[-1]) if isinstance(frames, torch.Tensor) else self.job.chunks
-        done = {
+        return {
             "type": "speech.audio.done",
             "usage": {"input_tokens": tokens, "output_tokens": out, "total_tokens": tokens + out},
             "timings": self.job.timings(),
         }
-        await send({"type": "http.response.body", "body": _sse(done), "more_body": False})
-
-    async def _send_encoded(self, send, first, headers) -> None:
-        parts = [c async for c in self._chunks(first)]
-        try:
-            data = await asyncio.to_thread(encode_audio, torch.cat(parts), SAMPLE_RATE, self.fmt)
-        except (AudioError, RuntimeError):  # nothing sent yet, so the client still gets a JSON error
-            logger.exception("encoding %s failed", self.fmt)
-            await error_response(500, f"could not encode the audio as {self.fmt}", "encoding_failed")(
-                {"type": "http"}, None, send
-            )
-            return
-        await self._start(send, headers, MEDIA_TYPES[self.fmt], len(data))
-        await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
 def _sse(event: dict[str, Any]) -> bytes:

@@ -36,6 +36,12 @@ class _ClientGone(Exception):
     """The client disconnected."""
 
 
+def _stalled(settings: ServerSettings) -> EngineError:
+    return EngineError(
+        408, f"the client read nothing for {settings.send_timeout:g} s; the stream was stopped", "stalled"
+    )
+
+
 def close_code(exc: EngineError) -> int:
     """The close code for a refusal: 1013 when busy (try again later), 1003 for a malformed message, else 1008."""
     if exc.status in (429, 503):
@@ -61,6 +67,7 @@ class _Session:
         self.job: SpeechJob | None = None
         self.text: TextInput | None = None
         self.cancelled = False
+        self._idle_deadline = 0.0  # event-loop time; whitespace-only pieces do not move it
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -124,16 +131,21 @@ class _Session:
         """Generate and send while reading the client's messages; then the final messages, or the error."""
         work = asyncio.create_task(self._generate_and_send(prompt, seed, options))
         reader = asyncio.create_task(self._read())
+        cap = self.settings.session_cap
+        over_cap = False
         try:
-            await asyncio.wait({work, reader}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({work, reader}, timeout=cap, return_when=asyncio.FIRST_COMPLETED)
+            over_cap = not done
         finally:
-            if not work.done():  # the reader failed (bad message, timeout, disconnect), or we were cancelled
+            if not work.done():  # the reader failed (bad message, timeout, disconnect), the cap, or we were cancelled
                 self._cancel()
                 work.cancel()
             reader.cancel()
             await asyncio.gather(work, reader, return_exceptions=True)
-        if not work.cancelled():
-            error = work.exception()  # busy, the text was empty or too long, or a failure
+        if over_cap:
+            error = EngineError(408, f"the session reached its {cap:g} s limit; open a new one", "session_limit")
+        elif not work.cancelled():
+            error = work.exception()  # busy, the text was empty or too long, a stalled client, or a failure
         elif reader.done() and not reader.cancelled():
             error = reader.exception()  # what stopped generation early
         else:
@@ -152,7 +164,11 @@ class _Session:
         if self.cancelled:
             self.job.cancel()
         while (chunk := await self.job.next_chunk()) is not None:
-            await self.ws.send_bytes(float_to_pcm16(chunk))
+            try:
+                async with asyncio.timeout(self.settings.send_timeout):
+                    await self.ws.send_bytes(float_to_pcm16(chunk))
+            except TimeoutError:
+                raise _stalled(self.settings) from None
 
     async def _read(self) -> None:
         """Pieces until 'end' (or 'cancel'), then watch for 'cancel'; ends only by raising."""
@@ -196,13 +212,24 @@ class _Session:
         await self.ws.close(1000)
 
     # -- messages and errors ------------------------------------------------------------------
+    def _active(self) -> None:
+        """The client did something: the idle clock starts again."""
+        self._idle_deadline = asyncio.get_running_loop().time() + self.settings.ws_idle_timeout
+
     async def _receive(self) -> dict[str, Any]:
-        """The next JSON object; raises EngineError for a bad message or silence, _ClientGone when the client left."""
-        timeout = self.settings.ws_idle_timeout
+        """The next JSON object; raises EngineError for a bad message or silence, _ClientGone when the client left.
+
+        Silence is ``ws_idle_timeout`` seconds without a message that counts as activity: a text
+        piece of only whitespace does not, so a client cannot hold its slot by sending spaces.
+        """
+        if not self._idle_deadline:
+            self._active()
         try:
-            message = await asyncio.wait_for(self.ws.receive(), timeout)
+            async with asyncio.timeout_at(self._idle_deadline):
+                message = await self.ws.receive()
         except TimeoutError:
-            raise EngineError(408, f"no message within {timeout:g} s", "timeout") from None
+            timeout = self.settings.ws_idle_timeout
+            raise EngineError(408, f"no words for {timeout:g} s; send text, 'end' or 'cancel'", "timeout") from None
         if message["type"] == "websocket.disconnect":
             raise _ClientGone
         if message.get("text") is None:
@@ -213,6 +240,9 @@ class _Session:
             data = None
         if not isinstance(data, dict):
             raise EngineError(400, "messages must be JSON objects", "invalid_message")
+        piece = data.get("text")
+        if data.get("type") != "text" or not isinstance(piece, str) or piece.strip():
+            self._active()
         return data
 
     def _text_piece(self, message: dict[str, Any], length: int) -> str:
@@ -227,11 +257,17 @@ class _Session:
         return piece
 
     async def _fail(self, status: int, message: str, code: str, close: int = 1008) -> None:
-        """Send an ``error`` message and close; the client may already be gone."""
+        """Free the slot, then send an ``error`` message and close; the client may be gone or not reading."""
         self.log["outcome"] = code
+        if self.job is not None:
+            self.job.finish()
+        if code in ("stalled", "session_limit", "timeout"):
+            freed = "; its slot is free again" if self.job is not None else ""
+            logger.warning("WebSocket %s closed: %s%s", self.log.get("request_id"), message, freed)
         with contextlib.suppress(Exception):
-            await self.ws.send_json({"type": "error", **error_body(status, message, code)})
-            await self.ws.close(close)
+            async with asyncio.timeout(self.settings.send_timeout):
+                await self.ws.send_json({"type": "error", **error_body(status, message, code)})
+                await self.ws.close(close)
 
     async def _refuse(self, exc: EngineError) -> None:
         await self._fail(exc.status, exc.message, exc.code, close_code(exc))
