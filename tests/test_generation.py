@@ -116,7 +116,7 @@ def test_joint_tokenization_keeps_characters_at_the_seam():
         (dict(text="Hi.", inference_options=InferenceOptions(num_flow_matching_steps=0)), "at least 1"),
         (dict(text="Hi.", inference_options=InferenceOptions(speed_up_factor=-1.0)), "speed_up_factor"),
         (dict(text="Hi.", num_extra_steps=-1), ">= 0"),
-        (dict(text="word " * 5000), "too long"),
+        (dict(text="word " * 5000, long_form=False), "too long"),
         (dict(text="Hi \ud800."), "unpaired UTF-16 surrogate"),
         (dict(text="Hi.", inference_options=InferenceOptions(text_temperature="hot")), "must be a number"),
         (dict(text="Hi.", inference_options=InferenceOptions(noise_temperature=1e308)), "outside"),

@@ -810,3 +810,15 @@ def test_server_settings_refuse_bad_limits():
     with pytest.raises(ValueError, match="--ws-idle-timeout"):
         ServerSettings(ws_idle_timeout=float("nan"))
     assert ServerSettings(max_session_seconds=0).session_cap is None
+
+
+def test_a_text_longer_than_the_model_context_streams_in_segments(demo):
+    model, voice = demo
+    settings = ServerSettings(max_streams=1, max_input_chars=30_000, max_body_bytes=1 << 20)
+    text = "word " * 5000  # past the demo model's 4096 positions: one generation cannot hold it
+    with LiveServer(create_app(model, settings=settings, default_voice=voice)) as live, live.client() as c:
+        with c.stream("POST", "/v1/audio/speech", json={"input": text, "response_format": "pcm", "seed": 1}) as res:
+            assert res.status_code == 200
+            first = next(res.iter_raw())
+            assert len(first) > 0, "audio starts as soon as for a short text"
+        live.wait_for(lambda s: s["active"] == 0)

@@ -12,7 +12,14 @@ from transformers import LlamaConfig
 
 from .codec.decoder import Decoder
 from .config import DEFAULT_CODEC, DEFAULT_TOKENIZER, num_time_bits, tada_config
-from .generation import GenerationInputError, InferenceOptions, StreamRng, plan_generation
+from .generation import (
+    GenerationInputError,
+    GenerationOutput,
+    InferenceOptions,
+    StreamRng,
+    TextTooLongError,
+    plan_generation,
+)
 from .hub import (
     CheckpointError,
     load_weights,
@@ -205,6 +212,8 @@ class TadaForCausalLM(nn.Module):
         streaming_cnn_window_size: int = 100,
         seed: int | None = None,
         engine: Any = None,
+        long_form: bool | None = None,
+        segment_chars: int = 400,
     ) -> Any:
         """Speak ``text`` in the voice of ``prompt``.
 
@@ -220,6 +229,12 @@ class TadaForCausalLM(nn.Module):
         reproduces the reference; in a list, text i > 0 gets a seed derived from that state.
         ``engine``: an :class:`~tadastream.engine.Engine` shared with other calls (their streams
         are batched together); by default each call runs on its own.
+
+        ``long_form``: a text of any length is spoken in segments of at most ``segment_chars``
+        characters (sentences, then clauses), one after another with seamless joins, in bounded
+        memory (:mod:`tadastream.longform`). ``None`` (default) does so only for a text too long
+        for one generation, ``True`` always, ``False`` never (such a text is then an error).
+        Streaming and not give the same audio either way.
         """
         kwargs = dict(
             num_transition_steps=num_transition_steps,
@@ -232,8 +247,11 @@ class TadaForCausalLM(nn.Module):
         )
         from .engine import generate_utterances  # the driver; this module does not depend on it
         from .generation import TextInput
-        from .stream import AudioStream
+        from .longform import open_stream
 
+        if long_form is not None and not isinstance(long_form, bool):
+            raise GenerationInputError(f"long_form must be True, False or None, got {long_form!r}")
+        stream_kwargs = dict(window_size=streaming_cnn_window_size, engine=engine, long_form=long_form)
         if stream:
             if (
                 not isinstance(text, str | TextInput)
@@ -242,24 +260,51 @@ class TadaForCausalLM(nn.Module):
             ):
                 raise GenerationInputError("text must be a string, or an iterable / async iterable of string pieces")
             self.require_decoder()
-            return AudioStream(
-                self, prompt, text, window_size=streaming_cnn_window_size, engine=engine, seed=seed, **kwargs
-            )
+            return open_stream(self, prompt, text, seed=seed, segment_chars=segment_chars, **stream_kwargs, **kwargs)
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise GenerationInputError(
                 "text must be a string or a non-empty list of strings (stream=True takes pieces)"
             )
-        plans = [plan_generation(self, prompt, t, **kwargs) for t in texts]  # validate all before any work
-        self.require_decoder()
         rng = StreamRng.from_seed(seed, self.device) if seed is not None else StreamRng.fork_global(self.device)
-        rngs = [rng.derive(i) for i in range(len(plans))]
+        rngs = [rng.derive(i) for i in range(len(texts))]
+        try:
+            if long_form:
+                raise TextTooLongError("long_form=True")
+            plans = [plan_generation(self, prompt, t, **kwargs) for t in texts]  # validate all before any work
+        except TextTooLongError:
+            if long_form is False:
+                raise
+            return self._generate_long(prompt, texts, rngs, segment_chars, stream_kwargs, kwargs)
+        self.require_decoder()
         outputs = generate_utterances(self, plans, rngs, streaming_cnn_window_size, engine)
         if len(outputs) == 1:
             return outputs[0]
         merged = outputs[0]
         merged.audio = [o.audio[0] for o in outputs]
         merged.text = [o.text[0] for o in outputs]
+        return merged
+
+    def _generate_long(self, prompt, texts, rngs, segment_chars, stream_kwargs, plan_kwargs) -> GenerationOutput:
+        """Each text through the long-form path (the streaming one, so the audio is the same), in turn."""
+        from .longform import LongFormStream, plan_long_form
+
+        for text in texts:  # every text and segment checked before any work
+            plan_long_form(self, prompt, text, segment_chars, **plan_kwargs)
+        stream_kwargs = {k: v for k, v in stream_kwargs.items() if k != "long_form"}
+        outputs = []
+        for text, rng in zip(texts, rngs):
+            with LongFormStream(
+                self, prompt, text, rng=rng, segment_chars=segment_chars, **stream_kwargs, **plan_kwargs
+            ) as stream:
+                chunks = [chunk for chunk, _ in stream]
+            result = stream.result
+            result.audio = [torch.cat(chunks) if chunks else torch.zeros(0)]
+            outputs.append(result)
+        merged = outputs[0]
+        if len(outputs) > 1:
+            merged.audio = [o.audio[0] for o in outputs]
+            merged.text = [o.text[0] for o in outputs]
         return merged
 
     # -- loading ----------------------------------------------------------------------------

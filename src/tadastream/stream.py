@@ -93,7 +93,41 @@ class _Delivery:
             loop.call_soon_threadsafe(event.set)
 
 
-class AudioStream:
+class ClosingStream:
+    """What every audio stream shares: when its chunks came (``started_at``, ``time_to_first_audio``,
+    ``chunk_times``, ``chunk_samples``), and closing it (freeing its slot) on leaving a ``with``
+    block or dropping the last reference."""
+
+    started_at: float
+    time_to_first_audio: float | None
+    chunk_times: list[float]
+    chunk_samples: list[int]
+
+    def _record(self, chunk: torch.Tensor) -> torch.Tensor:
+        now = time.perf_counter() - self.started_at
+        if self.time_to_first_audio is None:
+            self.time_to_first_audio = now
+        self.chunk_times.append(now)
+        self.chunk_samples.append(int(chunk.numel()))
+        return chunk
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class AudioStream(ClosingStream):
     """Iterate ``for chunk, sample_rate in stream``; ``stream.result`` is set after the last chunk.
 
     Chunks are float32 mono 1-D tensors at 24 kHz; concatenated they equal the non-streaming
@@ -229,14 +263,6 @@ class AudioStream:
             self.close()
             raise
 
-    def _record(self, chunk: torch.Tensor) -> torch.Tensor:
-        now = time.perf_counter() - self.started_at
-        if self.time_to_first_audio is None:
-            self.time_to_first_audio = now
-        self.chunk_times.append(now)
-        self.chunk_samples.append(int(chunk.numel()))
-        return chunk
-
     def _finalise_result(self, result: GenerationOutput) -> None:
         result.time_to_first_audio = self.time_to_first_audio
         result.chunk_times = self.chunk_times
@@ -312,18 +338,6 @@ class AudioStream:
         """Stop generating; the slot and decoder state go now (or when the tick in progress ends)."""
         if not self._delivery.finished:
             self._handle.cancel()
-
-    def __enter__(self) -> AudioStream:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     @property
     def decode_start(self) -> int:

@@ -12,7 +12,7 @@
 
 from .feed import TextCancelled, TextInput, TokenFeed
 from .flow import scheduled_cfg, solve_flow, solve_flows, time_grid
-from .options import GenerationInputError, InferenceOptions
+from .options import GenerationInputError, InferenceOptions, TextTooLongError
 from .outputs import (
     MIN_LEADING_TRIM_FRAMES,
     GenerationOutput,
@@ -47,6 +47,7 @@ __all__ = [
     "StepOutput",
     "StreamRng",
     "SyncTokGenerationOutput",
+    "TextTooLongError",
     "TextCancelled",
     "TextInput",
     "TokenFeed",

@@ -12,6 +12,10 @@ class GenerationInputError(ValueError):
     """Bad input to generate(); the message says how to fix it."""
 
 
+class TextTooLongError(GenerationInputError):
+    """The text does not fit one generation; long-form generation (segments) speaks it."""
+
+
 def check_encodable(text: str) -> None:
     """Refuse text no tokenizer can read (a lone surrogate, e.g. JSON's ``"\\ud800"``)."""
     at = unpaired_surrogate(text)

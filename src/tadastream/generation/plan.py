@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..text import IncrementalText, tokenize_joint
 from ..text import normalize_text as normalize_text_fn
-from .options import GenerationInputError, InferenceOptions, check_encodable
+from .options import GenerationInputError, InferenceOptions, TextTooLongError, check_encodable
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,9 @@ class GenerationPlan:
         """Refuse a text whose ids (``num_ids`` so far, end tokens to come) exceed the context."""
         num_steps = num_ids + len(self.tail_ids) + self.num_extra_steps
         if num_steps > self.max_positions:
-            raise GenerationInputError(
+            raise TextTooLongError(
                 f"text too long: {num_steps} positions with the prompt, the model allows {self.max_positions};"
-                " split the text"
+                " pass a string with long_form=True (or None) to speak it in segments"
             )
 
 

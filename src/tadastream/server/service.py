@@ -33,6 +33,7 @@ from ..engine import Engine
 from ..generation import GenerationInputError, InferenceOptions, StreamRng, TextInput
 from ..generation.options import check_encodable
 from ..generation.rng import MAX_SEED
+from ..longform import LongFormStream, open_stream
 from ..stream import AudioStream
 from .errors import EngineError
 
@@ -180,7 +181,7 @@ class SpeechJob:
     stops generation at the next tick; ``finish`` (always call it) frees the slot.
     """
 
-    def __init__(self, service: SpeechService, stream: AudioStream, seed: int, started: float):
+    def __init__(self, service: SpeechService, stream: AudioStream | LongFormStream, seed: int, started: float):
         self.service, self.stream, self.seed = service, stream, seed
         self.started = started  # when the request arrived (perf_counter)
         self.admitted = time.perf_counter()
@@ -263,8 +264,9 @@ class SpeechService:
         """
         await self.admission.acquire()
 
-        def create() -> AudioStream:  # plans (tokenizes, checks) off the event loop
-            return AudioStream(self.model, prompt, text, engine=self.engine, seed=seed, inference_options=options)
+        def create() -> AudioStream | LongFormStream:  # plans (tokenizes, checks) off the event loop
+            # a text too long for one generation is spoken in segments (long form)
+            return open_stream(self.model, prompt, text, engine=self.engine, seed=seed, inference_options=options)
 
         try:
             stream = await asyncio.to_thread(create)

@@ -1,0 +1,278 @@
+"""Speaking a text of any length: its segments one after another, joined without a seam.
+
+:class:`LongFormStream` splits the text (:func:`~tadastream.segments.split_text`), checks every
+segment before any model work, then speaks them in order, each an
+:class:`~tadastream.stream.AudioStream` conditioned on the same voice prompt, with a seed derived
+from the request's (segment i draws from ``rng.derive(i)``), in one engine slot that is reused:
+memory does not grow with the document. The joins: the last 5 ms of a segment fade out, the
+next one's first 5 ms fade in (no click), and the pause its end calls for goes between
+(:mod:`~tadastream.segments`). Generation of the next segment starts as soon as the previous
+one has finished generating, while its audio is still being played.
+
+Streaming and non-streaming run this same path, so their audio is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .config import SAMPLE_RATE
+from .engine import Engine
+from .generation import GenerationInputError, GenerationOutput, StreamRng, TextTooLongError, plan_generation
+from .segments import Segment, split_text
+from .stream import AudioStream, ClosingStream
+
+__all__ = ["FADE_SECONDS", "LongFormStream", "open_stream", "plan_long_form"]
+
+#: Length of the fades at each join.
+FADE_SECONDS = 0.005
+#: Default longest segment, in characters: a few sentences, so the first audio comes as soon as
+#: for a short text, and each generation stays well inside what the model speaks reliably.
+SEGMENT_CHARS = 400
+
+
+def open_stream(model, prompt, text, *, long_form: bool | None = None, segment_chars: int = SEGMENT_CHARS, **kwargs):
+    """An :class:`AudioStream`, or a :class:`LongFormStream` for a string that asks for it
+    (``long_form=True``) or needs it (``None``: it does not fit one generation)."""
+    if isinstance(text, str) and long_form:
+        return LongFormStream(model, prompt, text, segment_chars=segment_chars, **kwargs)
+    try:
+        return AudioStream(model, prompt, text, **kwargs)
+    except TextTooLongError:
+        if long_form is False or not isinstance(text, str):
+            raise
+    return LongFormStream(model, prompt, text, segment_chars=segment_chars, **kwargs)
+
+
+def plan_long_form(model, prompt, text: str, segment_chars: int = SEGMENT_CHARS, **plan_kwargs):
+    """(segments, tokens to speak) of ``text``; raises GenerationInputError for text that cannot be spoken."""
+    if not isinstance(text, str):
+        raise GenerationInputError("long-form generation takes the whole text as a string")
+    try:
+        segments = split_text(text, segment_chars)
+    except ValueError as exc:
+        raise GenerationInputError(str(exc)) from None
+    if not segments:
+        raise GenerationInputError("text is empty: pass the words to speak")
+    plans = [plan_generation(model, prompt, s.text, **plan_kwargs) for s in segments]
+    shift = model.config.shift_acoustic
+    return segments, sum(max(0, p.num_steps - shift - p.decode_start) for p in plans)
+
+
+class _Joiner:
+    """Fades each join and adds its pause; holds back only the last 5 ms of audio until it knows
+    whether a join follows."""
+
+    def __init__(self, sample_rate: int):
+        n = max(1, round(FADE_SECONDS * sample_rate))
+        ramp = torch.sin(torch.linspace(0.0, math.pi / 2, n + 2)[1:-1]) ** 2  # raised cosine, ends excluded
+        self.fade_in, self.fade_out = ramp, ramp.flip(0)
+        self.sample_rate = sample_rate
+        self.tail = torch.zeros(0)
+        self.faded = len(ramp)  # samples of the current segment already past its fade-in
+
+    def start(self, fade_in: bool) -> None:
+        self.faded = 0 if fade_in else len(self.fade_in)
+
+    def add(self, chunk: torch.Tensor) -> torch.Tensor:
+        if self.faded < len(self.fade_in):
+            n = min(len(self.fade_in) - self.faded, chunk.numel())
+            chunk = chunk.clone()
+            chunk[:n] *= self.fade_in[self.faded : self.faded + n]
+            self.faded += n
+        joined = torch.cat([self.tail, chunk])
+        keep = min(len(self.fade_out), joined.numel())
+        self.tail = joined[joined.numel() - keep :]
+        return joined[: joined.numel() - keep]
+
+    def end(self, pause: float | None) -> torch.Tensor:
+        """The held samples at a segment's end: faded, then ``pause`` seconds of silence (None: the very end)."""
+        tail, self.tail = self.tail, torch.zeros(0)
+        if pause is None:
+            return tail
+        tail = tail * self.fade_out[len(self.fade_out) - tail.numel() :]
+        return torch.cat([tail, torch.zeros(round(pause * self.sample_rate))])
+
+
+class LongFormStream(ClosingStream):
+    """Iterate ``for chunk, sample_rate in stream`` (or ``async for``), as an :class:`AudioStream`.
+
+    ``segments``, ``tokens_total`` and (once all is spoken) ``result`` describe the whole text;
+    ``segment_index`` is the segment being generated. Raises :class:`GenerationInputError`
+    before any work for a text that is empty or has a segment that cannot be spoken.
+    """
+
+    def __init__(
+        self,
+        model,
+        prompt,
+        text: str,
+        *,
+        segment_chars: int = SEGMENT_CHARS,
+        window_size: int = 100,
+        engine: Engine | None = None,
+        seed: int | None = None,
+        rng: StreamRng | None = None,
+        **plan_kwargs: Any,
+    ):
+        self.started_at = time.perf_counter()
+        self.model, self.prompt, self.full_text = model, prompt, text
+        # every segment is checked (and its length known) before any model work
+        self.segments: list[Segment]
+        self.segments, self.tokens_total = plan_long_form(model, prompt, text, segment_chars, **plan_kwargs)
+        model.require_decoder()
+        if rng is None:
+            rng = StreamRng.from_seed(seed, model.device) if seed is not None else StreamRng.fork_global(model.device)
+        self._rng = rng
+        self._engine = engine if engine is not None else Engine(model, max_streams=1)
+        self._window_size, self._plan_kwargs = window_size, plan_kwargs
+        self.text = None  # the whole text is known: nothing arrives in pieces
+        self.sample_rate = SAMPLE_RATE
+        self.on_token = None
+        self.segment_index = -1
+        self._current: AudioStream | None = None
+        self._tokens_before = 0  # tokens of the segments already spoken
+        self._results: list[GenerationOutput] = []
+        self._joiner = _Joiner(SAMPLE_RATE)
+        self._ready: collections.deque[torch.Tensor] = collections.deque()
+        self._done = False
+        self.result: GenerationOutput | None = None
+        self.time_to_first_audio: float | None = None
+        self.chunk_times: list[float] = []
+        self.chunk_samples: list[int] = []
+        self._open_next()  # the first segment starts at once, as an AudioStream does
+
+    # -- segments ------------------------------------------------------------------------------
+    def _open_next(self) -> None:
+        index = self.segment_index + 1
+        stream = AudioStream(
+            self.model,
+            self.prompt,
+            self.segments[index].text,
+            window_size=self._window_size,
+            engine=self._engine,
+            rng=self._rng.derive(index),
+            **self._plan_kwargs,
+        )
+        stream.on_token = self._token
+        self._current, self.segment_index = stream, index
+        self._joiner.start(fade_in=index > 0)
+
+    def _token(self, step) -> None:
+        if self.on_token is not None:
+            self.on_token(step)
+
+    def _segment_ended(self) -> bool:
+        """Close the finished segment's books; True when another segment was opened."""
+        stream = self._current
+        if stream.result is None:  # cancelled or failed without an error of its own
+            self._finish(None)
+            return False
+        self._results.append(stream.result)
+        self._tokens_before += stream.tokens_done
+        last = self.segment_index == len(self.segments) - 1
+        self._queue(self._joiner.end(None if last else self.segments[self.segment_index].pause_after))
+        if last:
+            self._finish(self._merged_result())
+            return False
+        return True
+
+    def _queue(self, samples: torch.Tensor) -> None:
+        if samples.numel():
+            self._ready.append(samples)
+
+    def _finish(self, result: GenerationOutput | None) -> None:
+        self._done, self._current, self.result = True, None, result
+
+    def _merged_result(self) -> GenerationOutput:
+        def cat(name: str):
+            parts = [getattr(r, name) for r in self._results]
+            return torch.cat(parts, dim=-1) if all(isinstance(p, torch.Tensor) for p in parts) else None
+
+        out = GenerationOutput(text=[self.full_text], input_str=[self.full_text], time_before=cat("time_before"))
+        out.time_to_first_audio = self.time_to_first_audio
+        out.chunk_times, out.chunk_samples = self.chunk_times, self.chunk_samples
+        out.total_time = time.perf_counter() - self.started_at
+        return out
+
+    def _record(self, chunk: torch.Tensor) -> torch.Tensor:
+        super()._record(chunk)
+        if self._done and not self._ready and self.result is not None:
+            self.result.total_time = self.chunk_times[-1]  # the last chunk handed out
+        return chunk
+
+    # -- sync ----------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        while (chunk := self._next_chunk()) is not None:
+            yield chunk, self.sample_rate
+
+    def _next_chunk(self) -> torch.Tensor | None:
+        try:
+            while not self._ready:
+                if self._done:
+                    return None
+                chunk = self._current._next_chunk()
+                if chunk is not None:
+                    self._queue(self._joiner.add(chunk))
+                elif self._segment_ended():
+                    self._open_next()
+        except BaseException:
+            self.close()
+            raise
+        return self._record(self._ready.popleft())
+
+    # -- async ---------------------------------------------------------------------------------
+    def __aiter__(self):
+        return self._aiter()
+
+    async def _aiter(self):
+        try:
+            while (chunk := await self.read()) is not None:
+                yield chunk, self.sample_rate
+        finally:
+            if not self._done:
+                self.close()
+
+    async def read(self) -> torch.Tensor | None:
+        """The next chunk, or None at the end."""
+        try:
+            while not self._ready:
+                if self._done:
+                    return None
+                chunk = await self._current.read()
+                if chunk is not None:
+                    self._queue(self._joiner.add(chunk))
+                elif self._segment_ended():
+                    await asyncio.to_thread(self._open_next)  # tokenizing stays off the event loop
+        except BaseException:
+            self.close()
+            raise
+        return self._record(self._ready.popleft())
+
+    # -- lifetime ------------------------------------------------------------------------------
+    @property
+    def tokens_done(self) -> int:
+        """Tokens of the text spoken so far, over all segments."""
+        return self._tokens_before + (self._current.tokens_done if self._current is not None else 0)
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def close(self) -> None:
+        """Stop: the segment being generated frees its slot now (or when the tick in progress ends)."""
+        current = self._current
+        self._finish(self.result)
+        if current is not None:
+            current.close()
