@@ -1,8 +1,9 @@
 """The embedded demo model: the whole pipeline with no download.
 
 A tiny TADA (LLM, flow head, codec decoder) with deterministic random weights, the tiny BPE
-tokenizer shipped in ``assets/``, and a default voice. Its audio is noise-like because the
-weights are random; it exists to show and test the machinery, not to speak.
+tokenizer shipped in ``assets/``, and a default voice; and a tiny codec encoder with its CTC
+aligner (:func:`build_demo_encoder`), so voice cloning runs offline too. Its audio is noise-like
+because the weights are random; it exists to show and test the machinery, not to speak.
 """
 
 from __future__ import annotations
@@ -107,3 +108,43 @@ def demo_voice(model: TadaForCausalLM, seed: int = 0):
         text_tokens=torch.tensor([ids]),
         text_tokens_len=torch.tensor([len(ids)]),
     )
+
+
+def build_demo_encoder(seed: int = 0):
+    """A tiny codec encoder and CTC aligner (deterministic random weights) sized for the demo model.
+
+    ``encoder(audio, text=..., sample_rate=...)`` runs the real cloning path (resampling, the
+    waveform CNN, forced alignment of the transcript, sampling) with no download; the voice it
+    makes is noise-like, as the demo model's audio is.
+    """
+    from .codec.aligner import Aligner, wav2vec2_large_config
+    from .codec.encoder import Encoder
+    from .config import AlignerConfig, EncoderConfig
+
+    tok = demo_tokenizer()
+    llm_config, _ = demo_configs()
+    encoder_config = EncoderConfig.from_dict(
+        {
+            "hidden_dim": 32,
+            "embed_dim": llm_config.acoustic_dim,
+            "num_attn_layers": 1,
+            "num_attn_heads": 2,
+            "attn_dim_feedforward": 64,
+            "wav_encoder_base_channels": 8,  # the reference's CNN starts at 64: 8 keeps a clip quick
+        }
+    )
+    w2v = wav2vec2_large_config(
+        len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=[16] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = Encoder(encoder_config, tokenizer=tok)
+        encoder.aligner = Aligner(AlignerConfig(), tokenizer=tok, wav2vec2_config=w2v).eval()
+    return encoder.eval()

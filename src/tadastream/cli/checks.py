@@ -30,6 +30,22 @@ def read_text(text: str, what: str = "text") -> str:
     return text.strip()
 
 
+def read_text_file(path: str, flag: str = "-f") -> str:
+    """The words to speak from a UTF-8 text file; never empty."""
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise UsageError(f"{flag} {path}: no such file; give the path of a text file")
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{flag} {path}: not UTF-8 text; convert it first (e.g. iconv -t utf-8)") from None
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot read it ({one_line(exc)})") from None
+    if not text.strip():
+        raise UsageError(f"{flag} {path} is empty: put the words to speak in it")
+    return text.strip()
+
+
 def check_output_file(path: str, flag: str = "-o") -> Path:
     """An audio file we can write, in a format this soundfile build supports."""
     from ..audio import available_formats

@@ -7,6 +7,7 @@ mistake on the command line is reported at once and ``--help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .checks import (
     check_voice,
     pick_device,
     read_text,
+    read_text_file,
 )
 from .errors import CliError, UsageError, one_line
 from .progress import Progress
@@ -57,10 +59,16 @@ def _load_model(args: argparse.Namespace, device: str, progress: Progress):
 
 
 def _encode_recording(voice: VoiceRequest, codec: str, language: str | None, tokenizer, device: str, progress):
-    from ..codec.encoder import Encoder
+    """``voice``'s recording through the codec encoder and aligner (``demo``: the embedded tiny ones)."""
+    if codec == DEMO:
+        from ..demo import build_demo_encoder
 
-    progress.note(f"encoding the voice {voice.path} with {codec} ...")
-    encoder = Encoder.from_pretrained(codec, subfolder="encoder", language=language, tokenizer=tokenizer)
+        encoder = build_demo_encoder()
+    else:
+        from ..codec.encoder import Encoder
+
+        progress.note(f"encoding the voice {voice.path} with {codec} ...")
+        encoder = Encoder.from_pretrained(codec, subfolder="encoder", language=language, tokenizer=tokenizer)
     encoder.to(device)
     return encoder(voice.audio, text=[voice.text], sample_rate=voice.sample_rate)
 
@@ -81,17 +89,20 @@ def _options(args: argparse.Namespace):
 
 
 def _stream(model, prompt, text: str, progress: Progress, **kwargs):
-    """An AudioStream that also reports each settled token of the new text to ``progress``."""
-    from ..stream import AudioStream
+    """An AudioStream (a LongFormStream for a text too long for one generation) that also reports
+    each settled token of the new text to ``progress``."""
+    from ..longform import open_stream
 
     model.require_decoder()
-    stream = AudioStream(model, prompt, text, **kwargs)
+    stream = open_stream(model, prompt, text, **kwargs)
     stream.on_token = lambda _step: progress.token()
     progress.total_tokens = stream.tokens_total or 0
     return stream
 
 
-def _generate(model, prompt, text: str, options, sink, progress: Progress, *, transition_steps=5, normalize=True):
+def _generate(
+    model, prompt, text: str, options, sink, progress: Progress, *, transition_steps=5, normalize=True, long_form=None
+):
     """Stream ``text`` into ``sink``; returns (result, audio seconds)."""
     stream = _stream(
         model,
@@ -101,12 +112,18 @@ def _generate(model, prompt, text: str, options, sink, progress: Progress, *, tr
         inference_options=options,
         num_transition_steps=transition_steps,
         normalize_text=normalize,
+        long_form=long_form,
     )
     progress.start = stream.started_at
-    with stream:
-        for chunk, _rate in stream:
-            sink.write(chunk)
-            progress.chunk(int(chunk.numel()))
+    try:
+        with stream:
+            for chunk, _rate in stream:
+                sink.write(chunk)
+                progress.chunk(int(chunk.numel()))
+    except KeyboardInterrupt:
+        progress.clear()
+        sink.interrupted()  # what was made so far stays a valid file
+        raise
     progress.clear()
     if stream.result is None:
         raise CliError("generation stopped before it finished; rerun with --debug to see why")
@@ -123,7 +140,9 @@ def _timings(result, seconds: float) -> tuple[str, str, str]:
 
 def cmd_speak(args: argparse.Namespace) -> int:
     """``tadastream speak``: validate everything, then load, generate and deliver."""
-    text = read_text(args.text)
+    if (args.text is None) == (args.file is None):
+        raise UsageError("give the words as TEXT (or - for stdin), or -f FILE, not both")
+    text = read_text(args.text) if args.file is None else read_text_file(args.file)
     to_stdout = args.output == "-"
     output = None if args.output is None or to_stdout else check_output_file(args.output)
     if args.format is not None and not to_stdout:
@@ -148,10 +167,9 @@ def cmd_speak(args: argparse.Namespace) -> int:
             f"{args.model} has no built-in voice: pass --voice FILE.wav --voice-text 'its transcript', "
             "or --voice NAME.voice from `tadastream encode-voice` (or use --model demo)"
         )
-    if voice is not None and voice.audio is not None and demo and args.codec is None:
+    if args.codec == DEMO and not demo:
         raise UsageError(
-            "the demo model has no codec encoder to encode a recording: use --voice NAME.voice, or --codec DIR "
-            "with an encoder built for it"
+            f"--codec demo belongs to --model demo; {args.model} needs its own codec (or leave --codec out)"
         )
     options = _options(args)
     device = pick_device(args.device)
@@ -160,7 +178,7 @@ def cmd_speak(args: argparse.Namespace) -> int:
     if args.quantize and args.dtype not in ("auto", "bfloat16"):
         raise UsageError(f"--quantize {args.quantize} runs in bfloat16: drop --dtype {args.dtype}")
 
-    progress = Progress(enabled=not to_stdout and not args.quiet)
+    progress = Progress(enabled=not args.quiet)  # stderr: with -o - too, the audio goes to stdout
     if to_stdout:
         sink: Any = StdoutSink(args.format or "wav", streaming=args.stream)
     elif output is not None:
@@ -170,8 +188,8 @@ def cmd_speak(args: argparse.Namespace) -> int:
 
     import torch
 
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)  # reported, so it can be rerun
+    torch.manual_seed(seed)
     model, default_voice = _load_model(args, device, progress)
     if voice is None:
         prompt = default_voice
@@ -179,10 +197,9 @@ def cmd_speak(args: argparse.Namespace) -> int:
         prompt = voice.encoded
     else:
         # The LLM's own tokenizer: the prompt's tokens must be the ones the LLM reads.
-        codec = args.codec or DEFAULT_CODEC
+        codec = args.codec or (DEMO if demo else DEFAULT_CODEC)
         prompt = _encode_recording(voice, codec, args.language, model.tokenizer, device, progress)
-    if args.seed is not None:
-        torch.manual_seed(args.seed)  # the same seed gives the same audio however the voice was obtained
+    torch.manual_seed(seed)  # the same seed gives the same audio however the voice was obtained
     if sink is None:
         try:
             sink = PlayerSink(streaming=args.stream)
@@ -198,6 +215,7 @@ def cmd_speak(args: argparse.Namespace) -> int:
             progress,
             transition_steps=args.transition_steps,
             normalize=not args.no_normalize,
+            long_form=True if args.long_form else None,
         )
         sink.close()
     except BaseException:
@@ -211,8 +229,8 @@ def cmd_speak(args: argparse.Namespace) -> int:
     first, speed, rtf = _timings(result, seconds)
     where = f"wrote {output}" if output is not None else ("stdout" if to_stdout else "played")
     progress.note(
-        f"{where}: {seconds:.2f} s of audio in {result.total_time:.2f} s ({speed}); first audio after {first}"
-        + (f"; timeline {timeline}" if timeline is not None else "")
+        f"{where}: {seconds:.2f} s of audio in {result.total_time:.2f} s ({speed}); first audio after {first}; "
+        f"seed {seed}" + (f"; timeline {timeline}" if timeline is not None else "")
     )
     return 0
 
@@ -227,6 +245,8 @@ def cmd_encode_voice(args: argparse.Namespace) -> int:
     check_source(args.tokenizer, "--tokenizer", "tokenizer")
     check_language(args.language)
     voice = check_recording(Path(args.audio).expanduser(), args.text, "FILE", "--text")
+    if args.codec == DEMO and args.tokenizer is not None:
+        raise UsageError("--tokenizer does not apply to --codec demo (it has its own tokenizer)")
     device = pick_device(args.device)
 
     progress = Progress(enabled=not args.quiet)
@@ -257,30 +277,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..generation import InferenceOptions
     from ..loading import load_model
 
-    print(DEMO_NOTICE, flush=True)
+    show = (lambda *_a, **_k: None) if args.quiet else print
+    show(DEMO_NOTICE, flush=True)
     model, prompt = load_model(DEMO, device=device)
     torch.manual_seed(args.seed)
     sink = FileSink(output) if output is not None else NullSink()
     result, seconds = _generate(model, prompt, text, InferenceOptions(), sink, Progress(enabled=False))
     sink.close()
     first, speed, rtf = _timings(result, seconds)
-    print(f"text: {text!r}")
-    print(f"audio: {seconds:.2f} s at {SAMPLE_RATE} Hz in {len(result.chunk_samples or [])} chunks")
-    print(f"time to first audio: {first}")
-    print(f"total time: {result.total_time:.3f} s")
-    print(
+    show(f"text: {text!r}")
+    show(f"audio: {seconds:.2f} s at {SAMPLE_RATE} Hz in {len(result.chunk_samples or [])} chunks")
+    show(f"time to first audio: {first}")
+    show(f"total time: {result.total_time:.3f} s")
+    show(
         f"speed: {speed} (audio seconds / wall seconds); real-time factor {rtf} "
         "(wall seconds / audio seconds, below 1 keeps ahead of playback)"
     )
     if output is not None:
-        print(f"wrote {output}")
+        show(f"wrote {output}")
     if timeline is not None:
         from ..timeline import plot_timeline
 
         plot_timeline(result, timeline, SAMPLE_RATE)
-        print(f"wrote {timeline}")
+        show(f"wrote {timeline}")
     if output is None and timeline is None:
-        print("pass -o demo.wav to keep the audio, --timeline timeline.png to see the chunk timings")
+        show("pass -o demo.wav to keep the audio, --timeline timeline.png to see the chunk timings")
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import NoReturn
 from .. import __version__
 from ..config import DEFAULT_CODEC, DEFAULT_MODEL
 from ..server import add_serve_arguments
+from .checks import FILE_EXTENSIONS
 from .commands import cmd_demo, cmd_encode_voice, cmd_serve, cmd_speak
 from .errors import one_line
 
@@ -33,6 +34,15 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {one_line(message)}; see `{self.prog} --help`\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse, but an unknown option points to the help of the subcommand it was given to."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self.exit(2, f"error: unrecognized arguments: {' '.join(extras)}; see `{prog} --help`\n")
+        return parsed
 
 
 def _number(kind: type, low: float, low_ok: bool, what: str) -> Callable[[str], float]:
@@ -66,7 +76,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--model",
         default=DEFAULT_MODEL,
         metavar="ID|DIR|demo",
-        help=f"TADA checkpoint: hub id, local directory, or 'demo' for the embedded tiny model ({DEFAULT_MODEL})",
+        help=f"TADA checkpoint: hub id or local directory (default {DEFAULT_MODEL}, a download of a few GB), "
+        "or 'demo' for the embedded tiny model (no download; noise-like audio)",
     )
     g.add_argument(
         "--codec", metavar="ID|DIR", help=f"codec with decoder/ (and encoder/ + aligner/) (default {DEFAULT_CODEC})"
@@ -90,7 +101,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--seed", type=int, metavar="N", help="random seed, for reproducible output")
+    g.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="random seed (default: a random one, printed in the summary so the result can be reproduced)",
+    )
     # The numeric knobs: flag, parser, metavar, help; their defaults (shown in --help) come from OPTION_DEFAULTS.
     knobs = (
         ("--temperature", _positive, "T", "text sampling"),
@@ -98,7 +114,7 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
         ("--flow-steps", _positive_int, "N", "flow-matching steps"),
         ("--noise-temperature", _non_negative, "T", "acoustic noise scale"),
         ("--speed", _positive, "FACTOR", "speak faster (>1) or slower (<1); two passes"),
-        ("--transition-steps", _non_negative_int, "N", "prompt tokens re-generated to blend into the new text"),
+        ("--transition-steps", _non_negative_int, "N", "prompt tokens dropped at the seam between prompt and new text"),
     )
     for flag, parse, metavar, text in knobs:
         dest = flag[2:].replace("-", "_")
@@ -124,10 +140,23 @@ def _add_speak(sub) -> None:
             "  tadastream speak 'Hello there.' --voice me.voice --stream -o - | ffplay -nodisp -autoexit -\n"
             "  echo 'Hello there.' | tadastream speak - --voice me.voice --stream -o - --format raw \\\n"
             "      | aplay -f S16_LE -r 24000 -c 1\n"
+            "  tadastream speak -f chapter.txt --voice me.voice -o chapter.flac         # any length\n"
             "  tadastream speak 'Hello there.' --model demo -o noise.wav --timeline timeline.png"
         ),
     )
-    speak.add_argument("text", metavar="TEXT", help="the words to speak, or - to read them from stdin")
+    speak.add_argument("text", metavar="TEXT", nargs="?", help="the words to speak, or - to read them from stdin")
+    speak.add_argument(
+        "-f",
+        "--file",
+        metavar="FILE",
+        help="read the words from a UTF-8 text file instead; any length (long texts are spoken in segments)",
+    )
+    speak.add_argument(
+        "--long-form",
+        action="store_true",
+        help="speak in segments of a few sentences even when the text would fit one generation "
+        "(narration: memory and pace stay the same over a whole book); texts too long for one are always split",
+    )
     g = speak.add_argument_group("voice")
     g.add_argument(
         "--voice",
@@ -137,7 +166,13 @@ def _add_speak(sub) -> None:
     g.add_argument("--voice-text", metavar="TEXT", help="transcript of the --voice recording")
     g.add_argument("--language", metavar="xx", help="language of the --voice recording (en default; de, fr, ja ...)")
     g = speak.add_argument_group("output")
-    g.add_argument("-o", "--output", metavar="FILE|-", help="write .wav/.flac/.ogg, or - for stdout")
+    g.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE|-",
+        help="write a file (" + ", ".join(f".{e}" for e in FILE_EXTENSIONS) + " where this soundfile supports it), "
+        "or - for stdout",
+    )
     g.add_argument(
         "--stream",
         action="store_true",
@@ -169,7 +204,11 @@ def _add_encode_voice(sub) -> None:
     enc.add_argument("--text", required=True, help="exactly what is said in FILE (- to read it from stdin)")
     enc.add_argument("-o", "--output", required=True, metavar="NAME.voice", help="where to save the encoded voice")
     enc.add_argument(
-        "--codec", default=DEFAULT_CODEC, metavar="ID|DIR", help="codec with encoder/ and aligner/ (%(default)s)"
+        "--codec",
+        default=DEFAULT_CODEC,
+        metavar="ID|DIR|demo",
+        help="codec with encoder/ and aligner/ (%(default)s), or 'demo': the embedded tiny encoder for "
+        "--model demo (no download; noise-like voices)",
     )
     enc.add_argument("--tokenizer", metavar="ID|DIR", help="Llama 3 tokenizer (default: the aligner's)")
     enc.add_argument(
@@ -191,10 +230,13 @@ def _add_demo(sub) -> None:
         ),
     )
     demo.add_argument("--text", default=DEMO_TEXT, help="what to 'speak' (default: a sample sentence)")
-    demo.add_argument("-o", "--output", metavar="FILE", help="save the audio (.wav/.flac/.ogg)")
+    demo.add_argument(
+        "-o", "--output", metavar="FILE", help="save the audio (" + ", ".join(f".{e}" for e in FILE_EXTENSIONS) + ")"
+    )
     demo.add_argument("--timeline", metavar="PNG", help="draw chunk timings and token durations (tadastream[plot])")
     demo.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
     demo.add_argument("--device", metavar="DEV", help="cpu, cuda, ... (default: cpu)")
+    demo.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     _add_common(demo)
     demo.set_defaults(handler=cmd_demo)
 

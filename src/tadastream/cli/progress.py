@@ -43,8 +43,11 @@ class Progress:
             return
         self._drawn = now
         total = f"/{self.total_tokens}" if self.tokens <= self.total_tokens else ""
+        done = f" ({100 * self.tokens / self.total_tokens:.0f}%)" if self.total_tokens and total else ""
         first = f"first audio after {self.first_audio:.2f} s" if self.first_audio is not None else "waiting for audio"
-        line = f"tokens {self.tokens}{total} settled | {self.samples / SAMPLE_RATE:.2f} s of audio | {first}"
+        audio = self.samples / SAMPLE_RATE
+        rtf = f" | RTF {(now - self.start) / audio:.2f}" if audio > 0 else ""
+        line = f"tokens {self.tokens}{total}{done} settled | {audio:.2f} s of audio{rtf} | {first}"
         sys.stderr.write("\r" + line[:120] + "\x1b[K")
         sys.stderr.flush()
 

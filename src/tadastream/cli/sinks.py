@@ -1,7 +1,8 @@
 """Where generated audio goes: a file, stdout, the sound card, or nowhere.
 
 Every sink takes float chunks (24 kHz mono tensors) with ``write`` as they are generated and
-finishes with ``close``; the sound card also has ``abort`` for a failed or interrupted run.
+finishes with ``close``; ``interrupted`` ends it on Ctrl-C, keeping what was made a valid file
+(stdout and files) or stopping playback; the sound card also has ``abort`` for a failed run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SAMPLE_RATE
+from .errors import say
 
 
 def _concat(chunks: list[Any]):
@@ -35,6 +37,12 @@ class FileSink:
         from ..audio import save_audio
 
         save_audio(self.path, _concat(self.chunks), SAMPLE_RATE)
+
+    def interrupted(self) -> None:
+        """Save the audio made so far (a long narration stopped half-way keeps its first half)."""
+        if self.chunks:
+            self.close()
+            say(f"interrupted: kept the first {sum(c.numel() for c in self.chunks) / SAMPLE_RATE:.1f} s in {self.path}")
 
 
 class StdoutSink:
@@ -68,6 +76,11 @@ class StdoutSink:
         else:
             self.out.write(encode_audio(_concat(self.chunks), SAMPLE_RATE, "pcm" if self.fmt == "raw" else "wav"))
         self.out.flush()
+
+    def interrupted(self) -> None:
+        """A stream is already valid as written; a whole file gets what was made so far."""
+        if not self.streaming:
+            self.close()
 
 
 class PlayerSink:
@@ -133,6 +146,9 @@ class PlayerSink:
         self._finished.wait(timeout=self._queued / SAMPLE_RATE + 5.0)
         self._stream.close()
 
+    def interrupted(self) -> None:
+        self.abort()
+
     def abort(self) -> None:
         try:
             self._stream.abort()
@@ -145,6 +161,9 @@ class NullSink:
     """Discards the audio (``demo`` without ``-o`` only reports timings)."""
 
     def write(self, chunk) -> None:
+        pass
+
+    def interrupted(self) -> None:
         pass
 
     def close(self) -> None:

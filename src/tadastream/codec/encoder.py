@@ -179,11 +179,12 @@ class EncoderOutput:
                 head = fh.read(4)
             hint = (
                 "it looks like a pickle/torch.save file (e.g. from hume-tada), which is not loaded for safety; "
-                "re-encode the prompt audio"
+                "re-encode the recording with `tadastream encode-voice`"
                 if head[:2] == b"PK" or head[:1] == b"\x80"
-                else "re-encode the prompt audio and save it with EncoderOutput.save"
+                else "it is damaged or another kind of file; re-encode the recording with `tadastream encode-voice` "
+                "(or EncoderOutput.save)"
             )
-            raise VoiceFileError(f"{source} is not an encoded voice file ({type(exc).__name__}): {hint}") from exc
+            raise VoiceFileError(f"{source} is not an encoded voice file: {hint}") from exc
         return cls._from_parts(source, metadata, tensors).to(device)
 
     @classmethod
