@@ -69,3 +69,14 @@ def test_ab_bench_tiny_compares_against_a_commit(tmp_path):
     for kind in ("nonstream", "stream"):
         assert result["summary"][kind]["wall_new_s"] > 0 and result["summary"][kind]["wall_old_s"] > 0
     assert len(result["runs"]["old-stream"]) == len(result["runs"]["new-stream"]) == 1
+
+
+def test_longform_bench_tiny_reports_first_audio_and_memory(tmp_path):
+    _run("bench_longform.py", "--minutes", "0.4", "--flow-steps", "2", "--out", str(tmp_path))
+    (path,) = tmp_path.glob("*-longform-tiny-fp32.json")
+    result = json.loads(path.read_text())
+    short, long = result["short"], result["long"]
+    assert short["segments"] == 1 and long["segments"] >= 2 and long["segments_spoken"] == long["segments"]
+    assert long["audio_s"] > short["audio_s"] > 0 and long["time_to_first_audio_s"] > 0
+    assert len(long["memory_by_segment"]) == long["segments"] and long["kv_mib_max"] > 0
+    assert result["first_audio_ratio"] == round(long["time_to_first_audio_s"] / short["time_to_first_audio_s"], 3)
