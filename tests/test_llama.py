@@ -152,3 +152,13 @@ def test_slot_pool_is_bounded_and_reuses_buffers():
     assert d.capacity >= 1000 and pool.in_use == 1 and len(pool._free) + pool.in_use == 2
     pool.release(d)
     assert pool.trim() > 0 and pool.nbytes == 0
+
+
+@pytest.mark.parametrize("rope", ["default", "llama3"])
+def test_rotary_frequencies_are_transformers_own(rope):
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    cfg = config(2, rope)
+    ours = LlamaBackbone(cfg)
+    theirs = LlamaRotaryEmbedding(cfg)
+    assert torch.equal(ours.inv_freq, theirs.inv_freq.float()) and ours.attention_scaling == theirs.attention_scaling

@@ -167,14 +167,17 @@ class LlamaBackbone(nn.Module):
         self.init_rotary()
 
     def init_rotary(self, device: torch.device | str | None = None) -> None:
-        """Rotary frequencies from the config (llama3 scaling included), computed by transformers."""
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
+        """Rotary frequencies from the config: scaled ones (llama3, ...) computed by transformers,
+        plain ones here (transformers keeps those in modeling_llama, a second of import time)."""
         params = getattr(self.config, "rope_parameters", None) or {}
         kind = params.get("rope_type", "default")
-        init = LlamaRotaryEmbedding.compute_default_rope_parameters if kind == "default" else ROPE_INIT_FUNCTIONS[kind]
-        inv_freq, self.attention_scaling = init(self.config, device=None if device is None else torch.device(device))
+        device = None if device is None else torch.device(device)
+        if kind == "default":
+            inv_freq, self.attention_scaling = _plain_rope(self.config, device), 1.0
+        else:
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[kind](self.config, device=device)
         # A plain attribute, not a buffer: moving the model to bfloat16 must not round it.
         self.inv_freq = inv_freq.float()
 
@@ -208,3 +211,13 @@ class LlamaBackbone(nn.Module):
         for seg in segments:
             seg.cache.length = max(seg.cache.length, seg.end)
         return self.norm(x)
+
+
+def _plain_rope(config, device: torch.device | None) -> torch.Tensor:
+    """Unscaled rotary inverse frequencies: theta ** (-2i / head_dim) for i < head_dim / 2."""
+    params = getattr(config, "rope_parameters", None) or {}
+    base = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dim = int(dim * params.get("partial_rotary_factor", 1.0))
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
+    return 1.0 / (base**exponents)
