@@ -181,15 +181,6 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return names[dtype]
 
 
-def run_dtype(dtype: str | torch.dtype | None, device: str | torch.device, quantize: str | None = None) -> torch.dtype:
-    """The dtype a command line runs in: "auto"/None is bfloat16 on CUDA or with int8 weights
-    (their kernel takes bf16 activations), else float32."""
-    resolved = resolve_dtype(dtype)
-    if resolved is not None:
-        return resolved
-    return torch.bfloat16 if str(device).startswith("cuda") or quantize else torch.float32
-
-
 class PretrainedModule(nn.Module):
     """``from_pretrained`` / ``save_pretrained`` for modules built from a dataclass config."""
 

@@ -29,6 +29,44 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def choose_dtype(
+    dtype: str | torch.dtype | None, device: str | torch.device, quantize: str | None = None
+) -> tuple[torch.dtype, str]:
+    """(the dtype to run in, why): as asked, or for "auto"/None bfloat16 on CUDA, with int8 weights
+    (their kernel takes bfloat16 activations) and on a CPU with native bfloat16 (avx512_bf16 or
+    AMX: about twice fp32's speed); float32 elsewhere, where bfloat16 would be emulated and slower."""
+    import torch
+
+    from .hub import resolve_dtype
+    from .nn.linear import native_cpu_kernels
+
+    resolved = resolve_dtype(dtype)
+    if resolved is not None:
+        return resolved, f"{str(resolved).removeprefix('torch.')} as asked"
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.bfloat16, "auto: bfloat16 on CUDA"
+    if quantize:
+        return torch.bfloat16, f"auto: bfloat16, the activations {quantize} weights take"
+    if kind == "cpu" and native_cpu_kernels(torch.bfloat16):
+        return torch.bfloat16, "auto: bfloat16, which this CPU computes natively (avx512_bf16/AMX)"
+    return torch.float32, "auto: float32 (this device has no native bfloat16; emulated, it would be slower)"
+
+
+def cpu_budget(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity mask, capped by a container's CPU quota (cgroup v2),
+    which torch's own default (the machine's cores) does not see."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open(cgroup_cpu_max) as handle:
+            quota, period = handle.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
 def load_model(
     source: str | os.PathLike | TadaForCausalLM,
     *,
@@ -43,22 +81,24 @@ def load_model(
 
     ``source`` is :data:`DEMO`, a hub id or a checkpoint folder; an already loaded model is returned
     as is, so callers that accept either need no branch. ``device`` defaults to
-    :func:`default_device`; ``dtype`` "auto" follows :func:`tadastream.hub.run_dtype` (bfloat16 on
-    cuda or with ``quantize="int8"``, else float32). ``codec`` (default ``HumeAI/tada-codec``) and
-    ``tokenizer`` apply to checkpoints only: the demo model carries its own. ``threads`` sets
-    torch's CPU threads first, so loading uses them too. Raises ``CheckpointError`` (a ValueError)
-    when a checkpoint cannot be found or read, ValueError when ``quantize`` cannot run here.
+    :func:`default_device`; ``dtype`` "auto" follows :func:`choose_dtype` (bfloat16 on cuda, with
+    ``quantize="int8"`` or on a CPU with native bfloat16, else float32). ``codec`` (default
+    ``HumeAI/tada-codec``) and ``tokenizer`` apply to checkpoints only: the demo model carries its
+    own. ``threads`` sets torch's CPU threads first, so loading uses them too; without it they are
+    lowered to the CPUs this process may use (:func:`cpu_budget`) where torch counted more. Raises
+    ``CheckpointError`` (a ValueError) when a checkpoint cannot be found or read, ValueError when
+    ``quantize`` cannot run here.
     """
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    elif torch.get_num_threads() > cpu_budget():  # more threads than CPUs only makes them wait
+        torch.set_num_threads(cpu_budget())
     if not isinstance(source, str | os.PathLike):
         return source, None
-    from .hub import run_dtype
-
     device = device or default_device()
-    run_as = run_dtype(dtype, device, quantize)
+    run_as, _why = choose_dtype(dtype, device, quantize)
     if source == DEMO:
         from .demo import build_demo_model, demo_voice
 

@@ -41,10 +41,11 @@ DEMO_NOTICE = (
 def _load_model(args: argparse.Namespace, device: str, progress: Progress):
     """(model, default voice) for ``--model``; a checkpoint that cannot be had is one line with the demo hint."""
     from ..hub import CheckpointError
-    from ..loading import load_model
+    from ..loading import choose_dtype, load_model
 
     if args.model != DEMO:
-        progress.note(f"loading {args.model} ...")
+        _dtype, why = choose_dtype(args.dtype, device, args.quantize)
+        progress.note(f"loading {args.model} ({why}) ...")
     try:
         return load_model(
             args.model,

@@ -90,7 +90,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=DTYPES,
         default="auto",
-        help="weights precision (default auto: bfloat16 on cuda, else float32)",
+        help="weights precision (default auto: bfloat16 on cuda or a CPU with native bf16 (avx512_bf16/AMX), "
+        "else float32; the choice is printed)",
     )
     g.add_argument(
         "--quantize",

@@ -60,7 +60,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--codec", default=DEFAULT_CODEC, help="codec hub id or folder (its decoder/ is used)")
     add("--tokenizer", default=None, help="tokenizer hub id or folder (default: from the checkpoint)")
     add("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    add("--dtype", default="auto", help="float32, bfloat16, float16 or auto (bfloat16 on cuda, else float32)")
+    add(
+        "--dtype",
+        default="auto",
+        help="float32, bfloat16, float16 or auto (bfloat16 on cuda or a CPU with native bf16, else float32)",
+    )
     add("--quantize", default=None, choices=["int8"], help="int8 weights (CPU, bf16): half the memory")
     add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; set --api-key before exposing)")
     add("--port", type=int, default=8000)
@@ -189,7 +193,13 @@ def run_server(args: argparse.Namespace | None = None, **kwargs: Any) -> int:
     if opts.host not in LOOPBACK and not opts.api_key:
         log.warning("listening on %s without --api-key: anyone who can reach it can use it", opts.host)
     app = build_app(opts)
-    log.info("serving %s on http://%s:%d", app.state.settings.model_id, opts.host, opts.port)
+    from ..loading import choose_dtype
+
+    model = app.state.service.model
+    _dtype, why = choose_dtype(opts.dtype, model.device, opts.quantize)
+    log.info(
+        "serving %s on http://%s:%d (%s, on %s)", app.state.settings.model_id, opts.host, opts.port, why, model.device
+    )
     uvicorn.run(
         app,
         host=opts.host,
