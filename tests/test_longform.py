@@ -130,6 +130,8 @@ def test_a_text_too_long_for_one_generation_is_spoken_in_segments(demo_model, de
         LongFormStream(demo_model, demo_voice, "  \n\n  ")
     with pytest.raises(GenerationInputError, match="long_form must be"):
         demo_model.generate(demo_voice, "Hi.", long_form="yes")
+    with pytest.raises(GenerationInputError, match="whole text as a string"):
+        demo_model.generate(demo_voice, iter(["Hi ", "there."]), stream=True, long_form=True)
 
 
 @pytest.mark.slow

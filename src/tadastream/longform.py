@@ -41,7 +41,9 @@ SEGMENT_CHARS = 400
 def open_stream(model, prompt, text, *, long_form: bool | None = None, segment_chars: int = SEGMENT_CHARS, **kwargs):
     """An :class:`AudioStream`, or a :class:`LongFormStream` for a string that asks for it
     (``long_form=True``) or needs it (``None``: it does not fit one generation)."""
-    if isinstance(text, str) and long_form:
+    if long_form and not isinstance(text, str):
+        raise GenerationInputError("long_form=True needs the whole text as a string; pieces are one generation")
+    if long_form:
         return LongFormStream(model, prompt, text, segment_chars=segment_chars, **kwargs)
     try:
         return AudioStream(model, prompt, text, **kwargs)
