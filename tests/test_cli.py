@@ -237,38 +237,12 @@ def test_demo_reports_timings_and_writes_wav(tmp_path):
 
 
 def _tiny_codec(root: Path) -> Path:
-    """A codec directory (encoder/ + aligner/) with random weights sized for the demo model."""
-    import torch
-    from transformers import Wav2Vec2Config
+    """A codec directory (encoder/ + aligner/): the demo codec saved, to load the way a real one is."""
+    from tadastream.demo import build_demo_encoder
 
-    from tadastream.codec.aligner import Aligner
-    from tadastream.codec.encoder import Encoder
-    from tadastream.config import AlignerConfig, EncoderConfig
-    from tadastream.demo import build_demo_model, demo_tokenizer
-
-    acoustic_dim = build_demo_model().config.acoustic_dim
-    tok = demo_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        encoder = Encoder(
-            EncoderConfig(
-                hidden_dim=32, embed_dim=acoustic_dim, num_attn_layers=1, num_attn_heads=2, attn_dim_feedforward=64
-            )
-        )
-        encoder.save_pretrained(root / "encoder")
-        w2v = Wav2Vec2Config(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            conv_dim=[16] * 7,
-            conv_stride=[5, 2, 2, 2, 2, 2, 2],
-            conv_kernel=[10, 3, 3, 3, 3, 2, 2],
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=2,
-        )
-        Aligner(AlignerConfig(), tokenizer=tok, wav2vec2_config=w2v).save_pretrained(root / "aligner")
+    encoder = build_demo_encoder()
+    encoder.save_pretrained(root / "encoder")
+    encoder.aligner.save_pretrained(root / "aligner")
     return root
 
 

@@ -114,10 +114,15 @@ def load_audio(source: str | os.PathLike[str] | bytes | BinaryIO) -> tuple[torch
 _UNKNOWN_LENGTH = 2**63 - 1
 
 
+def _libsndfile():
+    """(cffi, libsndfile) behind soundfile, for what it does not wrap; (None, None) if it hides them."""
+    return getattr(sf, "_ffi", None), getattr(sf, "_snd", None)
+
+
 def _read_to_end(audio_file: sf.SoundFile, block: int = 1 << 16) -> np.ndarray:
     """All frames of a file of unknown length, read block by block (soundfile's read wants the length)."""
-    ffi, lib = getattr(sf, "_ffi", None), getattr(sf, "_snd", None)
-    if ffi is None or lib is None:
+    ffi, lib = _libsndfile()
+    if lib is None:
         raise ValueError("this soundfile cannot read audio of unknown length; convert the file to WAV first")
     blocks = []
     while True:
@@ -360,8 +365,8 @@ _OPUS_PAGE_MS = 100.0
 
 def _sf_command(handle: sf.SoundFile, command: int, ctype: str, value: float) -> None:
     """Send one sf_command to an open file; a soundfile without the low-level handle keeps defaults."""
-    ffi, lib = getattr(sf, "_ffi", None), getattr(sf, "_snd", None)
-    if ffi is None or lib is None:
+    ffi, lib = _libsndfile()
+    if lib is None:
         return
     lib.sf_command(handle._file, command, ffi.new(f"{ctype}*", value), ffi.sizeof(ctype))
 

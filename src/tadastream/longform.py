@@ -64,8 +64,7 @@ def plan_long_form(model, prompt, text: str, segment_chars: int = SEGMENT_CHARS,
     if not segments:
         raise GenerationInputError("text is empty: pass the words to speak")
     plans = [plan_generation(model, prompt, s.text, **plan_kwargs) for s in segments]
-    shift = model.config.shift_acoustic
-    return segments, sum(max(0, p.num_steps - shift - p.decode_start) for p in plans)
+    return segments, sum(p.tokens_spoken for p in plans)
 
 
 class _Joiner:

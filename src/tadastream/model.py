@@ -251,7 +251,6 @@ class TadaForCausalLM(nn.Module):
 
         if long_form is not None and not isinstance(long_form, bool):
             raise GenerationInputError(f"long_form must be True, False or None, got {long_form!r}")
-        stream_kwargs = dict(window_size=streaming_cnn_window_size, engine=engine, long_form=long_form)
         if stream:
             if (
                 not isinstance(text, str | TextInput)
@@ -260,7 +259,17 @@ class TadaForCausalLM(nn.Module):
             ):
                 raise GenerationInputError("text must be a string, or an iterable / async iterable of string pieces")
             self.require_decoder()
-            return open_stream(self, prompt, text, seed=seed, segment_chars=segment_chars, **stream_kwargs, **kwargs)
+            return open_stream(
+                self,
+                prompt,
+                text,
+                long_form=long_form,
+                segment_chars=segment_chars,
+                window_size=streaming_cnn_window_size,
+                engine=engine,
+                seed=seed,
+                **kwargs,
+            )
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise GenerationInputError(
@@ -268,14 +277,15 @@ class TadaForCausalLM(nn.Module):
             )
         rng = StreamRng.from_seed(seed, self.device) if seed is not None else StreamRng.fork_global(self.device)
         rngs = [rng.derive(i) for i in range(len(texts))]
-        try:
-            if long_form:
-                raise TextTooLongError("long_form=True")
-            plans = [plan_generation(self, prompt, t, **kwargs) for t in texts]  # validate all before any work
-        except TextTooLongError:
-            if long_form is False:
-                raise
-            return self._generate_long(prompt, texts, rngs, segment_chars, stream_kwargs, kwargs)
+        plans = None
+        if not long_form:
+            try:
+                plans = [plan_generation(self, prompt, t, **kwargs) for t in texts]  # validate all before any work
+            except TextTooLongError:
+                if long_form is False:
+                    raise
+        if plans is None:  # long form asked for, or needed
+            return self._generate_long(prompt, texts, rngs, segment_chars, streaming_cnn_window_size, engine, kwargs)
         self.require_decoder()
         outputs = generate_utterances(self, plans, rngs, streaming_cnn_window_size, engine)
         if len(outputs) == 1:
@@ -285,17 +295,23 @@ class TadaForCausalLM(nn.Module):
         merged.text = [o.text[0] for o in outputs]
         return merged
 
-    def _generate_long(self, prompt, texts, rngs, segment_chars, stream_kwargs, plan_kwargs) -> GenerationOutput:
+    def _generate_long(self, prompt, texts, rngs, segment_chars, window_size, engine, plan_kwargs) -> GenerationOutput:
         """Each text through the long-form path (the streaming one, so the audio is the same), in turn."""
         from .longform import LongFormStream, plan_long_form
 
         for text in texts:  # every text and segment checked before any work
             plan_long_form(self, prompt, text, segment_chars, **plan_kwargs)
-        stream_kwargs = {k: v for k, v in stream_kwargs.items() if k != "long_form"}
         outputs = []
         for text, rng in zip(texts, rngs):
             with LongFormStream(
-                self, prompt, text, rng=rng, segment_chars=segment_chars, **stream_kwargs, **plan_kwargs
+                self,
+                prompt,
+                text,
+                rng=rng,
+                segment_chars=segment_chars,
+                window_size=window_size,
+                engine=engine,
+                **plan_kwargs,
             ) as stream:
                 chunks = [chunk for chunk, _ in stream]
             result = stream.result

@@ -346,5 +346,4 @@ class AudioStream(ClosingStream):
     @property
     def tokens_total(self) -> int | None:
         """Tokens this stream will speak; None while the text is still arriving."""
-        steps = self._plan.num_steps
-        return None if steps is None else max(0, steps - self.model.config.shift_acoustic - self.decode_start)
+        return self._plan.tokens_spoken

@@ -80,6 +80,12 @@ class GenerationPlan:
         return len(self.head_ids) + len(self.text_ids) + len(self.tail_ids) + self.num_extra_steps
 
     @property
+    def tokens_spoken(self) -> int | None:
+        """Tokens whose frames are decoded into audio; None while the text is still arriving."""
+        steps = self.num_steps
+        return None if steps is None else max(0, steps - self.shift - self.decode_start)
+
+    @property
     def input_ids(self) -> list[int]:
         return self.head_ids + (self.text_ids or []) + self.tail_ids
 

@@ -67,10 +67,11 @@ class _Session:
         self.job: SpeechJob | None = None
         self.text: TextInput | None = None
         self.cancelled = False
-        self._idle_deadline = 0.0  # event-loop time; whitespace-only pieces do not move it
+        self._idle_deadline = 0.0  # event-loop time, set at accept; whitespace-only pieces do not move it
 
     async def run(self) -> None:
         await self.ws.accept()
+        self._active()
         try:
             header = self.ws.headers.get("authorization")
             if not authorized(self.settings.api_key, header, self.ws.query_params.get("api_key")):
@@ -222,8 +223,6 @@ class _Session:
         Silence is ``ws_idle_timeout`` seconds without a message that counts as activity: a text
         piece of only whitespace does not, so a client cannot hold its slot by sending spaces.
         """
-        if not self._idle_deadline:
-            self._active()
         try:
             async with asyncio.timeout_at(self._idle_deadline):
                 message = await self.ws.receive()
