@@ -28,6 +28,7 @@ from .engine import Engine
 from .generation import GenerationInputError, GenerationOutput, StreamRng, TextTooLongError, plan_generation
 from .segments import Segment, split_text
 from .stream import AudioStream, ClosingStream
+from .timestamps import CharTiming, WordTiming
 
 __all__ = ["FADE_SECONDS", "LongFormStream", "open_stream", "plan_long_form"]
 
@@ -65,6 +66,18 @@ def plan_long_form(model, prompt, text: str, segment_chars: int = SEGMENT_CHARS,
         raise GenerationInputError("text is empty: pass the words to speak")
     plans = [plan_generation(model, prompt, s.text, **plan_kwargs) for s in segments]
     return segments, sum(p.tokens_spoken for p in plans)
+
+
+def _segment_offsets(text: str, segments: list[Segment]) -> list[int]:
+    """Where each segment starts in ``text`` (segments are its pieces, in order, trimmed)."""
+    starts, pos = [], 0
+    for segment in segments:
+        found = text.find(segment.text, pos)
+        if found < 0:
+            raise RuntimeError("a long-form segment is not a piece of its text; please report this text")
+        starts.append(found)
+        pos = found + len(segment.text)
+    return starts
 
 
 class _Joiner:
@@ -148,6 +161,12 @@ class LongFormStream(ClosingStream):
         self.time_to_first_audio: float | None = None
         self.chunk_times: list[float] = []
         self.chunk_samples: list[int] = []
+        #: Words heard so far, timed in this stream's audio and placed in the whole text; the silence
+        #: put between segments belongs to no word.
+        self.words: list[WordTiming] = []
+        self.characters: list[CharTiming] = []
+        self._char_starts = _segment_offsets(text, self.segments)
+        self._samples_before = 0  # samples of the segments (and pauses) before the current one
         self._open_next()  # the first segment starts at once, as an AudioStream does
 
     # -- segments ------------------------------------------------------------------------------
@@ -163,12 +182,19 @@ class LongFormStream(ClosingStream):
             **self._plan_kwargs,
         )
         stream.on_token = self._token
-        self._current, self.segment_index = stream, index
+        self._current, self.segment_index, self._words_seen = stream, index, 0
         self._joiner.start(fade_in=index > 0)
 
     def _token(self, step) -> None:
         if self.on_token is not None:
             self.on_token(step)
+
+    def _take_words(self) -> None:
+        """The current segment's new words, moved to this stream's time and text."""
+        stream, seconds = self._current, self._samples_before / self.sample_rate
+        chars = self._char_starts[self.segment_index]
+        self.words.extend(w.shifted(seconds, chars) for w in stream.words[self._words_seen :])
+        self._words_seen = len(stream.words)
 
     def _segment_ended(self) -> bool:
         """Close the finished segment's books; True when another segment was opened."""
@@ -176,10 +202,15 @@ class LongFormStream(ClosingStream):
         if stream.result is None:  # cancelled or failed without an error of its own
             self._finish(None)
             return False
+        self._take_words()
         self._results.append(stream.result)
         self._tokens_before += stream.tokens_done
+        seconds, chars = self._samples_before / self.sample_rate, self._char_starts[self.segment_index]
+        self.characters.extend(c.shifted(seconds, chars) for c in (stream.result.characters or [[]])[0])
         last = self.segment_index == len(self.segments) - 1
-        self._queue(self._joiner.end(None if last else self.segments[self.segment_index].pause_after))
+        pause = None if last else self.segments[self.segment_index].pause_after
+        self._samples_before += sum(stream.chunk_samples) + (round(pause * self.sample_rate) if pause else 0)
+        self._queue(self._joiner.end(pause))
         if last:
             self._finish(self._merged_result())
             return False
@@ -198,6 +229,7 @@ class LongFormStream(ClosingStream):
             return torch.cat(parts, dim=-1) if all(isinstance(p, torch.Tensor) for p in parts) else None
 
         out = GenerationOutput(text=[self.full_text], input_str=[self.full_text], time_before=cat("time_before"))
+        out.words, out.characters = [list(self.words)], [list(self.characters)]
         out.time_to_first_audio = self.time_to_first_audio
         out.chunk_times, out.chunk_samples = self.chunk_times, self.chunk_samples
         out.total_time = time.perf_counter() - self.started_at
@@ -221,6 +253,7 @@ class LongFormStream(ClosingStream):
                     return None
                 chunk = self._current._next_chunk()
                 if chunk is not None:
+                    self._take_words()
                     self._queue(self._joiner.add(chunk))
                 elif self._segment_ended():
                     self._open_next()
@@ -249,6 +282,7 @@ class LongFormStream(ClosingStream):
                     return None
                 chunk = await self._current.read()
                 if chunk is not None:
+                    self._take_words()
                     self._queue(self._joiner.add(chunk))
                 elif self._segment_ended():
                     await asyncio.to_thread(self._open_next)  # tokenizing stays off the event loop

@@ -36,6 +36,7 @@ from .generation import (
     leading_trim_frames,
     plan_generation,
 )
+from .timestamps import WordClock, WordTiming
 
 _POLL = 0.5  # seconds between checks while waiting on another thread (a safety net, not the signal)
 
@@ -47,7 +48,11 @@ class _Delivery:
     def __init__(self, model, plan, window_size: int):
         self.model, self.plan = model, plan
         self.decoder: StreamingDecoder | None = StreamingDecoder(model.require_decoder(), window_size)
-        self.chunks: collections.deque[torch.Tensor] = collections.deque()
+        # (samples, words completed by then): a word always travels with or before its audio
+        self.chunks: collections.deque[tuple[torch.Tensor, list[WordTiming]]] = collections.deque()
+        self.clock = WordClock.of(plan, model.tokenizer)
+        self.words: list[WordTiming] = []  # completed, not yet queued with a chunk
+        self.samples = 0
         self.cond = threading.Condition()
         self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self.error: BaseException | None = None
@@ -63,14 +68,19 @@ class _Delivery:
         self.tokens_done += 1
         if self.on_token is not None:
             self.on_token(step)
+        before = int(step.time_before[0])
         if step.index == plan.decode_start:
-            self.decoder.set_skip_leading_frames(leading_trim_frames(int(step.time_before[0])))
+            self.decoder.set_skip_leading_frames(leading_trim_frames(before))
+        if self.clock is not None:
+            self.words.extend(self.clock.add(step.index, before))
         vector = step.acoustic_features[0] * cfg.acoustic_std + cfg.acoustic_mean
-        self._deliver(self.decoder.decode_block(vector, int(step.time_before[0])))
+        self._deliver(self.decoder.decode_block(vector, before))
 
     def finish(self, raw: SyncTokGenerationOutput) -> None:
         tail = self.decoder.flush(int(raw.time_before[0, -1]))
-        self.result = finish_output(self.model, self.plan, raw, None)
+        if self.clock is not None:
+            self.words.extend(self.clock.finish(self.samples + tail.numel()))
+        self.result = finish_output(self.model, self.plan, raw, None, self.clock)
         self._deliver(tail, last=True)
 
     def fail(self, error: BaseException) -> None:
@@ -83,7 +93,12 @@ class _Delivery:
     def _deliver(self, chunk: torch.Tensor | None, last: bool = False) -> None:
         with self.cond:
             if chunk is not None and chunk.numel():
-                self.chunks.append(chunk.detach().to("cpu", torch.float32))
+                self.samples += chunk.numel()
+                self.chunks.append((chunk.detach().to("cpu", torch.float32), self.words))
+                self.words = []
+            elif last and self.words:
+                self.chunks.append((torch.zeros(0), self.words))
+                self.words = []
             if last:
                 self.finished = True
                 self.decoder = None
@@ -170,6 +185,9 @@ class AudioStream(ClosingStream):
         self.chunk_samples: list[int] = []
         self.time_to_first_audio: float | None = None
         self.sample_rate = SAMPLE_RATE
+        #: Words heard so far (:class:`~tadastream.timestamps.WordTiming`): each is here once the chunk
+        #: it came with (never after the one that ends it) has been taken.
+        self.words: list[WordTiming] = []
         d, eng = self._delivery, self._engine
         program = SpeechProgram(eng.shape, self._plan, rng, d.step, self.text, eng.prefill_chunk)
         self._handle: EngineStream = eng.submit(program, d, self.text)
@@ -205,8 +223,11 @@ class AudioStream(ClosingStream):
         """A queued chunk; None at the end (raising the stream's error once); False for 'not yet'."""
         d = self._delivery
         with d.cond:
-            if d.chunks:
-                return self._record(d.chunks.popleft())
+            while d.chunks:
+                chunk, words = d.chunks.popleft()
+                self.words.extend(words)
+                if chunk.numel():
+                    return self._record(chunk)
             if not d.finished:
                 return False
             if d.error is not None:

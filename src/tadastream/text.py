@@ -58,10 +58,6 @@ _SPACE_BEFORE_PUNCT = re.compile(r"\s+(?=[.,?!])")
 _SENTENCE_START = re.compile(r"(?<=[.!?])(\s*)(\w)")
 
 
-def _capitalize_match(match: re.Match[str]) -> str:
-    return match.group(1) + match.group(2).upper()
-
-
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -72,6 +68,94 @@ def unpaired_surrogate(text: str) -> int | None:
     return found.start() if found else None
 
 
+class MappedText(str):
+    """A string whose character ``i`` came from character ``origin[i]`` of the text it was made from.
+
+    Normalisation rewrites text (quotes dropped, dashes turned to commas, case changed); word
+    timestamps must name the words as the user wrote them, so every rule carries this map along.
+    """
+
+    origin: tuple[int, ...]
+
+    def __new__(cls, text: str, origin: list[int] | tuple[int, ...]):
+        if len(origin) != len(text):
+            raise ValueError("origin must give one source index per character")
+        obj = super().__new__(cls, text)
+        obj.origin = tuple(origin)
+        return obj
+
+    @classmethod
+    def identity(cls, text: str) -> MappedText:
+        return cls(text, range(len(text)))
+
+
+def _rebuild(pieces: list[tuple[str, int]]) -> MappedText:
+    """Text from (piece, source index of every character of the piece) pairs."""
+    return MappedText("".join(p for p, _ in pieces), [src for p, src in pieces for _ in p])
+
+
+def _replace(text: MappedText, old: str, new: str) -> MappedText:
+    """``str.replace(old, new)`` (one left-to-right pass), each new character mapped to the old one at
+    its place (or the last old one): ``"-"`` -> ``", "`` maps both characters to the dash."""
+    if old not in text:
+        return text
+    pieces, pos, origin = [], 0, text.origin
+    while (found := text.find(old, pos)) >= 0:
+        pieces.extend((ch, origin[i]) for i, ch in enumerate(text[pos:found], pos))
+        pieces.extend((ch, origin[found + min(k, len(old) - 1)]) for k, ch in enumerate(new))
+        pos = found + len(old)
+    pieces.extend((ch, origin[i]) for i, ch in enumerate(text[pos:], pos))
+    return _rebuild(pieces)
+
+
+def _per_char(text: MappedText, change) -> MappedText:
+    """Apply a case change character by character, keeping the map even where it changes a length."""
+    return _rebuild([(change(ch), src) for ch, src in zip(text, text.origin)])
+
+
+def _lower(text: MappedText) -> MappedText:
+    lowered = str.lower(text)
+    if len(lowered) == len(text):  # the usual case, final sigma included: positions unchanged
+        return MappedText(lowered, text.origin)
+    mapped = _per_char(text, str.lower)
+    return MappedText(lowered, mapped.origin) if len(mapped) == len(lowered) else mapped
+
+
+def _sub(text: MappedText, pattern: re.Pattern[str], replace) -> MappedText:
+    """``pattern.sub`` where ``replace(match)`` gives (replacement, its source indices)."""
+    pieces, pos, origin = [], 0, text.origin
+    for match in pattern.finditer(text):
+        pieces.extend((ch, origin[i]) for i, ch in enumerate(text[pos : match.start()], pos))
+        pieces.extend(replace(match))
+        pos = match.end()
+    pieces.extend((ch, origin[i]) for i, ch in enumerate(text[pos:], pos))
+    return _rebuild(pieces)
+
+
+def _capitalized(text: MappedText):
+    def replace(match: re.Match[str]) -> list[tuple[str, int]]:
+        space, letter = match.start(1), match.start(2)
+        return [(ch, text.origin[i]) for i, ch in enumerate(match.group(1), space)] + [
+            (match.group(2).upper(), text.origin[letter])
+        ]
+
+    return replace
+
+
+def normalize_mapped(text: str) -> MappedText:
+    """:func:`normalize_text` that also says where each character of the result came from."""
+    mapped = _rebuild([(ch.translate(_TYPOGRAPHIC), i) for i, ch in enumerate(text)])
+    for old, new in _REWRITES:
+        mapped = _replace(mapped, old, new)
+    mapped = _sub(mapped, _SPACE_BEFORE_PUNCT, lambda match: [])
+    lowered = _lower(mapped)
+    mapped = _sub(lowered, _SENTENCE_START, _capitalized(lowered))
+    if mapped:
+        first = mapped[0].upper()
+        mapped = MappedText(first + mapped[1:], (mapped.origin[0],) * len(first) + mapped.origin[1:])
+    return mapped
+
+
 def normalize_text(text: str) -> str:
     """Normalize ``text`` the way TADA's training data was normalized.
 
@@ -79,14 +163,7 @@ def normalize_text(text: str) -> str:
     colons and dashes become commas, spaces before ``.,?!`` go, and the text is lowercased
     except for its first character and the first word character after ``.``, ``!`` or ``?``.
     """
-    text = text.translate(_TYPOGRAPHIC)
-    for old, new in _REWRITES:
-        text = text.replace(old, new)
-    text = _SPACE_BEFORE_PUNCT.sub("", text)
-    text = _SENTENCE_START.sub(_capitalize_match, text.lower())
-    if text:
-        text = text[0].upper() + text[1:]
-    return text
+    return str(normalize_mapped(text))
 
 
 def is_blank(text: str | None) -> bool:
@@ -142,6 +219,7 @@ class IncrementalText:
             prompt_tokens = tokenizer.encode(self.prompt_text.rstrip(), add_special_tokens=False)
         self.prompt_tokens = list(prompt_tokens or [])
         self.raw = ""
+        self.settled = 0  # characters of ``raw`` whose ids are all released
         self.released: list[int] = []
         self.finished = False
 
@@ -171,12 +249,16 @@ class IncrementalText:
             cut = match.end()
         if not cut:
             return []
-        return self._release(self._ids(self.raw[:cut]))
+        new = self._release(self._ids(self.raw[:cut]))
+        self.settled = cut
+        return new
 
     def finish(self) -> list[int]:
         """The text has ended: the remaining ids."""
         self.finished = True
-        return self._release(self._ids(self.raw))
+        new = self._release(self._ids(self.raw))
+        self.settled = len(self.raw)
+        return new
 
     @property
     def text(self) -> str:

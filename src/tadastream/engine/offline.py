@@ -15,6 +15,7 @@ from ..generation.outputs import (
 from ..generation.plan import GenerationPlan
 from ..generation.program import SpeechProgram
 from ..generation.rng import StreamRng
+from ..timestamps import WordClock
 from .core import Engine
 
 #: Texts of one generate() call that run side by side when no engine is given.
@@ -73,7 +74,10 @@ def generate_utterances(
         sink.steps.clear()
         vectors, time_before = decode_frames(model, plan, sink.result)
         audio = decode_audio(model, vectors[0], time_before[0], window_size)
-        outputs.append(finish_output(model, plan, sink.result, [audio]))
+        clock = WordClock.of(plan, model.tokenizer)
+        if clock is not None:
+            clock.replay(time_before[0, : vectors.shape[1]].tolist(), audio.numel())
+        outputs.append(finish_output(model, plan, sink.result, [audio], clock))
     return outputs
 
 

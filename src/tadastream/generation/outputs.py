@@ -4,6 +4,7 @@ and the one-pass decode of a finished utterance."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -58,6 +59,9 @@ class GenerationOutput:
     chunk_times: list[float] | None = None
     chunk_samples: list[int] | None = None
     total_time: float | None = None
+    #: Per text: when each word (and character) of the text as written is heard; see tadastream.timestamps.
+    words: list[list[Any]] | None = None
+    characters: list[list[Any]] | None = None
 
 
 def leading_trim_frames(first_time_before: int) -> int:
@@ -71,7 +75,8 @@ def decode_frames(model, plan, raw: SyncTokGenerationOutput):
     return feats[:, plan.decode_start :], raw.time_before[:, plan.decode_start :]
 
 
-def finish_output(model, plan, raw: SyncTokGenerationOutput, audio) -> GenerationOutput:
+def finish_output(model, plan, raw: SyncTokGenerationOutput, audio, clock=None) -> GenerationOutput:
+    """The public output; ``clock`` (a finished :class:`~tadastream.timestamps.WordClock`) gives its word times."""
     cfg, tok = model.config, model.tokenizer
     _, time_before = decode_frames(model, plan, raw)
     return GenerationOutput(
@@ -88,6 +93,8 @@ def finish_output(model, plan, raw: SyncTokGenerationOutput, audio) -> Generatio
         llm_time=torch.tensor(raw.llm_time),
         diffusion_time=torch.tensor(raw.diffusion_time),
         step_logs=raw.step_logs,
+        words=[list(clock.words)] if clock is not None else None,
+        characters=[list(clock.characters)] if clock is not None else None,
     )
 
 

@@ -71,6 +71,22 @@ class GenerationPlan:
     max_positions: int = 131072
     shift: int = 5
     speaker_reference: torch.Tensor | None = None  # for the spkr_verification scorer
+    source_text: str = ""  # the text as the caller wrote it (``text`` is normalised)
+    prompt_text: str = ""  # the voice prompt's transcript, tokenized jointly with the text
+    normalize_text: bool = True
+
+    def text_tokens(self, tokenizer):
+        """Which characters of the caller's text each new token speaks (for word timestamps)."""
+        from ..timestamps import TextTokens
+
+        return TextTokens(
+            tokenizer,
+            self.prompt_text,
+            text=self.source_text,
+            ids=self.text_ids,
+            incremental=self.incremental,
+            normalize=self.normalize_text,
+        )
 
     @property
     def num_steps(self) -> int | None:
@@ -162,6 +178,7 @@ def plan_generation(
     tok = model.tokenizer
     special = SpecialIds.of(tok)
     shift = model.config.shift_acoustic
+    source_text = text if not incremental else ""
     if not incremental:
         text = normalize_text_fn(text) if normalize_text else text
     prompt_text = (p["text"] or [""])[0] or ""
@@ -230,6 +247,9 @@ def plan_generation(
         incremental=feed_text,
         max_positions=model.config.max_position_embeddings,
         shift=shift,
+        source_text=source_text,
+        prompt_text=prompt_text,
+        normalize_text=normalize_text,
     )
     if not incremental:
         plan.check_length(len(text_ids))
