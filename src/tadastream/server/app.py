@@ -123,6 +123,10 @@ def create_app(
     async def speech(body: SpeechRequest, request: Request) -> Response:
         return speech_response(app, body, request, formats)
 
+    @app.post("/v1/audio/speech/with-timestamps", dependencies=[Depends(require_json)])
+    async def speech_with_timestamps(body: SpeechRequest, request: Request) -> Response:
+        return speech_response(app, body, request, formats, captioned=True)
+
     @app.post("/v1/voices", status_code=201)
     async def upload_voice(request: Request) -> JSONResponse:
         return await save_voice_upload(app, request)

@@ -55,6 +55,17 @@ def check_seed(seed: Any) -> int:
     return seed
 
 
+def check_timestamps(model, wanted: Any, param: str = "timestamps") -> bool:
+    """``wanted`` as a bool, refused (400) when it is not one or the model's tokenizer gives no offsets."""
+    if not isinstance(wanted, bool):
+        raise EngineError(400, f"{param} must be true or false", "invalid_request_error", param)
+    if wanted and not getattr(model.tokenizer, "is_fast", False):
+        raise EngineError(
+            400, "this model's tokenizer gives no character offsets, so no timestamps", "unsupported", param
+        )
+    return wanted
+
+
 def check_text(text: str, param: str = "input") -> str:
     """``text`` if a tokenizer can read it (see :func:`check_encodable`); else EngineError 400."""
     try:
@@ -190,6 +201,14 @@ class SpeechJob:
         self.chunks = 0
         self.cancelled = False
         self._finished = False
+        self._words_sent = 0
+
+    def new_words(self) -> list[dict[str, Any]]:
+        """Words timed since the last call, as JSON objects. Each comes with (or before) the chunk that
+        ends it, so sending them before that chunk's audio keeps a client's captions ahead of the sound."""
+        words = self.stream.words[self._words_sent :]
+        self._words_sent += len(words)
+        return [w.to_dict() for w in words]
 
     @property
     def text(self) -> TextInput | None:

@@ -22,7 +22,7 @@ from ..audio import AudioError, StreamEncoder, available_formats
 from ..config import SAMPLE_RATE
 from ..generation import InferenceOptions
 from .errors import EngineError, engine_error_response, error_response
-from .service import SpeechJob, check_seed, check_text, inference_options, new_seed
+from .service import SpeechJob, check_seed, check_text, check_timestamps, inference_options, new_seed
 from .settings import ServerSettings
 from .voices import check_voice_name
 
@@ -54,6 +54,7 @@ class SpeechRequest(BaseModel):
     seed: int | None = None
     instructions: str | None = None  # accepted and ignored: TADA takes no style instructions
     options: dict[str, Any] | None = None
+    timestamps: bool = False  # SSE: speech.audio.timestamps events with the words' times
 
 
 def require_json(request: Request) -> None:
@@ -88,8 +89,11 @@ def _response_format(body: SpeechRequest, formats: list[str]) -> str:
     return fmt
 
 
-def speech_response(app: FastAPI, body: SpeechRequest, request: Request, formats: list[str]) -> SpeechResponse:
-    """Check the request (raising EngineError 400) and log its choices; the audio is made while the response is sent."""
+def speech_response(
+    app: FastAPI, body: SpeechRequest, request: Request, formats: list[str], captioned: bool = False
+) -> SpeechResponse:
+    """Check the request (raising EngineError 400) and log its choices; the audio is made while the response
+    is sent: streamed, or with ``captioned`` as one JSON object with the words' times."""
     settings: ServerSettings = app.state.settings
     log = request.scope.get("tadastream.log", {})
     text = body.input
@@ -104,12 +108,28 @@ def speech_response(app: FastAPI, body: SpeechRequest, request: Request, formats
             "input",
         )
     check_text(text)
+    check_timestamps(app.state.service.model, body.timestamps)
+    if body.timestamps and body.stream_format != "sse" and not captioned:
+        raise EngineError(
+            400,
+            "timestamps come as SSE events: add stream_format 'sse', or POST /v1/audio/speech/with-timestamps",
+            "invalid_request_error",
+            "timestamps",
+        )
+    if captioned and body.stream_format == "sse":
+        raise EngineError(
+            400,
+            "with-timestamps answers in one JSON object: leave out stream_format",
+            "invalid_request_error",
+            "stream_format",
+        )
     fmt = _response_format(body, formats)
     voice = _voice_name(body.voice)
     seed = check_seed(body.seed) if body.seed is not None else new_seed()
     options = inference_options(body.options, body.speed, app.state.service.model)
     log.update(voice=voice or "default", format=fmt, seed=seed)
-    return SpeechResponse(app, body, fmt, seed, options, voice)
+    kind = CaptionedSpeechResponse if captioned else SpeechResponse
+    return kind(app, body, fmt, seed, options, voice)
 
 
 def _voice_name(voice: str | dict[str, Any] | None) -> str | None:
@@ -285,7 +305,11 @@ class SpeechResponse(Response):
         raw = [(k.encode(), v.encode()) for k, v in headers]
         await send({"type": "http.response.start", "status": 200, "headers": raw})
         data = head
+        timed = sse and self.request.timestamps
         while True:
+            if timed and (words := self.job.new_words()):  # before the audio that ends them
+                event = _sse({"type": "speech.audio.timestamps", "words": words})
+                await send({"type": "http.response.body", "body": event, "more_body": True})
             if data:
                 body = _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}) if sse else data
                 await send({"type": "http.response.body", "body": body, "more_body": True})
@@ -310,3 +334,34 @@ class SpeechResponse(Response):
 def _sse(event: dict[str, Any]) -> bytes:
     """One server-sent event carrying ``event`` as JSON."""
     return f"data: {json.dumps(event)}\n\n".encode()
+
+
+class CaptionedSpeechResponse(SpeechResponse):
+    """``POST /v1/audio/speech/with-timestamps``: the whole file (base64) and every word's and
+    character's time in one JSON object, as captioned-speech APIs answer. Same checks, limits and
+    disconnect handling as the streamed response; nothing is sent until the audio is complete."""
+
+    async def _stream(self, send, encoder: StreamEncoder, head: bytes) -> None:
+        parts = [head]
+        while not encoder.closed:
+            parts.append(await self._encode(encoder, await self.job.next_chunk()))
+        result = self.job.stream.result
+        words = [w.to_dict() for w in self.job.stream.words]
+        characters = [c.to_dict() for c in (result.characters[0] if result and result.characters else [])]
+        body = {
+            "audio": base64.b64encode(b"".join(parts)).decode(),
+            "response_format": self.fmt,
+            "sample_rate": SAMPLE_RATE,
+            "words": words,
+            "characters": characters,
+            "timings": self.job.timings(),
+        }
+        payload = json.dumps(body).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"x-seed", str(self.seed).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload, "more_body": False})

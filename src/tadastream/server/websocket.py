@@ -23,7 +23,15 @@ from ..config import SAMPLE_RATE
 from ..generation import InferenceOptions, TextInput
 from .errors import EngineError, error_body
 from .middleware import authorized
-from .service import SpeechJob, SpeechService, check_seed, check_text, inference_options, new_seed
+from .service import (
+    SpeechJob,
+    SpeechService,
+    check_seed,
+    check_text,
+    check_timestamps,
+    inference_options,
+    new_seed,
+)
 from .settings import ServerSettings
 from .voices import check_voice_name
 
@@ -67,6 +75,7 @@ class _Session:
         self.job: SpeechJob | None = None
         self.text: TextInput | None = None
         self.cancelled = False
+        self.timestamps = False
         self._idle_deadline = 0.0  # event-loop time, set at accept; whitespace-only pieces do not move it
 
     async def run(self) -> None:
@@ -103,6 +112,7 @@ class _Session:
             check_voice_name(voice)
         seed = check_seed(config["seed"]) if config.get("seed") is not None else new_seed()
         options = inference_options(config.get("options"), config.get("speed"), self.service.model)
+        self.timestamps = check_timestamps(self.service.model, config.get("timestamps", False))
         if config.get("format", "pcm") != "pcm":
             raise EngineError(400, "the WebSocket streams raw PCM16: use format 'pcm'", "unsupported_format")
         prompt = await asyncio.to_thread(self.voices.resolve, voice)
@@ -164,9 +174,14 @@ class _Session:
         self.job = await self.service.start(prompt, self.text, seed=seed, options=options, started=self.started)
         if self.cancelled:
             self.job.cancel()
-        while (chunk := await self.job.next_chunk()) is not None:
+        while True:
+            chunk = await self.job.next_chunk()
             try:
                 async with asyncio.timeout(self.settings.send_timeout):
+                    if self.timestamps and (words := self.job.new_words()):  # before the audio that ends them
+                        await self.ws.send_json({"type": "timestamps", "words": words})
+                    if chunk is None:
+                        return
                     await self.ws.send_bytes(float_to_pcm16(chunk))
             except TimeoutError:
                 raise _stalled(self.settings) from None
