@@ -7,6 +7,7 @@ runs are few and each checks several things; the error paths never load a model.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import struct
 import subprocess
@@ -580,8 +581,10 @@ def test_ctrl_c_keeps_what_was_made_as_a_valid_file(tmp_path):
 
     chapter = tmp_path / "book.txt"
     chapter.write_text("A long book is read aloud, one sentence after another. " * 40)
-    target = tmp_path / "book.wav"
-    run = TerminalRun("speak", "-f", chapter, "--long-form", "--model", "demo", "-o", target, *FAST)
+    target, subtitles = tmp_path / "book.wav", tmp_path / "book.srt"
+    run = TerminalRun(
+        "speak", "-f", chapter, "--long-form", "--model", "demo", "-o", target, "--subtitles", subtitles, *FAST
+    )
     assert run.read_until(b"s of audio"), "generation did not start"
     time.sleep(1.0)
     run.proc.send_signal(signal.SIGINT)
@@ -589,4 +592,60 @@ def test_ctrl_c_keeps_what_was_made_as_a_valid_file(tmp_path):
     assert code == 130 and "interrupted: kept the first" in shown and "Traceback" not in shown, shown
     audio, rate = soundfile.read(target)
     assert rate == 24000 and len(audio) > 0, "the first part is a complete, readable file"
+    cues = subtitles.read_text().strip().split("\n\n")
+    assert cues and cues[0].startswith("1\n00:00:00,000 --> "), "the subtitles of the audio kept"
+    last_end = cues[-1].splitlines()[1].split(" --> ")[1]
+    h, m, rest = last_end.split(":")
+    assert int(h) * 3600 + int(m) * 60 + float(rest.replace(",", ".")) <= len(audio) / rate + 1e-3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary file is left behind"
+
+
+def test_subtitles_and_timestamps_files(tmp_path):
+    text = "Subtitles follow the words. Each cue is timed — exactly — from the model!"
+    files = {name: tmp_path / name for name in ("s.wav", "s.srt", "s.vtt", "s.json")}
+    proc = run_cli(
+        "speak",
+        text,
+        "--model",
+        "demo",
+        "-o",
+        files["s.wav"],
+        "--subtitles",
+        files["s.srt"],
+        "--timestamps",
+        files["s.json"],
+        "--seed",
+        "4",
+        *FAST,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"subtitles {files['s.srt']}" in proc.stderr and f"timestamps {files['s.json']}" in proc.stderr
+    audio, rate = soundfile.read(files["s.wav"])
+    data = json.loads(files["s.json"].read_text())
+    assert data["text"] == text and data["seed"] == 4
+    assert data["audio_seconds"] == pytest.approx(len(audio) / rate)
+    words = data["words"]
+    assert [w["word"] for w in words][:4] == ["Subtitles", "follow", "the", "words."]
+    assert words[0]["start"] == 0 and words[-1]["end"] == pytest.approx(len(audio) / rate)
+    assert all(text[w["char_start"] : w["char_end"]] == w["word"] for w in words)
+    assert data["characters"] and all(text[c["index"]] == c["char"] for c in data["characters"])
+    srt = files["s.srt"].read_text()
+    assert srt.startswith("1\n00:00:00,000 --> ") and "2\n" in srt, "a cue per sentence at least"
+    assert "Subtitles follow the words." in srt and "from the model!" in srt
+    # the same seed and a .vtt: same times, with each word's start inline
+    proc = run_cli(
+        "speak", text, "--model", "demo", "-o", files["s.wav"], "--subtitles", files["s.vtt"], "--seed", "4", *FAST
+    )
+    assert proc.returncode == 0, proc.stderr
+    vtt = files["s.vtt"].read_text()
+    second = words[1]["start"]
+    assert vtt.startswith("WEBVTT\n") and f"<00:00:{second:06.3f}>follow" in vtt
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_caption_file_names_are_checked_before_loading(tmp_path):
+    proc = run_cli("speak", "Hi.", "--model", "demo", "-o", tmp_path / "x.wav", "--subtitles", tmp_path / "x.txt")
+    assert_user_error(proc, 2, "--subtitles", ".srt or .vtt")
+    proc = run_cli("speak", "Hi.", "--model", "demo", "-o", tmp_path / "x.wav", "--timestamps", tmp_path / "no/x.json")
+    assert_user_error(proc, 2, "--timestamps")
+    assert not list(tmp_path.iterdir())

@@ -15,7 +15,7 @@ from tadastream.demo import build_demo_model, demo_voice
 from tadastream.generation import InferenceOptions, plan_generation
 from tadastream.generation.outputs import leading_trim_frames
 from tadastream.text import normalize_mapped, normalize_text
-from tadastream.timestamps import WordClock, WordTiming
+from tadastream.timestamps import WordClock, WordTiming, words_heard
 
 TEXT = 'Hello — world, this is a "quick" test… of timing (twice)! Okay?'
 FRAME = SAMPLES_PER_FRAME / SAMPLE_RATE
@@ -200,3 +200,10 @@ def test_long_form_words_are_placed_in_the_whole_text(model, voice):
     for _ in stream:
         pass
     assert stream.words == words and stream.result.characters == out.characters
+
+
+def test_words_heard_stop_where_playback_stopped():
+    words = [WordTiming("a", 0.0, 0.5, 0, 1), WordTiming("b", 0.5, 1.0, 2, 3), WordTiming("c", 1.0, 2.0, 4, 5)]
+    assert words_heard(words, 0.75) == [words[0], WordTiming("b", 0.5, 0.75, 2, 3)]
+    assert words_heard(words, 1.0) == words[:2] and words_heard(words, 5.0) == words
+    assert words_heard(words, 0.0) == []

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from .config import SAMPLE_RATE, SAMPLES_PER_FRAME
 from .text import MappedText, normalize_mapped
 
-__all__ = ["CharTiming", "TextTokens", "WordClock", "WordTiming", "token_spans"]
+__all__ = ["CharTiming", "TextTokens", "WordClock", "WordTiming", "token_spans", "words_heard"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,15 @@ class CharTiming:
 def _later(time: float, seconds: float) -> float:
     """A sum of times, rounded to the microsecond so joined segments do not show float dust."""
     return round(time + seconds, 6)
+
+
+def words_heard(words: list[WordTiming], seconds: float) -> list[WordTiming]:
+    """The words a listener heard when playback stopped after ``seconds``: those begun by then, the
+    last one cut at that moment (what an interrupted agent should keep, or subtitles of a cut file)."""
+    heard = [w for w in words if w.start < seconds]
+    if heard and heard[-1].end > seconds:
+        heard[-1] = replace(heard[-1], end=seconds)
+    return heard
 
 
 def token_spans(tokenizer, prompt_text: str, text: str, ids: list[int]) -> list[tuple[int, int]]:

@@ -90,6 +90,17 @@ def check_timeline(path: str | None) -> Path | None:
     return target
 
 
+def check_text_output(path: str | None, flag: str, suffixes: tuple[str, ...]) -> Path | None:
+    """A file name with one of ``suffixes`` in a folder that exists (checked now, not after generating)."""
+    if path is None:
+        return None
+    target = Path(path).expanduser()
+    if target.suffix.lower() not in suffixes:
+        raise UsageError(f"{flag} {path}: the file name must end in {' or '.join(suffixes)}")
+    check_folder(target, flag)
+    return target
+
+
 def _looks_like_path(name: str) -> bool:
     """What hub.resolve_checkpoint would not treat as a hub id ('org/name')."""
     return name.startswith((".", "/", "~")) or name.count("/") != 1 or os.sep != "/" and os.sep in name

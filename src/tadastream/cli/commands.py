@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..captions import SUBTITLE_FORMATS
 from ..config import DEFAULT_CODEC, SAMPLE_RATE
 from ..loading import DEMO
 from .checks import (
@@ -22,6 +24,7 @@ from .checks import (
     check_player,
     check_recording,
     check_source,
+    check_text_output,
     check_timeline,
     check_voice,
     pick_device,
@@ -102,9 +105,20 @@ def _stream(model, prompt, text: str, progress: Progress, **kwargs):
 
 
 def _generate(
-    model, prompt, text: str, options, sink, progress: Progress, *, transition_steps=5, normalize=True, long_form=None
+    model,
+    prompt,
+    text: str,
+    options,
+    sink,
+    progress: Progress,
+    *,
+    transition_steps=5,
+    normalize=True,
+    long_form=None,
+    captions: Callable[[list, list, float], None] | None = None,
 ):
-    """Stream ``text`` into ``sink``; returns (result, audio seconds)."""
+    """Stream ``text`` into ``sink``; returns (result, audio seconds). ``captions(words, characters,
+    seconds)`` gets the word times at the end, or those of the audio kept after Ctrl-C."""
     stream = _stream(
         model,
         prompt,
@@ -124,11 +138,35 @@ def _generate(
     except KeyboardInterrupt:
         progress.clear()
         sink.interrupted()  # what was made so far stays a valid file
+        if captions is not None:  # and its captions match it
+            from ..timestamps import words_heard
+
+            kept = sum(stream.chunk_samples) / SAMPLE_RATE
+            captions(words_heard(list(stream.words), kept), [], kept)
         raise
     progress.clear()
     if stream.result is None:
         raise CliError("generation stopped before it finished; rerun with --debug to see why")
-    return stream.result, sum(stream.result.chunk_samples or [0]) / SAMPLE_RATE
+    seconds = sum(stream.result.chunk_samples or [0]) / SAMPLE_RATE
+    if captions is not None:
+        result = stream.result
+        captions(result.words[0] if result.words else [], result.characters[0] if result.characters else [], seconds)
+    return stream.result, seconds
+
+
+def _caption_writer(text: str, subtitles_file: Path | None, timestamps_file: Path | None, seed: int):
+    """What ``_generate`` calls with the word times: writes the --subtitles and --timestamps files."""
+    if subtitles_file is None and timestamps_file is None:
+        return None
+    from ..captions import subtitles, timestamps_json, write_text_atomic
+
+    def write(words: list, characters: list, seconds: float) -> None:
+        if subtitles_file is not None:
+            write_text_atomic(subtitles_file, subtitles(subtitles_file, words))
+        if timestamps_file is not None:
+            write_text_atomic(timestamps_file, timestamps_json(text, words, characters, seconds, seed=seed))
+
+    return write
 
 
 def _timings(result, seconds: float) -> tuple[str, str, str]:
@@ -155,6 +193,8 @@ def cmd_speak(args: argparse.Namespace) -> int:
     if args.output is None:
         check_player()
     timeline = check_timeline(args.timeline)
+    subtitles_file = check_text_output(args.subtitles, "--subtitles", tuple(SUBTITLE_FORMATS))
+    timestamps_file = check_text_output(args.timestamps, "--timestamps", (".json",))
     demo = args.model == DEMO
     if demo and args.tokenizer is not None:
         raise UsageError("--tokenizer does not apply to --model demo (it has its own tokenizer)")
@@ -217,6 +257,7 @@ def cmd_speak(args: argparse.Namespace) -> int:
             transition_steps=args.transition_steps,
             normalize=not args.no_normalize,
             long_form=True if args.long_form else None,
+            captions=_caption_writer(text, subtitles_file, timestamps_file, seed),
         )
         sink.close()
     except BaseException:
@@ -229,9 +270,14 @@ def cmd_speak(args: argparse.Namespace) -> int:
         plot_timeline(result, timeline, SAMPLE_RATE)
     first, speed, rtf = _timings(result, seconds)
     where = f"wrote {output}" if output is not None else ("stdout" if to_stdout else "played")
+    extras = [
+        f"{name} {path}"
+        for name, path in (("timeline", timeline), ("subtitles", subtitles_file), ("timestamps", timestamps_file))
+        if path is not None
+    ]
     progress.note(
         f"{where}: {seconds:.2f} s of audio in {result.total_time:.2f} s ({speed}); first audio after {first}; "
-        f"seed {seed}" + (f"; timeline {timeline}" if timeline is not None else "")
+        f"seed {seed}" + "".join(f"; {extra}" for extra in extras)
     )
     return 0
 

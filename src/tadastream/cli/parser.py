@@ -142,7 +142,8 @@ def _add_speak(sub) -> None:
             "  echo 'Hello there.' | tadastream speak - --voice me.voice --stream -o - --format raw \\\n"
             "      | aplay -f S16_LE -r 24000 -c 1\n"
             "  tadastream speak -f chapter.txt --voice me.voice -o chapter.flac         # any length\n"
-            "  tadastream speak 'Hello there.' --model demo -o noise.wav --timeline timeline.png"
+            "  tadastream speak 'Hello there.' --model demo -o noise.wav --timeline timeline.png\n"
+            "  tadastream speak -f talk.txt --voice me.voice -o talk.mp3 --subtitles talk.vtt --timestamps talk.json"
         ),
     )
     speak.add_argument("text", metavar="TEXT", nargs="?", help="the words to speak, or - to read them from stdin")
@@ -185,6 +186,17 @@ def _add_speak(sub) -> None:
         help="stdout encoding: wav (default; streaming header) or raw (16-bit little-endian PCM, 24 kHz mono)",
     )
     g.add_argument("--timeline", metavar="PNG", help="also draw chunk timings and token durations (tadastream[plot])")
+    g.add_argument(
+        "--subtitles",
+        metavar="FILE",
+        help="also write subtitles timed word by word from the model's durations: .srt or .vtt "
+        "(WebVTT with each word's start, for karaoke highlighting)",
+    )
+    g.add_argument(
+        "--timestamps",
+        metavar="JSON",
+        help="also write every word's and character's start and end (seconds) and place in the text, as .json",
+    )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     _add_model_options(speak)
     _add_generation_options(speak)
