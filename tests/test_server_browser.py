@@ -84,6 +84,14 @@ def test_page_plays_the_stream(server_url, browser):
     # Web Audio: the chunks were decoded and scheduled one after another as they arrived.
     assert "no audio output" not in status.text
     assert int(browser.find_element(By.ID, "scheduled").text) > 1
+    # the words came as timestamps: the text is shown word by word, and each lights up as it is heard
+    with httpx.Client(base_url=server_url, trust_env=False, timeout=60) as client:
+        timed = client.post("/v1/audio/speech/with-timestamps", json={"input": TEXT, "seed": 4}).json()["words"]
+    spans = browser.find_elements(By.CSS_SELECTOR, "#words span.word")
+    assert [s.text for s in spans] == [w["word"] for w in timed] and browser.find_element(By.ID, "words").text == TEXT
+    assert [float(s.get_attribute("data-start")) for s in spans] == [w["start"] for w in timed]
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#words span.word.now"))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#words span.word.heard")) == len(timed))
 
 
 def test_page_sends_a_seed_past_2_to_the_53_exactly(server_url, browser):
