@@ -31,8 +31,9 @@ Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is se
   current step (the two final messages still come; before any text it just closes); a disconnect
   stops it too. Errors (an empty or whitespace-only text, found at ``end``; text over the limit;
   no word for ``--ws-idle-timeout`` s (whitespace-only pieces do not count); audio left unread
-  for ``--send-timeout`` s; a session past ``--max-session-seconds``): ``{"type": "error", "error":
-  {...}}`` then a close (1008; 1003 for a malformed message; 1013 when busy).
+  for ``--send-timeout`` s; a session past ``--max-session-seconds``): ``{"type": "error", "status"
+  (the HTTP status of the same refusal), "retry_after" (when busy), "error": {...}}`` then a close
+  (1008; 1003 for a malformed message; 1013 when busy).
 * ``GET /v1/voices``, ``POST /v1/voices`` (multipart ``name`` + ``file`` = a ``.voice`` file, or
   ``audio`` + ``transcript`` when the server has an encoder), ``GET /v1/models``, ``GET /health``,
   and a demo page at ``/``.

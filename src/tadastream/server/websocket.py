@@ -270,8 +270,11 @@ class _Session:
             raise EngineError(400, f"input exceeds {limit} characters", "input_too_long")
         return piece
 
-    async def _fail(self, status: int, message: str, code: str, close: int = 1008) -> None:
-        """Free the slot, then send an ``error`` message and close; the client may be gone or not reading."""
+    async def _fail(self, status: int, message: str, code: str, close: int = 1008, retry_after: float = 0) -> None:
+        """Free the slot, then send an ``error`` message and close; the client may be gone or not reading.
+
+        The message carries the HTTP ``status`` the same refusal gets over HTTP (and ``retry_after``
+        seconds when busy), so clients apply one retry rule to both."""
         self.log["outcome"] = code
         if self.job is not None:
             self.job.finish()
@@ -280,8 +283,11 @@ class _Session:
             logger.warning("WebSocket %s closed: %s%s", self.log.get("request_id"), message, freed)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self.settings.send_timeout):
-                await self.ws.send_json({"type": "error", **error_body(status, message, code)})
+                extra = {"retry_after": int(retry_after)} if retry_after else {}
+                await self.ws.send_json(
+                    {"type": "error", "status": status, **extra, **error_body(status, message, code)}
+                )
                 await self.ws.close(close)
 
     async def _refuse(self, exc: EngineError) -> None:
-        await self._fail(exc.status, exc.message, exc.code, close_code(exc))
+        await self._fail(exc.status, exc.message, exc.code, close_code(exc), exc.retry_after)
