@@ -1,4 +1,4 @@
-"""The ``tadastream`` command: ``speak``, ``encode-voice``, ``demo`` and ``serve``.
+"""The ``tadastream`` command: ``speak``, ``encode-voice``, ``demo``, ``serve`` and ``wyoming``.
 
 Every argument is checked before a model is loaded (loading takes seconds to minutes), so a typo
 costs nothing. User errors end the program with one ``error: ...`` line on stderr that says how

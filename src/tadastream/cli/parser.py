@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..config import DEFAULT_CODEC, DEFAULT_MODEL
+from ..integrations.wyoming import add_wyoming_arguments, cmd_wyoming
 from ..server import add_serve_arguments
 from .checks import FILE_EXTENSIONS
 from .commands import cmd_demo, cmd_encode_voice, cmd_serve, cmd_speak
@@ -261,6 +262,18 @@ def _add_serve(sub) -> None:
     serve.set_defaults(handler=cmd_serve)
 
 
+def _add_wyoming(sub) -> None:
+    wyoming = sub.add_parser(
+        "wyoming",
+        help="Wyoming protocol TTS server for Home Assistant (tadastream[wyoming])",
+        description="Serve the model over the Wyoming protocol (as wyoming-piper does): add it in Home Assistant "
+        "with the Wyoming integration, host and port of --uri.",
+    )
+    add_wyoming_arguments(wyoming)
+    _add_common(wyoming)
+    wyoming.set_defaults(handler=cmd_wyoming)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line grammar (no heavy imports: ``--help`` is instant)."""
     parser = _Parser(
@@ -274,4 +287,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encode_voice(sub)
     _add_demo(sub)
     _add_serve(sub)
+    _add_wyoming(sub)
     return parser

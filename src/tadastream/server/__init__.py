@@ -48,7 +48,7 @@ import logging
 import os
 from typing import Any
 
-from ..config import DEFAULT_CODEC
+from ..config import DEFAULT_CODEC, DEFAULT_MODEL
 
 __all__ = ["add_serve_arguments", "create_app", "main", "run_server"]
 
@@ -64,7 +64,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         except argparse.ArgumentError:
             pass
 
-    add("--model", default="HumeAI/tada-1b", help="hub id, checkpoint folder, or 'demo' (tiny built-in model)")
+    add("--model", default=DEFAULT_MODEL, help="hub id, checkpoint folder, or 'demo' (tiny built-in model)")
     add("--codec", default=DEFAULT_CODEC, help="codec hub id or folder (its decoder/ is used)")
     add("--tokenizer", default=None, help="tokenizer hub id or folder (default: from the checkpoint)")
     add("--device", default=None, help="torch device (default: cuda if available, else cpu)")

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from fastapi.responses import JSONResponse
 
 from ..audio import AudioError
 from ..config import SAMPLE_RATE
 from .errors import EngineError
 from .settings import ServerSettings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the voice store serves without a web framework too (tadastream wyoming)
     from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
 
 VOICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: OpenAI's built-in voice names; they mean "the default voice" unless a file of that name exists.
@@ -252,6 +252,8 @@ async def _read_upload(request: Request) -> _Upload:
 
 async def save_voice_upload(app: FastAPI, request: Request) -> JSONResponse:
     """``POST /v1/voices``: check the upload (encoding a WAV first), then store it as ``NAME.voice``."""
+    from fastapi.responses import JSONResponse
+
     settings: ServerSettings = app.state.settings
     store: VoiceStore = app.state.voices
     if store.directory is None:

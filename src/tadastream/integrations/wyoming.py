@@ -1,0 +1,573 @@
+"""``tadastream wyoming``: the Wyoming protocol (Home Assistant's voice services), served in-process.
+
+A Wyoming TTS server in the manner of wyoming-piper, built on the ``wyoming`` package's own classes
+(``pip install "tadastream[wyoming]"``), around one loaded model: every synthesis is a stream in
+the shared batched engine of a :class:`~tadastream.server.service.SpeechService` (admission,
+per-request seeds), so several clients are served at once. Events, per connection:
+
+* ``describe`` -> ``info``: one TTS program, ``supports_synthesize_streaming``, whose voices are
+  ``default`` (the model's voice, or ``--default-voice``) and every ``NAME.voice`` in ``--voices``.
+* ``synthesize`` (``text``, optional ``voice.name``) -> ``audio-start`` (24000 Hz, 16-bit, mono),
+  ``audio-chunk`` events sent as the audio is made (at most ``--samples-per-chunk`` samples each),
+  ``audio-stop``.
+* ``synthesize-start`` (optional ``voice.name``), ``synthesize-chunk`` (``text``) any number of
+  times, ``synthesize-stop`` -> ``audio-start``, ``audio-chunk`` events, ``audio-stop``, then
+  ``synthesize-stopped``. Pieces feed one generation as they arrive (a word is spoken once the
+  whitespace after it, or the stop, has come), so audio starts before the stop; it is the audio of
+  the whole text sent at once with the same seed. After a ``synthesize-start``, plain
+  ``synthesize`` events on that connection are the copy of the text that streaming clients send
+  for backward compatibility (Home Assistant sends it before ``synthesize-stop``) and are ignored,
+  as wyoming-piper does.
+* Errors (unknown voice, text too long, all streams busy, no new text for ``--idle-timeout`` s in
+  a stream, audio left unread for ``--send-timeout`` s): an ``error`` event (``text``, ``code``),
+  then the server closes the connection, so a client waiting for audio is not left hanging.
+
+Requests on one connection run in order, in a task of their own, while the connection is read: a
+client that disconnects (its end of the socket closes) stops its generation at once and frees the
+engine slot. Wyoming has no word-timestamp event: only audio is sent.
+
+This module imports no ``wyoming`` until a server is built, so the CLI can take its options
+(:func:`add_wyoming_arguments`) without the extra installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from ..config import DEFAULT_CODEC, DEFAULT_MODEL, SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from wyoming.info import Info
+    from wyoming.server import AsyncEventHandler
+
+    from ..server.service import SpeechService
+    from ..server.voices import VoiceStore
+
+__all__ = ["WyomingTTS", "add_wyoming_arguments", "build_wyoming", "cmd_wyoming", "main", "wyoming_options"]
+
+logger = logging.getLogger("tadastream.wyoming")
+
+DEFAULT_URI = "tcp://127.0.0.1:10200"
+SAMPLE_WIDTH = 2  # bytes: PCM16
+CHANNELS = 1
+INSTALL_HINT = 'the Wyoming server needs the wyoming package: pip install "tadastream[wyoming]"'
+
+
+def add_wyoming_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``wyoming`` options to ``parser``; options it already has (a shared ``--model``) are kept.
+
+    Names and defaults follow ``tadastream serve`` wherever the meaning is the same.
+    """
+
+    def add(*flags: str, **kw: Any) -> None:
+        try:
+            parser.add_argument(*flags, **kw)
+        except argparse.ArgumentError:
+            pass
+
+    add("--uri", default=DEFAULT_URI, help=f"where to listen: tcp://HOST:PORT, unix://PATH or stdio:// ({DEFAULT_URI})")
+    add("--model", default=DEFAULT_MODEL, help="hub id, checkpoint folder, or 'demo' (tiny built-in model)")
+    add("--codec", default=DEFAULT_CODEC, help="codec hub id or folder (its decoder/ is used)")
+    add("--tokenizer", default=None, help="tokenizer hub id or folder (default: from the checkpoint)")
+    add("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add(
+        "--dtype",
+        default="auto",
+        help="float32, bfloat16, float16 or auto (bfloat16 on cuda or a CPU with native bf16, else float32)",
+    )
+    add("--quantize", default=None, choices=["int8"], help="int8 weights (CPU, bf16): half the memory")
+    add("--voices", metavar="DIR", default=None, help="folder of NAME.voice files, offered as voices NAME")
+    add("--default-voice", metavar="NAME", default=None, help="voice used when a request names none")
+    add(
+        "--languages",
+        default="en",
+        metavar="LANG[,LANG...]",
+        help="languages the voices are listed with, for Home Assistant's voice picker (default en)",
+    )
+    add("--max-streams", type=int, default=4, help="generations at once (default 4)")
+    add("--queue", type=int, default=16, help="requests that may wait for a stream; more get an error (default 16)")
+    add("--queue-timeout", type=float, default=30.0, help="seconds a request may wait for a stream (default 30)")
+    add("--max-input-chars", type=int, default=4096, help="longest text of one request (default 4096)")
+    add(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed every request with this, for reproducible audio (default: a new random seed per request)",
+    )
+    add(
+        "--samples-per-chunk",
+        type=int,
+        default=1024,
+        help="most samples in one audio-chunk event (default 1024, as wyoming-piper)",
+    )
+    add(
+        "--send-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may leave audio unread before its synthesis is stopped and the slot freed (default 30)",
+    )
+    add(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a streamed synthesis may wait for more text or synthesize-stop before it is stopped (default 60)",
+    )
+    add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def wyoming_options(args: argparse.Namespace | None = None, **kwargs: Any) -> argparse.Namespace:
+    """Every ``wyoming`` option: the defaults, then ``args`` (other attributes ignored), then ``kwargs``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_wyoming_arguments(parser)
+    merged = vars(parser.parse_args([]))
+    if args is not None:
+        merged.update({k: v for k, v in vars(args).items() if k in merged})
+    for key, value in kwargs.items():
+        key = key.replace("-", "_")
+        if key not in merged:
+            raise TypeError(f"unexpected option {key!r}")
+        merged[key] = value
+    return argparse.Namespace(**merged)
+
+
+def check_options(opts: argparse.Namespace) -> None:
+    """Raise ValueError naming the flag for options that cannot work, before anything loads."""
+    uri = urlparse(opts.uri)
+    if uri.scheme not in ("tcp", "unix", "stdio"):
+        raise ValueError(f"--uri {opts.uri}: use tcp://HOST:PORT, unix://PATH or stdio://")
+    if uri.scheme == "tcp" and (uri.hostname is None or uri.port is None):
+        raise ValueError(f"--uri {opts.uri}: a tcp:// address needs a host and a port, e.g. tcp://0.0.0.0:10200")
+    for name, low in (("max_streams", 1), ("queue", 0), ("max_input_chars", 1), ("samples_per_chunk", 1)):
+        value = getattr(opts, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+    for name in ("send_timeout", "idle_timeout", "queue_timeout"):
+        value = getattr(opts, name)
+        zero_ok = name == "queue_timeout"
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0 or zero_ok and value == 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {value!r}")
+    if opts.seed is not None:
+        from ..server.errors import EngineError
+        from ..server.service import check_seed
+
+        try:
+            check_seed(opts.seed)
+        except EngineError as exc:
+            raise ValueError(f"--seed: {exc.message}") from None
+    if opts.voices is not None and not os.path.isdir(opts.voices):
+        raise ValueError(f"--voices {opts.voices}: not a folder")
+    if not _languages(opts.languages):
+        raise ValueError("--languages: name at least one language, e.g. en")
+
+
+def _languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    return [p.strip() for p in parts if p.strip()]
+
+
+class WyomingTTS:
+    """A loaded model offered over Wyoming: its speech service, its voices and the per-request limits.
+
+    Build one with :func:`build_wyoming`; :meth:`serve` runs the server, :meth:`handler` is the
+    ``wyoming`` handler factory for other ways of running it; :meth:`close` stops the engine.
+    """
+
+    def __init__(
+        self,
+        service: SpeechService,
+        voices: VoiceStore,
+        *,
+        model_id: str = "tada",
+        languages: list[str] | tuple[str, ...] = ("en",),
+        seed: int | None = None,
+        samples_per_chunk: int = 1024,
+        max_input_chars: int = 4096,
+        send_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+    ):
+        from ..server.service import inference_options
+
+        self.service, self.voices = service, voices
+        self.model_id = model_id
+        self.languages = list(languages)
+        self.seed = seed
+        self.samples_per_chunk = samples_per_chunk
+        self.max_input_chars = max_input_chars
+        self.send_timeout = send_timeout
+        self.idle_timeout = idle_timeout
+        self.options = inference_options(None, None, service.model)  # the defaults, validated once
+
+    def voice_names(self) -> list[str]:
+        """``default`` first (always: a model without a prompt speaks in its own voice), then the files."""
+        return ["default"] + [v["id"] for v in self.voices.list() if v["id"] != "default"]
+
+    def info(self) -> Info:
+        """The ``info`` answer to ``describe``, read afresh each time (voices may be added to the folder)."""
+        from wyoming.info import Attribution, Info, TtsProgram, TtsVoice
+
+        from .. import __version__
+
+        by = Attribution(name="Hume AI (TADA), served by tadastream", url="https://github.com/HumeAI/tada")
+        voices = [
+            TtsVoice(
+                name=name,
+                description=f"{self.model_id}: {'default voice' if name == 'default' else name + '.voice'}",
+                attribution=by,
+                installed=True,
+                version=None,
+                languages=self.languages,
+            )
+            for name in self.voice_names()
+        ]
+        program = TtsProgram(
+            name="tadastream",
+            description=f"TADA text-to-speech ({self.model_id}), streamed as it is generated",
+            attribution=by,
+            installed=True,
+            version=__version__,
+            voices=voices,
+            supports_synthesize_streaming=True,
+        )
+        return Info(tts=[program])
+
+    def handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> AsyncEventHandler:
+        """A handler for one connection (the factory ``wyoming.server.AsyncServer.run`` takes)."""
+        return _handler_class()(self, reader, writer)
+
+    async def serve(self, uri: str = DEFAULT_URI) -> None:
+        """Listen on ``uri`` until cancelled (or SIGTERM, in the main thread); open connections are then closed."""
+        from wyoming.server import AsyncServer
+
+        server = AsyncServer.from_uri(uri)
+        logger.info("Wyoming server for %s on %s (voices: %s)", self.model_id, uri, ", ".join(self.voice_names()))
+        try:
+            await server.run(self.handler)
+        finally:
+            await server.stop()
+
+    def close(self) -> None:
+        """Stop the engine (every stream) and its threads."""
+        self.service.shutdown()
+
+
+def build_wyoming(args: argparse.Namespace | None = None, **kwargs: Any) -> WyomingTTS:
+    """Load the model (through :func:`tadastream.loading.load_model`) and voices for these options.
+
+    Options as :func:`wyoming_options` takes them (``build_wyoming(model="demo", seed=7)``); raises
+    ValueError for a bad option or checkpoint, EngineError for a missing ``--default-voice``.
+    """
+    from ..loading import load_model
+    from ..server.service import SpeechService
+    from ..server.voices import VoiceStore
+
+    opts = wyoming_options(args, **kwargs)
+    check_options(opts)
+    model, default_voice = load_model(
+        opts.model,
+        codec=opts.codec,
+        tokenizer=opts.tokenizer,
+        device=opts.device,
+        dtype=opts.dtype,
+        quantize=opts.quantize,
+        threads=opts.threads,
+    )
+    if opts.default_voice:
+        default_voice = VoiceStore(opts.voices, None, model).resolve(opts.default_voice)
+    service = SpeechService(model, max_streams=opts.max_streams, queue=opts.queue, queue_timeout=opts.queue_timeout)
+    return WyomingTTS(
+        service,
+        VoiceStore(opts.voices, default_voice, model),
+        model_id=opts.model if isinstance(opts.model, str) else "tada",
+        languages=_languages(opts.languages),
+        seed=opts.seed,
+        samples_per_chunk=opts.samples_per_chunk,
+        max_input_chars=opts.max_input_chars,
+        send_timeout=opts.send_timeout,
+        idle_timeout=opts.idle_timeout,
+    )
+
+
+def _require_wyoming() -> None:
+    from ..cli.errors import UsageError  # here: the CLI package imports this module
+
+    try:
+        import wyoming.server  # noqa: F401
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+
+
+def cmd_wyoming(args: argparse.Namespace) -> int:
+    """``tadastream wyoming``: load the model and serve Wyoming until interrupted; returns 0 once stopped.
+
+    Raises the CLI's UsageError (a bad option, or no ``wyoming`` package: the message says
+    ``pip install "tadastream[wyoming]"``) before loading anything, and CliError when loading fails.
+    """
+    from ..cli.errors import CliError, UsageError, one_line
+    from ..server.errors import EngineError
+
+    _require_wyoming()
+    opts = wyoming_options(args)
+    try:
+        check_options(opts)
+    except ValueError as exc:
+        raise UsageError(one_line(exc)) from None
+    level = getattr(logging, opts.log_level.upper())
+    if not logging.getLogger().handlers:  # stderr: with stdio:// the protocol owns stdout
+        logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("tadastream").setLevel(level)
+    try:
+        tts = build_wyoming(opts)
+    except EngineError as exc:
+        raise CliError(f"--default-voice {opts.default_voice}: {one_line(exc.message)}") from None
+    try:
+        asyncio.run(tts.serve(opts.uri))
+    except KeyboardInterrupt:
+        logger.info("stopped")
+    finally:
+        tts.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tadastream.integrations.wyoming [options]``: as ``tadastream wyoming``."""
+    from ..cli.errors import CliError, UsageError, one_line
+
+    parser = argparse.ArgumentParser(
+        prog="tadastream wyoming", description="Serve TADA speech over the Wyoming protocol (Home Assistant)"
+    )
+    add_wyoming_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_wyoming(args)
+    except UsageError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except (CliError, ValueError, OSError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+# -- one connection -----------------------------------------------------------------------------
+@functools.cache
+def _handler_class() -> type:
+    """The connection handler, defined on first use: it subclasses ``wyoming``'s AsyncEventHandler."""
+    from wyoming.audio import AudioChunk, AudioStart, AudioStop
+    from wyoming.error import Error
+    from wyoming.event import Event
+    from wyoming.info import Describe
+    from wyoming.server import AsyncEventHandler
+    from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
+
+    from ..audio import float_to_pcm16
+    from ..generation import TextInput
+    from ..server.errors import EngineError
+    from ..server.service import SpeechJob, check_text, new_seed
+
+    class TadaEventHandler(AsyncEventHandler):
+        """One connection: events are read here; syntheses run one after another in a worker task,
+        so reading goes on during one and a disconnect stops it at once."""
+
+        def __init__(self, tts: WyomingTTS, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+            super().__init__(reader, writer)
+            self.tts = tts
+            self.pending: asyncio.Queue = asyncio.Queue()  # work for the worker, in arrival order
+            self.worker: asyncio.Task | None = None
+            self.text: TextInput | None = None  # the streamed text, from synthesize-start to synthesize-stop
+            self.streamed = False  # a synthesize-start came: plain synthesize events are its compat copy
+            self.last_words = 0.0  # event-loop time of the last piece with a word in it (the idle clock)
+            self.speaking = False  # an utterance is under way (for the log when the client leaves)
+
+        # -- reading (the run loop) ---------------------------------------------------------
+        async def handle_event(self, event: Event) -> bool:
+            try:
+                if Describe.is_type(event.type):
+                    await self.write_event(self.tts.info().event())
+                elif Synthesize.is_type(event.type):
+                    if self.streamed:
+                        logger.debug("ignored a synthesize event: the copy of the streamed text")
+                    else:
+                        request = Synthesize.from_event(event)
+                        self._queue(functools.partial(self._speak, request.text, request.voice))
+                elif SynthesizeStart.is_type(event.type):
+                    self._open(SynthesizeStart.from_event(event).voice)
+                elif SynthesizeChunk.is_type(event.type):
+                    self._feed(SynthesizeChunk.from_event(event).text)
+                elif SynthesizeStop.is_type(event.type):
+                    self._stop_text()
+            except EngineError as exc:
+                await self._report(exc)
+                return False  # closes the connection; disconnect() stops the worker
+            return True
+
+        def _open(self, voice) -> None:
+            if self.text is not None:
+                raise EngineError(400, "synthesize-start came before the open stream's synthesize-stop", "bad_event")
+            self.streamed = True
+            self.text = TextInput()
+            self._queue(functools.partial(self._speak, self.text, voice))
+
+        def _feed(self, piece: str) -> None:
+            text = self.text
+            if text is None:
+                raise EngineError(400, "synthesize-chunk outside a stream: send synthesize-start first", "bad_event")
+            check_text(piece, "text")
+            if text.chars + len(piece) > self.tts.max_input_chars:
+                raise EngineError(400, f"the text exceeds {self.tts.max_input_chars} characters", "input_too_long")
+            if piece.strip():
+                self.last_words = asyncio.get_running_loop().time()
+            if not text.ended:  # else closed for idling or by a failure: the error is on its way
+                text.put(piece)
+
+        def _stop_text(self) -> None:
+            if self.text is None:  # a stop with no stream: answer it, so the client does not wait
+                self._queue(functools.partial(self._send, SynthesizeStopped().event()))
+                return
+            self.text.end()
+            self.text = None
+
+        async def disconnect(self) -> None:
+            """The client left (or the connection is closing): stop generating, free the slot."""
+            if self.text is not None:
+                self.text.close()
+            worker = self.worker
+            if worker is not None and not worker.done():
+                if self.speaking:
+                    logger.info("connection closed mid-synthesis: generation stopped, slot freed")
+                worker.cancel()
+                await asyncio.wait({worker})
+
+        # -- the worker -----------------------------------------------------------------------
+        def _queue(self, work) -> None:
+            self.pending.put_nowait(work)
+            if self.worker is None:
+                self.worker = asyncio.create_task(self._work(), name="tadastream wyoming synthesis")
+
+        async def _work(self) -> None:
+            while True:
+                work = await self.pending.get()
+                try:
+                    await work()
+                except ConnectionError:
+                    return  # the client left while audio was being sent; disconnect() follows
+                except EngineError as exc:
+                    await self._report(exc)
+                    await self.stop()
+                    return
+                except Exception:
+                    logger.exception("Wyoming synthesis failed")
+                    await self._report(EngineError(500, "internal error while generating audio", "internal_error"))
+                    await self.stop()
+                    return
+
+        async def _speak(self, text: str | TextInput, voice) -> None:
+            """One utterance: audio-start, chunks as they are made, audio-stop (+ synthesize-stopped when streamed)."""
+            tts, started = self.tts, time.perf_counter()
+            streamed = isinstance(text, TextInput)
+            name = voice.name if voice is not None else None
+            prompt = await asyncio.to_thread(tts.voices.resolve, name)  # EngineError for an unknown voice
+            if not streamed:
+                check_text(text)
+                if len(text) > tts.max_input_chars:
+                    raise EngineError(400, f"the text exceeds {tts.max_input_chars} characters", "input_too_long")
+            seed = tts.seed if tts.seed is not None else new_seed()
+            job: SpeechJob | None = None
+            watchdog = asyncio.create_task(self._watch_idle(text)) if streamed else None
+            self.speaking = True
+            try:
+                if streamed or text.strip():  # blank text: an empty utterance, no slot needed
+                    job = await tts.service.start(prompt, text, seed=seed, options=tts.options, started=started)
+                await self._send(AudioStart(rate=SAMPLE_RATE, width=SAMPLE_WIDTH, channels=CHANNELS).event())
+                sent = 0
+                while job is not None and (chunk := await self._next_chunk(job)) is not None:
+                    pcm = float_to_pcm16(chunk)
+                    step = tts.samples_per_chunk * SAMPLE_WIDTH * CHANNELS
+                    for at in range(0, len(pcm), step):
+                        piece = pcm[at : at + step]
+                        event = AudioChunk(
+                            rate=SAMPLE_RATE,
+                            width=SAMPLE_WIDTH,
+                            channels=CHANNELS,
+                            audio=piece,
+                            timestamp=sent * 1000 // SAMPLE_RATE,
+                        ).event()
+                        await self._send(event)
+                        sent += len(piece) // (SAMPLE_WIDTH * CHANNELS)
+                if watchdog is not None and watchdog.done() and watchdog.result():
+                    raise EngineError(
+                        408, f"no new text for {tts.idle_timeout:g} s; send synthesize-stop to finish", "timeout"
+                    )
+                await self._send(AudioStop(timestamp=sent * 1000 // SAMPLE_RATE).event())
+                if streamed:
+                    await self._send(SynthesizeStopped().event())
+                if job is not None and job.samples:
+                    t = job.timings()
+                    logger.info(
+                        "spoke %d chars (%s, voice %s, seed %d): %.2f s of audio, first after %s s, RTF %s",
+                        text.chars if streamed else len(text),
+                        "streamed" if streamed else "one-shot",
+                        name or "default",
+                        seed,
+                        t["audio_seconds"],
+                        t["time_to_first_audio"],
+                        t["real_time_factor"],
+                    )
+            finally:
+                self.speaking = False
+                if watchdog is not None:
+                    watchdog.cancel()
+                if job is not None:
+                    job.finish()  # cancels what is still running and frees the slot
+
+        @staticmethod
+        async def _next_chunk(job: SpeechJob):
+            try:
+                return await job.next_chunk()
+            except EngineError as exc:
+                if exc.code == "empty_input":  # a stream stopped with no words: nothing to say
+                    return None
+                raise
+
+        async def _watch_idle(self, text: TextInput) -> bool:
+            """Close ``text`` (stopping its generation) when no word came for ``idle_timeout`` s; True if it did."""
+            loop = asyncio.get_running_loop()
+            self.last_words = loop.time()
+            while not text.ended:
+                left = self.last_words + self.tts.idle_timeout - loop.time()
+                if left <= 0:
+                    text.close()
+                    return True
+                await asyncio.sleep(left)
+            return False
+
+        async def _send(self, event: Event) -> None:
+            try:
+                async with asyncio.timeout(self.tts.send_timeout):
+                    await self.write_event(event)
+            except TimeoutError:
+                raise EngineError(
+                    408, f"the client read nothing for {self.tts.send_timeout:g} s; synthesis stopped", "stalled"
+                ) from None
+
+        async def _report(self, exc: EngineError) -> None:
+            """Send an ``error`` event; the client may be gone or not reading, so failures are ignored."""
+            logger.warning("Wyoming request refused (%s): %s", exc.code, exc.message)
+            try:
+                async with asyncio.timeout(self.tts.send_timeout):
+                    await self.write_event(Error(text=exc.message, code=exc.code).event())
+            except (TimeoutError, OSError, RuntimeError):
+                pass
+
+    return TadaEventHandler
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""``tadastream wyoming``: a real Wyoming server (demo model, in a thread), driven by ``wyoming``'s own client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("wyoming", reason="pip install 'tadastream[wyoming]'")
+
+from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
+from wyoming.client import AsyncTcpClient  # noqa: E402
+from wyoming.error import Error  # noqa: E402
+from wyoming.event import Event  # noqa: E402
+from wyoming.info import Describe, Info  # noqa: E402
+from wyoming.tts import (  # noqa: E402
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+    SynthesizeVoice,
+)
+
+from tadastream.audio import float_to_pcm16  # noqa: E402
+from tadastream.integrations.wyoming import build_wyoming, cmd_wyoming, main, wyoming_options  # noqa: E402
+from tadastream.stream import AudioStream  # noqa: E402
+
+SEED = 7
+SAMPLES_PER_CHUNK = 4096
+TEXT = "Hello there, this is a small test of the streaming server with several words."
+LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog, and then it runs far away."] * 24)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class LiveWyoming:
+    """``WyomingTTS.serve`` on a free loopback port, in an event loop of its own thread."""
+
+    def __init__(self, tts):
+        self.tts = tts
+        with socket.socket() as probe:  # a free port; the server binds it a moment later
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.loop = asyncio.new_event_loop()
+        self.task: asyncio.Task | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.task = self.loop.create_task(self.tts.serve(f"tcp://127.0.0.1:{self.port}"))
+        with contextlib.suppress(asyncio.CancelledError):
+            self.loop.run_until_complete(self.task)
+        self.loop.close()
+
+    def __enter__(self) -> LiveWyoming:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or not self.thread.is_alive():
+                    raise RuntimeError("the Wyoming test server did not start") from None
+                time.sleep(0.02)
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(timeout=20)
+
+    def client(self) -> AsyncTcpClient:
+        return AsyncTcpClient("127.0.0.1", self.port, read_timeout=30)
+
+    def wait_idle(self, timeout: float = 5.0) -> float:
+        """Seconds until no stream holds a slot or runs in the engine; fails after ``timeout``."""
+        service, start = self.tts.service, time.monotonic()
+        while time.monotonic() - start < timeout:
+            if service.engine.active == 0 and service.engine.queued == 0 and service.admission.active == 0:
+                return time.monotonic() - start
+            time.sleep(0.02)
+        raise AssertionError(f"slot not freed: engine {service.engine.stats()}, admission {service.admission.active}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    threads = torch.get_num_threads()
+    voices = tmp_path_factory.mktemp("voices")
+    tts = build_wyoming(
+        model="demo", threads=1, voices=str(voices), seed=SEED, samples_per_chunk=SAMPLES_PER_CHUNK, max_streams=2
+    )
+    tts.voices.default.save(voices / "calm.voice")  # a second voice, found by the next describe
+    try:
+        with LiveWyoming(tts) as live:
+            yield live
+    finally:
+        tts.close()
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(server) -> bytes:
+    """TEXT generated directly through tadastream (own engine) with the server's seed and default voice, as PCM16."""
+    model, voice = server.tts.service.model, server.tts.voices.default
+    audio = torch.cat([chunk for chunk, _rate in AudioStream(model, voice, TEXT, seed=SEED)])
+    return float_to_pcm16(audio)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def read_until(client: AsyncTcpClient, kind: str) -> list[Event]:
+    """Events up to and including the first of type ``kind``."""
+    events = []
+    while True:
+        event = await client.read_event()
+        assert event is not None, f"connection closed before {kind!r}; got {[e.type for e in events]}"
+        events.append(event)
+        if event.type == kind:
+            return events
+
+
+def audio_of(events: list[Event]) -> bytes:
+    return b"".join(AudioChunk.from_event(e).audio for e in events if AudioChunk.is_type(e.type))
+
+
+def test_describe_lists_one_streaming_program_with_its_voices(server):
+    async def go():
+        async with server.client() as client:
+            await client.write_event(Describe().event())
+            return Info.from_event(await client.read_event())
+
+    info = run(go())
+    assert info.asr == [] and len(info.tts) == 1
+    program = info.tts[0]
+    assert program.name == "tadastream" and program.installed
+    assert program.supports_synthesize_streaming is True
+    assert [v.name for v in program.voices] == ["default", "calm"]
+    assert all(v.installed and v.languages == ["en"] for v in program.voices)
+    assert program.attribution.name and program.attribution.url.startswith("https://")
+
+
+def test_synthesize_sends_the_model_audio_in_chunks(server, reference):
+    async def go():
+        async with server.client() as client:
+            await client.write_event(Synthesize(text=TEXT).event())
+            return await read_until(client, "audio-stop")
+
+    events = run(go())
+    start = AudioStart.from_event(events[0])
+    assert (start.rate, start.width, start.channels) == (24000, 2, 1)
+    assert AudioStop.is_type(events[-1].type)
+    chunks = [AudioChunk.from_event(e) for e in events[1:-1]]
+    assert all(AudioChunk.is_type(e.type) for e in events[1:-1])
+    assert len(chunks) >= 5  # ~6 s of audio, at most SAMPLES_PER_CHUNK samples each
+    assert all(0 < c.samples <= SAMPLES_PER_CHUNK and (c.rate, c.width, c.channels) == (24000, 2, 1) for c in chunks)
+    sent = 0
+    for chunk in chunks:  # timestamps: milliseconds of audio before the chunk
+        assert chunk.timestamp == sent * 1000 // 24000
+        sent += chunk.samples
+    assert audio_of(events) == reference  # same seed, same audio as tadastream makes directly
+    assert max(abs(int.from_bytes(reference[i : i + 2], "little", signed=True)) for i in range(0, 4000, 2)) > 0
+    server.wait_idle()
+
+
+def test_streamed_text_is_spoken_before_the_stop_and_matches_one_shot(server, reference):
+    words = TEXT.split(" ")
+
+    async def go():
+        async with server.client() as client:
+            await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="default")).event())
+            for word in words[:-1]:
+                await client.write_event(SynthesizeChunk(text=word + " ").event())
+            # true streaming: audio for the words so far comes while the stop has not been sent
+            early = await asyncio.wait_for(read_until(client, "audio-chunk"), 15)
+            await client.write_event(SynthesizeChunk(text=words[-1]).event())
+            # as Home Assistant does: the whole text again for old servers, then the stop
+            await client.write_event(Synthesize(text=TEXT, voice=SynthesizeVoice(name="default")).event())
+            await client.write_event(SynthesizeStop().event())
+            rest = await read_until(client, "synthesize-stopped")
+            await asyncio.sleep(0.2)
+            ticks = server.tts.service.engine.ticks
+            # a plain synthesize after the session is the compat copy too: no second audio
+            await client.write_event(Synthesize(text=TEXT).event())
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.read_event(), 1.5)
+            return early, rest, ticks
+
+    early, rest, ticks = run(go())
+    assert [e.type for e in early] == ["audio-start", "audio-chunk"]
+    events = early + rest
+    kinds = [e.type for e in events]
+    assert kinds.count("audio-start") == 1 and kinds.count("audio-stop") == 1
+    assert kinds[-2:] == ["audio-stop", "synthesize-stopped"]
+    assert SynthesizeStopped.is_type(events[-1].type)
+    assert audio_of(events) == reference
+    assert server.tts.service.engine.ticks == ticks  # nothing was generated for the extra synthesize events
+    server.wait_idle()
+
+
+def test_a_stream_stopped_without_words_is_an_empty_utterance(server):
+    async def go():
+        async with server.client() as client:
+            await client.write_event(SynthesizeStart().event())
+            await client.write_event(SynthesizeChunk(text="  ").event())
+            await client.write_event(SynthesizeStop().event())
+            return await read_until(client, "synthesize-stopped")
+
+    assert [e.type for e in run(go())] == ["audio-start", "audio-stop", "synthesize-stopped"]
+    server.wait_idle()
+
+
+def test_disconnect_mid_stream_frees_the_slot(server):
+    async def go():
+        client = server.client()
+        await client.connect()
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="Hello there, this is the start of a sentence ").event())
+        await read_until(client, "audio-chunk")
+        with contextlib.suppress(TimeoutError):  # take the audio of the words sent, until it stops coming
+            while True:
+                await asyncio.wait_for(client.read_event(), 0.5)
+        # the stream waits for more text (no stop was sent), holding its slot; nothing more is written, so
+        # only the server seeing the connection close can free it
+        holding = (server.tts.service.engine.active, server.tts.service.admission.active)
+        await client.disconnect()
+        return holding
+
+    assert run(go()) == (1, 1)
+    assert server.wait_idle(5.0) < 5.0
+
+
+def test_disconnect_mid_synthesize_stops_generation(server):
+    async def go():
+        client = server.client()
+        await client.connect()
+        await client.write_event(Synthesize(text=LONG_TEXT).event())
+        await read_until(client, "audio-chunk")
+        # the first audio came while the rest was still being generated
+        running = server.tts.service.engine.active
+        await client.disconnect()
+        return running
+
+    assert run(go()) == 1
+    server.wait_idle(3.0)  # far sooner than the ~1800 characters would take
+    ticks = server.tts.service.engine.ticks
+    time.sleep(0.3)
+    assert server.tts.service.engine.ticks == ticks
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["synthesize", "synthesize-start"])
+def test_unknown_voice_is_a_wyoming_error(server, streamed):
+    voice = SynthesizeVoice(name="nobody")
+
+    async def go():
+        async with server.client() as client:
+            if streamed:  # refused at the start, before any text
+                await client.write_event(SynthesizeStart(voice=voice).event())
+            else:
+                await client.write_event(Synthesize(text=TEXT, voice=voice).event())
+            events = await read_until(client, "error")
+            return events, await client.read_event()
+
+    events, after = run(go())
+    assert [e.type for e in events] == ["error"]  # refused before any audio
+    error = Error.from_event(events[0])
+    assert error.code == "voice_not_found"
+    assert "'nobody'" in error.text and "default" in error.text and "calm" in error.text
+    assert after is None  # then the server closes the connection: a client waiting for audio is not left hanging
+    server.wait_idle()
+
+
+def test_a_stream_without_new_text_times_out(server):
+    tts = server.tts
+    tts.idle_timeout = 0.5
+    try:
+
+        async def go():
+            async with server.client() as client:
+                await client.write_event(SynthesizeStart().event())
+                await client.write_event(SynthesizeChunk(text="Hello there ").event())
+                return await read_until(client, "error")
+
+        started = time.monotonic()
+        events = run(go())
+    finally:
+        tts.idle_timeout = 60.0
+    assert events[0].type == "audio-start"
+    error = Error.from_event(events[-1])
+    assert error.code == "timeout" and "synthesize-stop" in error.text
+    assert 0.4 < time.monotonic() - started < 10
+    server.wait_idle()
+
+
+def test_cli_without_wyoming_says_how_to_install(monkeypatch, capsys):
+    from tadastream.cli.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "wyoming.server", None)  # as if the extra were not installed
+    with pytest.raises(UsageError, match=r'pip install "tadastream\[wyoming\]"'):
+        cmd_wyoming(wyoming_options(model="demo"))
+    assert main(["--model", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "tadastream[wyoming]"' in err
+
+
+def test_bad_options_fail_before_loading(capsys):
+    assert main(["--model", "demo", "--uri", "http://127.0.0.1:10200"]) == 2
+    assert "--uri" in capsys.readouterr().err
+    assert main(["--model", "demo", "--samples-per-chunk", "0"]) == 2
+    assert "--samples-per-chunk" in capsys.readouterr().err
+
+
+def test_module_runs_and_imports_no_wyoming_until_served():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    code = (
+        "import argparse, sys\n"
+        "from tadastream.integrations.wyoming import add_wyoming_arguments\n"
+        "p = argparse.ArgumentParser(); add_wyoming_arguments(p); a = p.parse_args([])\n"
+        "assert a.uri == 'tcp://127.0.0.1:10200' and a.max_streams == 4 and a.seed is None, a\n"
+        "assert 'wyoming' not in sys.modules and 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "tadastream.integrations.wyoming", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "--uri" in done.stdout and "--default-voice" in done.stdout
