@@ -521,6 +521,7 @@ def test_websocket_empty_text_is_an_error_and_frees_the_slot(tight):
         error = json.loads(ws.recv(timeout=30))
         assert error["type"] == "error" and error["error"]["code"] == "empty_input", error
         assert error["status"] == 400 and "retry_after" not in error, "the HTTP status of the same refusal"
+        assert error["error"]["param"] == "input"
         assert "empty" in error["error"]["message"] and "Traceback" not in json.dumps(error)
         with pytest.raises(Exception, match="1008"):
             ws.recv(timeout=10)

@@ -270,7 +270,15 @@ class _Session:
             raise EngineError(400, f"input exceeds {limit} characters", "input_too_long")
         return piece
 
-    async def _fail(self, status: int, message: str, code: str, close: int = 1008, retry_after: float = 0) -> None:
+    async def _fail(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        close: int = 1008,
+        retry_after: float = 0,
+        param: str | None = None,
+    ) -> None:
         """Free the slot, then send an ``error`` message and close; the client may be gone or not reading.
 
         The message carries the HTTP ``status`` the same refusal gets over HTTP (and ``retry_after``
@@ -285,9 +293,9 @@ class _Session:
             async with asyncio.timeout(self.settings.send_timeout):
                 extra = {"retry_after": int(retry_after)} if retry_after else {}
                 await self.ws.send_json(
-                    {"type": "error", "status": status, **extra, **error_body(status, message, code)}
+                    {"type": "error", "status": status, **extra, **error_body(status, message, code, param)}
                 )
                 await self.ws.close(close)
 
     async def _refuse(self, exc: EngineError) -> None:
-        await self._fail(exc.status, exc.message, exc.code, close_code(exc), exc.retry_after)
+        await self._fail(exc.status, exc.message, exc.code, close_code(exc), exc.retry_after, exc.param)

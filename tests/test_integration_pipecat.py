@@ -1,0 +1,383 @@
+"""tadastream.integrations.pipecat: a real Pipecat pipeline speaking through a real server (demo model).
+
+Text goes in the way an LLM sends it (a reply start, token frames, a reply end); what comes out is
+checked against a plain HTTP request of the same text and seed, for word times, for streaming
+(audio before the reply is complete) and for barge-in (generation stops on the server, and the
+conversation context keeps only the words that were played).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import socket
+
+import pytest
+
+pytest.importorskip("pipecat", reason="pip install 'tadastream[pipecat]'")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+import torch  # noqa: E402
+from pipecat.frames.frames import (  # noqa: E402
+    EndFrame,
+    ErrorFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
+from pipecat.processors.aggregators.llm_context import LLMContext  # noqa: E402
+from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator  # noqa: E402
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
+from pipecat.transports.base_output import BaseOutputTransport  # noqa: E402
+from pipecat.transports.base_transport import TransportParams  # noqa: E402
+from pipecat.utils.errors import ErrorCategory  # noqa: E402
+from pipecat.workers.runner import WorkerRunner  # noqa: E402
+from server_harness import demo_server  # noqa: E402
+
+from tadastream.integrations.pipecat import TadaTTSService, stream_url  # noqa: E402
+
+KEY = "pipecat-test-key"
+RATE = 24000
+TEXT = (
+    "Hello from a voice agent that starts talking while the language model is still writing the rest of "
+    "its reply, one word after another. The listener hears the first words long before the last ones arrive."
+)
+HEAD_WORDS = 14  # the model speaks a few words behind the text: this many let it start
+
+
+def llm_tokens(text: str) -> list[str]:
+    """The text as an LLM streams it: words with their leading space, long words split in two."""
+    tokens = []
+    for match in re.finditer(r"\s*\S+", text):
+        piece = match.group()
+        cut = len(piece) // 2 if len(piece.strip()) >= 7 else len(piece)
+        tokens += [t for t in (piece[:cut], piece[cut:]) if t]
+    assert "".join(tokens) == text
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def server():
+    with demo_server(max_streams=2, api_key=KEY) as live:
+        yield live
+
+
+def server_log(caplog) -> list[dict]:
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    return [r for r in lines if r.get("path") == "/v1/audio/stream"]
+
+
+class Upstream(FrameProcessor):
+    """Head of the pipeline: collects the errors the service pushes upstream."""
+
+    def __init__(self):
+        super().__init__()
+        self.errors: list[ErrorFrame] = []
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, ErrorFrame) and direction == FrameDirection.UPSTREAM:
+            self.errors.append(frame)
+        await self.push_frame(frame, direction)
+
+
+class Recorder(FrameProcessor):
+    """What reaches the end of the pipeline, in order: audio, words (with the audio already there), markers."""
+
+    def __init__(self):
+        super().__init__()
+        self.audio = bytearray()
+        self.formats: set[tuple[int, int]] = set()
+        self.words: list[tuple[str, int, int]] = []  # (text, pts, bytes of audio received before it)
+        self.events: list[str] = []  # "audio", "word", "started", "stopped", "interruption"
+        self.first_audio = asyncio.Event()
+        self.first_audio_clock: int | None = None
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if direction == FrameDirection.DOWNSTREAM:
+            if isinstance(frame, TTSAudioRawFrame):
+                if self.first_audio_clock is None:
+                    self.first_audio_clock = self.get_clock().get_time()
+                self.audio += frame.audio
+                self.formats.add((frame.sample_rate, frame.num_channels))
+                self.events.append("audio")
+                self.first_audio.set()
+            elif isinstance(frame, TTSTextFrame):
+                self.words.append((frame.text, frame.pts, len(self.audio)))
+                self.events.append("word")
+            elif isinstance(frame, TTSStartedFrame):
+                self.events.append("started")
+            elif isinstance(frame, TTSStoppedFrame):
+                self.events.append("stopped")
+            elif isinstance(frame, InterruptionFrame):
+                self.events.append("interruption")
+        await self.push_frame(frame, direction)
+
+
+class Speaker(BaseOutputTransport):
+    """An output transport that plays audio in real time, so words are released as they are heard."""
+
+    def __init__(self):
+        super().__init__(TransportParams(audio_out_enabled=True, audio_out_end_silence_secs=0))
+        self.heard = bytearray()
+        self.started_clock: int | None = None
+        self.heard_at_interruption: int | None = None
+        self.clock_at_interruption: int | None = None
+        self.lag = 0.0  # most seconds playback fell behind the clock (audio arriving slower than real time)
+
+    async def start(self, frame):
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+
+    async def process_frame(self, frame, direction):
+        if isinstance(frame, InterruptionFrame) and self.heard_at_interruption is None:
+            self.heard_at_interruption = len(self.heard)
+            self.clock_at_interruption = self.get_clock().get_time()
+        await super().process_frame(frame, direction)
+
+    async def write_audio_frame(self, frame) -> bool:
+        now = self.get_clock().get_time()
+        if self.started_clock is None:
+            self.started_clock = now
+        self.lag = max(self.lag, (now - self.started_clock) / 1e9 - len(self.heard) / 2 / frame.sample_rate)
+        await asyncio.sleep(len(frame.audio) / 2 / frame.sample_rate)
+        self.heard += frame.audio
+        return True
+
+
+@contextlib.asynccontextmanager
+async def pipeline(*processors, sample_rate: int = RATE):
+    """A running PipelineWorker around ``processors``; leaving the block sends EndFrame and waits for the end."""
+    head = Upstream()
+    worker = PipelineWorker(
+        Pipeline([head, *processors]),
+        params=PipelineParams(audio_out_sample_rate=sample_rate),
+        cancel_on_idle_timeout=False,
+    )
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")
+    async def on_started(worker, frame):
+        started.set()
+
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    run = asyncio.create_task(runner.run())
+    await asyncio.wait_for(started.wait(), timeout=10)
+    try:
+        yield worker, head
+        await worker.queue_frame(EndFrame())
+        await asyncio.wait_for(asyncio.shield(run), timeout=60)
+    finally:
+        if not run.done():  # a failed check: cancel the pipeline, so the test fails instead of hanging
+            await worker.cancel(reason="test failed")
+            await asyncio.wait_for(run, timeout=10)
+
+
+def tts_service(server, **kw) -> TadaTTSService:
+    kw.setdefault("api_key", KEY)
+    return TadaTTSService(base_url=server.url, **kw)
+
+
+def plain_request(server, text: str, seed: int) -> torch.Tensor:
+    with server.client(headers={"Authorization": f"Bearer {KEY}"}) as c:
+        r = c.post("/v1/audio/speech", json={"input": text, "seed": seed, "response_format": "pcm"})
+    assert r.status_code == 200, r.text
+    return pcm(r.content)
+
+
+def pcm(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.int16).to(torch.int32)
+
+
+def test_stream_url_accepts_the_forms_people_write():
+    assert stream_url("http://127.0.0.1:8000") == "ws://127.0.0.1:8000/v1/audio/stream"
+    assert stream_url("https://tts.example.com/v1/") == "wss://tts.example.com/v1/audio/stream"
+    assert stream_url("ws://h:1/v1/audio/stream") == "ws://h:1/v1/audio/stream"
+    assert stream_url("localhost:9000") == "ws://localhost:9000/v1/audio/stream"
+    with pytest.raises(ValueError):
+        stream_url("ftp://h/")
+
+
+def test_streams_llm_tokens_and_speaks_them_as_a_plain_request_would(server, caplog):
+    caplog.set_level(logging.INFO, logger="tadastream.server")
+    tokens = llm_tokens(TEXT)
+    head_tokens = [t for i, t in enumerate(tokens) if len("".join(tokens[: i + 1]).split()) <= HEAD_WORDS]
+    assert not re.search(r"[.!?]", "".join(head_tokens)), "no sentence end: sentence buffering would send nothing"
+
+    async def speak():
+        tts, rec, assistant = tts_service(server, seed=1234), Recorder(), LLMAssistantAggregator(LLMContext())
+        async with pipeline(tts, rec, assistant) as (worker, head):
+            await worker.queue_frames([LLMFullResponseStartFrame(), *(LLMTextFrame(t) for t in head_tokens)])
+            # true streaming: audio comes while the reply is still being written
+            await asyncio.wait_for(rec.first_audio.wait(), timeout=30)
+            await worker.queue_frames(
+                [*(LLMTextFrame(t) for t in tokens[len(head_tokens) :]), LLMFullResponseEndFrame()]
+            )
+        return rec, assistant, head
+
+    rec, assistant, head = asyncio.run(speak())
+    assert not head.errors, [e.error for e in head.errors]
+    assert rec.formats == {(RATE, 1)}, "TTSAudioRawFrames are 24 kHz mono"
+    assert rec.events.count("started") == 1 and rec.events.count("stopped") == 1
+    assert rec.events.index("started") < rec.events.index("audio") and rec.events[-1] == "stopped"
+
+    (logged,) = server_log(caplog)
+    assert logged["outcome"] == "ok" and logged["seed"] == 1234 and logged["input_chars"] == len(TEXT)
+    got, want = pcm(bytes(rec.audio)), plain_request(server, TEXT, seed=1234)
+    assert got.numel() == want.numel() > RATE, "the whole reply, as long as the plain request's audio"
+    assert int((got - want).abs().max()) <= 1, "same seed and text: the same audio (to int16 rounding)"
+
+    # word times: every word once, in order, each reported before the audio that completes it
+    words = [w for w, _, _ in rec.words]
+    assert words == TEXT.split()
+    starts = [(pts - rec.first_audio_clock) / 1e9 for _, pts, _ in rec.words]
+    duration = got.numel() / RATE
+    assert starts == sorted(starts) and -0.25 <= starts[0] < 0.5 and starts[-1] < duration
+    heard_by = [received / 2 / RATE for _, _, received in rec.words]
+    next_starts = starts[1:] + [duration]
+    late = [(w, h, s) for w, h, s in zip(words, heard_by, next_starts) if h > s + 0.05]
+    assert not late, f"words reported only after their audio had all arrived: {late}"
+    assert rec.events.index("word") < len(rec.events) - 1 - rec.events[::-1].index("audio"), "words come with audio"
+    # Pipecat's context holds the reply as the words were spoken
+    assert assistant.messages[-1] == {"role": "assistant", "content": TEXT}
+
+
+def test_interruption_stops_the_server_and_keeps_only_spoken_words(server, caplog):
+    caplog.set_level(logging.INFO, logger="tadastream.server")
+    tokens = llm_tokens(TEXT)
+    streamed = tokens[:-3]  # the reply is still being written when the user barges in
+
+    async def barge_in():
+        tts, out, speaker, rec = tts_service(server, seed=7), Recorder(), Speaker(), Recorder()
+        assistant = LLMAssistantAggregator(LLMContext())
+        async with pipeline(tts, out, speaker, rec, assistant) as (worker, head):
+            await worker.queue_frames([LLMFullResponseStartFrame(), *(LLMTextFrame(t) for t in streamed)])
+            async with asyncio.timeout(30):
+                while len(speaker.heard) < 1.5 * 2 * RATE or len(rec.words) < 2:
+                    await asyncio.sleep(0.02)
+            active_before = (await asyncio.to_thread(server.health))["streams"]["active"]
+            await worker.queue_frame(InterruptionFrame())
+            stopped_in = await asyncio.to_thread(server.wait_for, lambda s: s["active"] == 0, 5)
+            await asyncio.sleep(0.5)  # anything still on its way would show up now
+        return tts, out, speaker, rec, assistant, head, active_before, stopped_in
+
+    tts, out, speaker, rec, assistant, head, active_before, stopped_in = asyncio.run(barge_in())
+    heard_at = speaker.heard_at_interruption
+    assert not head.errors, [e.error for e in head.errors]
+    assert active_before == 1, "the server was generating when the user barged in"
+    assert stopped_in < 3, "the interruption stopped generation on the server"
+    (logged,) = server_log(caplog)
+    assert logged["outcome"] == "cancelled", "the service sent 'cancel'"
+
+    after = out.events[out.events.index("interruption") :]
+    assert "audio" not in after and "word" not in after, "the service sends nothing of the interrupted reply after it"
+    assert len(speaker.heard) - heard_at <= 0.1 * 2 * RATE, "playback stopped at the interruption"
+    assert len(speaker.heard) < logged["audio_seconds"] * 2 * RATE, "audio made but not yet played was dropped"
+
+    spoken = [w for w, _, _ in rec.words]
+    all_words = "".join(streamed).split()
+    assert 2 <= len(spoken) < len(all_words) and spoken == all_words[: len(spoken)]
+    assert all(pts <= speaker.clock_at_interruption for _, pts, _ in rec.words), "no word after the interruption"
+    # Pipecat times words from the start of the audio, on its clock: where playback ran dry waiting for audio
+    # (speaker.lag: after the short first chunk; more on a starved CPU) the clock is that much ahead of the sound
+    starts = [(pts - speaker.started_clock) / 1e9 for _, pts, _ in rec.words]
+    assert max(starts) <= heard_at / 2 / RATE + speaker.lag + 0.15, "only words that had started playing were reported"
+    assert assistant.messages[-1] == {"role": "assistant", "content": " ".join(spoken)}
+    assert not tts._utterances, "the service let go of the interrupted connection"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("kw", "category", "says"),
+    [
+        ({"voice": "no_such_voice"}, ErrorCategory.INVALID_REQUEST, "voice_not_found"),
+        ({"api_key": "wrong"}, ErrorCategory.AUTHENTICATION, "invalid_api_key"),
+        ({"base_url": "closed port"}, ErrorCategory.CONNECTIVITY, "cannot speak through"),
+    ],
+    ids=["unknown-voice", "wrong-key", "no-server"],
+)
+def test_refusals_become_error_frames_and_the_pipeline_goes_on(server, kw, category, says):
+    if kw.get("base_url") == "closed port":
+        kw["base_url"] = f"http://127.0.0.1:{free_port()}"
+
+    async def speak():
+        tts, rec = TadaTTSService(**{"base_url": server.url, "api_key": KEY, **kw}), Recorder()
+        async with pipeline(tts, rec) as (worker, head):
+            await worker.queue_frames(
+                [
+                    LLMFullResponseStartFrame(),
+                    LLMTextFrame("Nothing"),
+                    LLMTextFrame(" comes out."),
+                    LLMFullResponseEndFrame(),
+                ]
+            )
+        return rec, head
+
+    rec, head = asyncio.run(asyncio.wait_for(speak(), timeout=30))
+    assert not rec.audio
+    refusals = [e for e in head.errors if says in e.error]
+    assert len(refusals) == 1, [e.error for e in head.errors]
+    assert refusals[0].category == category
+    assert server.health()["streams"]["active"] == 0
+
+
+def test_speak_frame_at_the_telephone_rate(server):
+    """A TTSSpeakFrame is one utterance too; audio is resampled to the pipeline's rate."""
+    text = "Your table is booked for eight."
+
+    async def speak():
+        tts, rec = tts_service(server, seed=3), Recorder()
+        async with pipeline(tts, rec, sample_rate=16000) as (worker, head):
+            await worker.queue_frame(TTSSpeakFrame(text))
+        return rec, head
+
+    rec, head = asyncio.run(speak())
+    assert not head.errors, [e.error for e in head.errors]
+    assert rec.formats == {(16000, 1)}
+    seconds = plain_request(server, text, seed=3).numel() / RATE
+    assert abs(len(rec.audio) / 2 / 16000 - seconds) < 0.02
+
+
+def test_a_model_that_cannot_time_words_still_speaks(server, monkeypatch):
+    """Servers whose tokenizer gives no offsets refuse timestamps: the service goes on without them."""
+    from tadastream.server import websocket
+    from tadastream.server.errors import EngineError
+
+    def no_offsets(model, wanted, param="timestamps"):
+        if wanted:
+            raise EngineError(400, "this model's tokenizer gives no character offsets", "unsupported", param)
+        return False
+
+    monkeypatch.setattr(websocket, "check_timestamps", no_offsets)
+    text = "Your table is booked for eight."
+
+    async def speak():
+        tts, rec = tts_service(server, seed=3), Recorder()
+        async with pipeline(tts, rec) as (worker, head):
+            await worker.queue_frames([LLMFullResponseStartFrame(), LLMTextFrame(text), LLMFullResponseEndFrame()])
+        return rec, head
+
+    rec, head = asyncio.run(speak())
+    assert not head.errors, [e.error for e in head.errors]
+    assert bytes(rec.audio) == bytes(plain_request(server, text, seed=3).to(torch.int16).numpy().tobytes())
+    assert " ".join(w for w, _, _ in rec.words) == text, "the reply reaches the context when its audio ends"
+    assert rec.events.index("word") > rec.events.index("audio")
