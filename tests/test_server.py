@@ -824,3 +824,16 @@ def test_a_text_longer_than_the_model_context_streams_in_segments(demo):
             first = next(res.iter_raw())
             assert len(first) > 0, "audio starts as soon as for a short text"
         live.wait_for(lambda s: s["active"] == 0)
+
+
+def test_a_proxys_request_id_is_the_logs_id(server, caplog):
+    caplog.set_level(logging.INFO, logger="tadastream.server")
+    with server.client() as c:
+        own = c.get("/v1/models")
+        proxied = c.get("/v1/models", headers={"x-request-id": "ray-7f3a.2:b"})
+        odd = c.get("/v1/models", headers={"x-request-id": "has spaces\tand tabs"})
+    assert len(own.headers["x-request-id"]) == 12, "an id of our own is sent back"
+    assert "x-request-id" not in proxied.headers, "the proxy that named the request answers with its id"
+    ids = [r["request_id"] for r in server_records(caplog) if r.get("path") == "/v1/models"]
+    assert ids[0] == own.headers["x-request-id"] and ids[1] == "ray-7f3a.2:b"
+    assert ids[2] == odd.headers["x-request-id"] != "has spaces\tand tabs", "anything but a plain token is replaced"

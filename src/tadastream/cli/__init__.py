@@ -1,4 +1,4 @@
-"""The ``tadastream`` command: ``speak``, ``encode-voice``, ``demo``, ``serve`` and ``wyoming``.
+"""The ``tadastream`` command: ``speak``, ``encode-voice``, ``demo``, ``serve``, ``ray`` and ``wyoming``.
 
 Every argument is checked before a model is loaded (loading takes seconds to minutes), so a typo
 costs nothing. User errors end the program with one ``error: ...`` line on stderr that says how

@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..config import DEFAULT_CODEC, DEFAULT_MODEL
+from ..deploy.ray import add_ray_arguments, cmd_ray
 from ..integrations.wyoming import add_wyoming_arguments, cmd_wyoming
 from ..server import add_serve_arguments
 from .checks import FILE_EXTENSIONS
@@ -274,6 +275,19 @@ def _add_wyoming(sub) -> None:
     wyoming.set_defaults(handler=cmd_wyoming)
 
 
+def _add_ray(sub) -> None:
+    ray = sub.add_parser(
+        "ray",
+        help="the server as a Ray Serve deployment: replicas, autoscaling, one cluster (tadastream[ray])",
+        description="Serve the same app as `tadastream serve` from Ray Serve replicas, each holding one model and "
+        "one batched engine. Here --host/--port are where Ray's proxy listens and --queue is how many requests "
+        "wait in it when every replica is full (more get 429 with Retry-After).",
+    )
+    add_ray_arguments(ray)
+    _add_common(ray)
+    ray.set_defaults(handler=cmd_ray)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line grammar (no heavy imports: ``--help`` is instant)."""
     parser = _Parser(
@@ -287,5 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encode_voice(sub)
     _add_demo(sub)
     _add_serve(sub)
+    _add_ray(sub)
     _add_wyoming(sub)
     return parser

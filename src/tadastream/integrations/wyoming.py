@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ..config import DEFAULT_CODEC, DEFAULT_MODEL, SAMPLE_RATE
+from ..optionsets import adder, option_namespace
 
 if TYPE_CHECKING:
     from wyoming.info import Info
@@ -67,12 +68,7 @@ def add_wyoming_arguments(parser: argparse.ArgumentParser) -> None:
     Names and defaults follow ``tadastream serve`` wherever the meaning is the same.
     """
 
-    def add(*flags: str, **kw: Any) -> None:
-        try:
-            parser.add_argument(*flags, **kw)
-        except argparse.ArgumentError:
-            pass
-
+    add = adder(parser)
     add("--uri", default=DEFAULT_URI, help=f"where to listen: tcp://HOST:PORT, unix://PATH or stdio:// ({DEFAULT_URI})")
     add("--model", default=DEFAULT_MODEL, help="hub id, checkpoint folder, or 'demo' (tiny built-in model)")
     add("--codec", default=DEFAULT_CODEC, help="codec hub id or folder (its decoder/ is used)")
@@ -126,17 +122,7 @@ def add_wyoming_arguments(parser: argparse.ArgumentParser) -> None:
 
 def wyoming_options(args: argparse.Namespace | None = None, **kwargs: Any) -> argparse.Namespace:
     """Every ``wyoming`` option: the defaults, then ``args`` (other attributes ignored), then ``kwargs``."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_wyoming_arguments(parser)
-    merged = vars(parser.parse_args([]))
-    if args is not None:
-        merged.update({k: v for k, v in vars(args).items() if k in merged})
-    for key, value in kwargs.items():
-        key = key.replace("-", "_")
-        if key not in merged:
-            raise TypeError(f"unexpected option {key!r}")
-        merged[key] = value
-    return argparse.Namespace(**merged)
+    return option_namespace(add_wyoming_arguments, args, kwargs)
 
 
 def check_options(opts: argparse.Namespace) -> None:

@@ -49,6 +49,7 @@ import os
 from typing import Any
 
 from ..config import DEFAULT_CODEC, DEFAULT_MODEL
+from ..optionsets import adder, option_namespace
 
 __all__ = ["add_serve_arguments", "create_app", "main", "run_server"]
 
@@ -58,12 +59,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options to ``parser``; options it already has (a shared ``--model``) are kept."""
 
-    def add(*flags: str, **kw: Any) -> None:
-        try:
-            parser.add_argument(*flags, **kw)
-        except argparse.ArgumentError:
-            pass
-
+    add = adder(parser)
     add("--model", default=DEFAULT_MODEL, help="hub id, checkpoint folder, or 'demo' (tiny built-in model)")
     add("--codec", default=DEFAULT_CODEC, help="codec hub id or folder (its decoder/ is used)")
     add("--tokenizer", default=None, help="tokenizer hub id or folder (default: from the checkpoint)")
@@ -120,17 +116,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace | None, kwargs: dict[str, Any]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(add_help=False)
-    add_serve_arguments(parser)
-    merged = vars(parser.parse_args([]))
-    if args is not None:
-        merged.update({k: v for k, v in vars(args).items() if k in merged})
-    for key, value in kwargs.items():
-        key = key.replace("-", "_")
-        if key not in merged:
-            raise TypeError(f"run_server() got an unexpected option {key!r}")
-        merged[key] = value
-    return argparse.Namespace(**merged)
+    return option_namespace(add_serve_arguments, args, kwargs)
 
 
 def load_model(opts: argparse.Namespace):

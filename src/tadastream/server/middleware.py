@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from typing import Any
@@ -38,8 +39,8 @@ class _Sent:
     After the body limit is hit, ``send_app`` mutes the app so that only our 413 goes out.
     """
 
-    def __init__(self, send, request_id: str):
-        self._send, self.request_id = send, request_id
+    def __init__(self, send, request_id: str, echo_id: bool = True):
+        self._send, self.request_id, self.echo_id = send, request_id, echo_id
         self.status: int | None = None
         self.bytes = 0
         self.first_byte: float | None = None
@@ -49,7 +50,9 @@ class _Sent:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
-            message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", self.request_id.encode())]}
+            if self.echo_id:
+                headers = [*message.get("headers", []), (b"x-request-id", self.request_id.encode())]
+                message = {**message, "headers": headers}
         elif kind == "websocket.accept":
             self.status = 101
         elif kind == "websocket.close" and self.status is None:
@@ -66,6 +69,19 @@ class _Sent:
             await self.send(message)
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _proxy_request_id(scope) -> str | None:
+    """The ``x-request-id`` a proxy in front (Ray Serve's, a load balancer) gave this request, if it is a
+    plain token: logs on both sides then share one id."""
+    for name, value in scope.get("headers") or ():
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _REQUEST_ID.fullmatch(text) else None
+    return None
+
+
 class RequestGuard:
     """API key for /v1 HTTP routes, request body limits, and one JSON log line per request."""
 
@@ -76,9 +92,10 @@ class RequestGuard:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        log: dict[str, Any] = {"request_id": secrets.token_hex(6)}
+        given = _proxy_request_id(scope)
+        log: dict[str, Any] = {"request_id": given or secrets.token_hex(6)}
         scope["tadastream.log"], scope["tadastream.start"] = log, start
-        sent = _Sent(send, log["request_id"])
+        sent = _Sent(send, log["request_id"], echo_id=given is None)  # a proxy that named it, answers it
         try:
             if scope["type"] == "http":
                 await self._http(scope, receive, sent)
