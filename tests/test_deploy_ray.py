@@ -222,14 +222,16 @@ def test_builder_takes_serve_run_strings_and_the_example_config():
 
 
 def test_cmd_ray_refuses_bad_options_before_starting_anything():
-    from tadastream.cli.errors import UsageError
-    from tadastream.deploy.ray import cmd_ray
+    from tadastream.cli import main
+    from tadastream.deploy.ray import run_ray
+    from tadastream.optionsets import OptionError
 
     assert not ray.is_initialized()
-    with pytest.raises(UsageError, match="--max-replicas"):
-        cmd_ray(ray_options(model="demo", num_replicas="auto"))
-    with pytest.raises(UsageError, match="--max-streams"):
-        cmd_ray(ray_options(model="demo", max_streams=0))
+    with pytest.raises(OptionError, match="--max-replicas"):
+        run_ray(ray_options(model="demo", num_replicas="auto"))
+    with pytest.raises(OptionError, match="--max-streams"):
+        run_ray(ray_options(model="demo", max_streams=0))
+    assert main(["ray", "--model", "demo", "--max-streams", "0"]) == 2, "a usage error on the command line"
     assert not ray.is_initialized()
 
 
@@ -237,11 +239,11 @@ def test_cmd_ray_serves_until_interrupted(tmp_path):
     """The CLI entry: its own local cluster, the app on --host/--port, and all of it gone after Ctrl-C."""
     port = free_port()
     script = (
-        "import sys; from tadastream.deploy.ray import cmd_ray, ray_options; "
-        f"sys.exit(cmd_ray(ray_options(model='demo', dtype='float32', threads=1, port={port}, log_level='warning')))"
+        "import sys; from tadastream.deploy.ray import run_ray, ray_options; "
+        f"sys.exit(run_ray(ray_options(model='demo', dtype='float32', threads=1, port={port}, log_level='warning')))"
     )
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT / "src")}
-    log = (tmp_path / "cmd_ray.log").open("w+")
+    log = (tmp_path / "run_ray.log").open("w+")
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -32,7 +32,16 @@ from wyoming.tts import (  # noqa: E402
 )
 
 from tadastream.audio import float_to_pcm16  # noqa: E402
-from tadastream.integrations.wyoming import build_wyoming, cmd_wyoming, main, wyoming_options  # noqa: E402
+from tadastream.cli import main as cli_main  # noqa: E402
+from tadastream.integrations.wyoming import build_wyoming, run_wyoming, wyoming_options  # noqa: E402
+from tadastream.optionsets import OptionError  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    """``tadastream wyoming ARGV``, in this process."""
+    return cli_main(["wyoming", *argv])
+
+
 from tadastream.stream import AudioStream  # noqa: E402
 
 SEED = 7
@@ -302,17 +311,17 @@ def test_a_stream_without_new_text_times_out(server):
 
 
 def test_cli_without_wyoming_says_how_to_install(monkeypatch, capsys):
-    from tadastream.cli.errors import UsageError
-
     monkeypatch.setitem(sys.modules, "wyoming.server", None)  # as if the extra were not installed
-    with pytest.raises(UsageError, match=r'pip install "tadastream\[wyoming\]"'):
-        cmd_wyoming(wyoming_options(model="demo"))
+    with pytest.raises(ImportError, match=r'pip install "tadastream\[wyoming\]"'):
+        run_wyoming(wyoming_options(model="demo"))
     assert main(["--model", "demo"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and 'pip install "tadastream[wyoming]"' in err
 
 
 def test_bad_options_fail_before_loading(capsys):
+    with pytest.raises(OptionError, match="--queue"):
+        run_wyoming(wyoming_options(model="demo", queue=-1))
     assert main(["--model", "demo", "--uri", "http://127.0.0.1:10200"]) == 2
     assert "--uri" in capsys.readouterr().err
     assert main(["--model", "demo", "--samples-per-chunk", "0"]) == 2
@@ -330,7 +339,7 @@ def test_module_runs_and_imports_no_wyoming_until_served():
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
     done = subprocess.run(
-        [sys.executable, "-m", "tadastream.integrations.wyoming", "--help"],
+        [sys.executable, "-m", "tadastream", "wyoming", "--help"],
         env=env,
         capture_output=True,
         text=True,

@@ -19,6 +19,14 @@ if TYPE_CHECKING:  # importing transformers is slow: keep this module light for 
 SAMPLE_RATE = 24000
 FRAME_RATE = 50
 SAMPLES_PER_FRAME = SAMPLE_RATE // FRAME_RATE
+MIN_LEADING_TRIM_FRAMES = 5  # the proposal's fix: never expose the decoder's start-up transient
+
+
+def leading_trim_frames(first_time_before: int) -> int:
+    """Frames cut from the start of an utterance's audio: the first decoded token's gap, at least 5."""
+    return max(int(first_time_before), MIN_LEADING_TRIM_FRAMES)
+
+
 DEFAULT_MODEL = "HumeAI/tada-1b"
 DEFAULT_CODEC = "HumeAI/tada-codec"
 DEFAULT_TOKENIZER = "meta-llama/Llama-3.2-1B"

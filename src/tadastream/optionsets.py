@@ -12,7 +12,11 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["adder", "option_namespace"]
+__all__ = ["OptionError", "adder", "option_namespace"]
+
+
+class OptionError(ValueError):
+    """An option that cannot work, found before anything was loaded or started; the message names the flag."""
 
 
 def adder(parser: argparse.ArgumentParser) -> Callable[..., None]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, replace
 
-from .config import SAMPLE_RATE, SAMPLES_PER_FRAME
+from .config import SAMPLE_RATE, SAMPLES_PER_FRAME, leading_trim_frames
 from .text import MappedText, normalize_mapped
 
 __all__ = ["CharTiming", "TextTokens", "WordClock", "WordTiming", "token_spans", "words_heard"]
@@ -177,9 +177,6 @@ class WordClock:
     def __init__(
         self, plan, tokens: TextTokens, sample_rate: int = SAMPLE_RATE, samples_per_frame: int = SAMPLES_PER_FRAME
     ):
-        from .generation.outputs import leading_trim_frames
-
-        self._trim_of = leading_trim_frames
         self.tokens = tokens
         self.decode_start = plan.decode_start
         self.first_text_index = len(plan.head_ids) - 1  # frame i speaks input token i + 1
@@ -194,7 +191,7 @@ class WordClock:
         if index < self.decode_start:
             return []
         if index == self.decode_start:
-            self._trim = self._trim_of(time_before)
+            self._trim = leading_trim_frames(time_before)
         self._frames += max(int(time_before), 1)  # a vector takes its frame even after a gap of 0
         j = index - self.first_text_index
         if not 0 <= j < self.tokens.count:

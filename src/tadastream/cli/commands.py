@@ -352,6 +352,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_service(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A long-running service of another package part: a missing extra or a bad option is a usage
+    error (nothing started), a deployment that Ray cannot bring up a failure."""
+    from ..deploy.ray import DeploymentFailed
+    from ..optionsets import OptionError
+
+    try:
+        return run(args)
+    except (ImportError, OptionError) as exc:
+        raise UsageError(one_line(exc)) from None
+    except DeploymentFailed as exc:
+        raise CliError(one_line(exc)) from None
+
+
+def cmd_wyoming(args: argparse.Namespace) -> int:
+    """``tadastream wyoming``: serve the Wyoming protocol until interrupted."""
+    from ..integrations.wyoming import run_wyoming
+
+    return _run_service(run_wyoming, args)
+
+
+def cmd_ray(args: argparse.Namespace) -> int:
+    """``tadastream ray``: the server as a Ray Serve deployment, until interrupted."""
+    from ..deploy.ray import run_ray
+
+    return _run_service(run_ray, args)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """``tadastream serve``: hand the parsed options to the server."""
     from ..server import run_server

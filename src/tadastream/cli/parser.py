@@ -11,11 +11,11 @@ from typing import NoReturn
 
 from .. import __version__
 from ..config import DEFAULT_CODEC, DEFAULT_MODEL
-from ..deploy.ray import add_ray_arguments, cmd_ray
-from ..integrations.wyoming import add_wyoming_arguments, cmd_wyoming
+from ..deploy.ray import add_ray_arguments
+from ..integrations.wyoming import add_wyoming_arguments
 from ..server import add_serve_arguments
 from .checks import FILE_EXTENSIONS
-from .commands import cmd_demo, cmd_encode_voice, cmd_serve, cmd_speak
+from .commands import cmd_demo, cmd_encode_voice, cmd_ray, cmd_serve, cmd_speak, cmd_wyoming
 from .errors import one_line
 
 STDOUT_FORMATS = ("wav", "raw")

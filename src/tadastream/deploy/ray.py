@@ -2,7 +2,7 @@
 
     serve run deploy/ray-serve.yaml                                      # a config file (see its comments)
     serve run tadastream.deploy.ray:build_app model=demo num_replicas=2  # the builder, arguments inline
-    tadastream ray --model demo --num-replicas 2                         # the CLI (cmd_ray)
+    tadastream ray --model demo --num-replicas 2                         # the CLI (run_ray)
 
 Each replica builds its app in its constructor exactly as ``tadastream serve`` does
 (:func:`tadastream.server.build_app`: the model through :func:`tadastream.loading.load_model`, voices,
@@ -28,7 +28,7 @@ in-flight streams end with a broken response (clients see an error, never a shor
 as whole), and the proxy routes new requests to the healthy replicas meanwhile.
 
 Importing this module imports no Ray; :func:`build_app`, :func:`tada_deployment` and
-:func:`cmd_ray` raise ImportError (the CLI: a usage error) naming ``pip install "tadastream[ray]"``.
+:func:`run_ray` raise ImportError (the CLI: a usage error) naming ``pip install "tadastream[ray]"``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..optionsets import adder, option_namespace
+from ..optionsets import OptionError, adder, option_namespace
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -54,7 +54,8 @@ __all__ = [
     "application",
     "build_app",
     "check_ray_options",
-    "cmd_ray",
+    "DeploymentFailed",
+    "run_ray",
     "deployment_options",
     "ray_options",
     "tada_deployment",
@@ -324,24 +325,27 @@ def build_app(args: dict[str, Any]) -> Application:
 
 
 # -- the command --------------------------------------------------------------------------------
-def cmd_ray(args: argparse.Namespace) -> int:
-    """``tadastream ray``: run the deployment on a Ray cluster (a local one unless ``--ray-address``)
-    and serve until interrupted; then the app is deleted (and a local cluster stopped). Returns 0.
+class DeploymentFailed(RuntimeError):
+    """Ray could not bring the deployment up (a replica failed to load the model, no resources, ...)."""
 
-    Raises the CLI's UsageError for a bad option or a missing ``ray[serve]`` (before anything starts),
-    CliError when the deployment fails (a replica could not load the model, no resources, ...).
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_ray(args: argparse.Namespace) -> int:
+    """Run the deployment on a Ray cluster (a local one unless ``--ray-address``) and serve until
+    interrupted; then the app is deleted (and a local cluster stopped). Returns 0 (``tadastream ray``).
+
+    Before anything starts, raises ImportError (no ``ray[serve]``: the message says how to install
+    it) or OptionError (a bad option); DeploymentFailed when Ray cannot bring the replicas up.
     """
-    from ..cli.errors import CliError, UsageError, one_line
-
-    try:
-        ray, serve = _require_ray()
-    except ImportError as exc:
-        raise UsageError(str(exc)) from None
+    ray, serve = _require_ray()
     opts = ray_options(args)
     try:
         check_ray_options(opts)
     except ValueError as exc:
-        raise UsageError(one_line(exc)) from None
+        raise OptionError(str(exc)) from None
     level = getattr(logging, opts.log_level.upper())
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -351,19 +355,20 @@ def cmd_ray(args: argparse.Namespace) -> int:
     local = opts.ray_address is None
     ray.init(address="local" if local else opts.ray_address)
     stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():  # a service manager's SIGTERM acts as Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve.start(http_options={"host": opts.host, "port": opts.port})
         try:
             serve.run(application(opts), name=opts.app_name, route_prefix=opts.route_prefix)
         except Exception as exc:  # a replica failed to start: Ray's message names the cause
-            raise CliError(f"the deployment failed: {one_line(exc)}") from None
+            raise DeploymentFailed(f"the deployment failed: {exc}") from None
         options = deployment_options(opts)
         scale = options.get("autoscaling_config") or f"{options['num_replicas']} replica(s)"
         logger.info("serving %s on http://%s:%d%s with %s", opts.model, opts.host, opts.port, opts.route_prefix, scale)
-        if threading.current_thread() is threading.main_thread():  # Ctrl-C or a service manager's SIGTERM
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-        stop.wait()
+        stop.wait()  # until Ctrl-C, which may also come while the replicas are still starting
+    except KeyboardInterrupt:
+        logger.info("stopping")
     finally:
         try:
             if local:

@@ -8,9 +8,7 @@ from typing import Any
 
 import torch
 
-from ..config import SAMPLE_RATE
-
-MIN_LEADING_TRIM_FRAMES = 5  # the proposal's fix: never expose the decoder's start-up transient
+from ..config import MIN_LEADING_TRIM_FRAMES, SAMPLE_RATE, leading_trim_frames  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -62,10 +60,6 @@ class GenerationOutput:
     #: Per text: when each word (and character) of the text as written is heard; see tadastream.timestamps.
     words: list[list[Any]] | None = None
     characters: list[list[Any]] | None = None
-
-
-def leading_trim_frames(first_time_before: int) -> int:
-    return max(int(first_time_before), MIN_LEADING_TRIM_FRAMES)
 
 
 def decode_frames(model, plan, raw: SyncTokGenerationOutput):

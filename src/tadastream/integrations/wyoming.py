@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ..config import DEFAULT_CODEC, DEFAULT_MODEL, SAMPLE_RATE
-from ..optionsets import adder, option_namespace
+from ..optionsets import OptionError, adder, option_namespace
 
 if TYPE_CHECKING:
     from wyoming.info import Info
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ..server.service import SpeechService
     from ..server.voices import VoiceStore
 
-__all__ = ["WyomingTTS", "add_wyoming_arguments", "build_wyoming", "cmd_wyoming", "main", "wyoming_options"]
+__all__ = ["WyomingTTS", "add_wyoming_arguments", "build_wyoming", "run_wyoming", "wyoming_options"]
 
 logger = logging.getLogger("tadastream.wyoming")
 
@@ -283,21 +283,19 @@ def build_wyoming(args: argparse.Namespace | None = None, **kwargs: Any) -> Wyom
 
 
 def _require_wyoming() -> None:
-    from ..cli.errors import UsageError  # here: the CLI package imports this module
-
     try:
         import wyoming.server  # noqa: F401
     except ImportError:
-        raise UsageError(INSTALL_HINT) from None
+        raise ImportError(INSTALL_HINT) from None
 
 
-def cmd_wyoming(args: argparse.Namespace) -> int:
-    """``tadastream wyoming``: load the model and serve Wyoming until interrupted; returns 0 once stopped.
+def run_wyoming(args: argparse.Namespace) -> int:
+    """Load the model and serve Wyoming until interrupted; returns 0 once stopped (``tadastream wyoming``).
 
-    Raises the CLI's UsageError (a bad option, or no ``wyoming`` package: the message says
-    ``pip install "tadastream[wyoming]"``) before loading anything, and CliError when loading fails.
+    Before loading anything, raises ImportError (no ``wyoming`` package: the message says
+    ``pip install "tadastream[wyoming]"``) or OptionError (a bad option); ValueError when the
+    checkpoint or ``--default-voice`` cannot be used.
     """
-    from ..cli.errors import CliError, UsageError, one_line
     from ..server.errors import EngineError
 
     _require_wyoming()
@@ -305,7 +303,7 @@ def cmd_wyoming(args: argparse.Namespace) -> int:
     try:
         check_options(opts)
     except ValueError as exc:
-        raise UsageError(one_line(exc)) from None
+        raise OptionError(str(exc)) from None
     level = getattr(logging, opts.log_level.upper())
     if not logging.getLogger().handlers:  # stderr: with stdio:// the protocol owns stdout
         logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -313,7 +311,7 @@ def cmd_wyoming(args: argparse.Namespace) -> int:
     try:
         tts = build_wyoming(opts)
     except EngineError as exc:
-        raise CliError(f"--default-voice {opts.default_voice}: {one_line(exc.message)}") from None
+        raise ValueError(f"--default-voice {opts.default_voice}: {exc.message}") from None
     try:
         asyncio.run(tts.serve(opts.uri))
     except KeyboardInterrupt:
@@ -321,25 +319,6 @@ def cmd_wyoming(args: argparse.Namespace) -> int:
     finally:
         tts.close()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tadastream.integrations.wyoming [options]``: as ``tadastream wyoming``."""
-    from ..cli.errors import CliError, UsageError, one_line
-
-    parser = argparse.ArgumentParser(
-        prog="tadastream wyoming", description="Serve TADA speech over the Wyoming protocol (Home Assistant)"
-    )
-    add_wyoming_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return cmd_wyoming(args)
-    except UsageError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except (CliError, ValueError, OSError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 1
 
 
 # -- one connection -----------------------------------------------------------------------------
@@ -553,7 +532,3 @@ def _handler_class() -> type:
                 pass
 
     return TadaEventHandler
-
-
-if __name__ == "__main__":
-    sys.exit(main())
