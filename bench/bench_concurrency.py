@@ -145,7 +145,8 @@ def _status_kib(pid: int, field: str) -> int:
 
 # -- the clients --------------------------------------------------------------------------------
 def speak(url: str, text: str, seed: int) -> dict:
-    """One SSE request: client-side time to first audio and total, the server's usage and timings."""
+    """One SSE request: client-side time to first audio and total, the server's usage and timings, and
+    the replica that served it (``x-replica`` behind Ray Serve; "serve" for one server)."""
     import httpx
 
     body = {"input": text, "seed": seed, "response_format": "pcm", "stream_format": "sse"}
@@ -155,6 +156,7 @@ def speak(url: str, text: str, seed: int) -> dict:
         with client.stream("POST", url + "/v1/audio/speech", json=body) as res:
             if res.status_code != 200:
                 raise RuntimeError(f"HTTP {res.status_code}: {res.read()[:300]!r}")
+            replica = res.headers.get("x-replica", "serve")
             for line in res.iter_lines():
                 if not line.startswith("data: "):
                     continue
@@ -169,6 +171,7 @@ def speak(url: str, text: str, seed: int) -> dict:
     audio_s = samples / 24000
     return {
         "seed": seed,
+        "replica": replica,
         "ttfa_s": first,
         "total_s": total,
         "audio_s": audio_s,

@@ -24,7 +24,6 @@ spread over replicas (the ``x-replica`` header). Writes JSON (with the command) 
 from __future__ import annotations
 
 import argparse
-import base64
 import collections
 import datetime
 import json
@@ -41,6 +40,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from bench_concurrency import speak  # noqa: E402  (one SSE request, timed)
+
 from tadastream.config import DEFAULT_CODEC  # noqa: E402
 
 TEXT = " ".join(["Every replica holds one model and batches its own streams."] * 3)
@@ -50,40 +51,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def speak(url: str, text: str, seed: int) -> dict:
-    """One SSE request: client-side time to first audio and total, audio made, frames, replica."""
-    import httpx
-
-    body = {"input": text, "seed": seed, "response_format": "pcm", "stream_format": "sse"}
-    samples, first, done = 0, None, None
-    start = time.perf_counter()
-    with httpx.Client(timeout=None, trust_env=False) as client:
-        with client.stream("POST", url + "/v1/audio/speech", json=body) as res:
-            if res.status_code != 200:
-                raise RuntimeError(f"HTTP {res.status_code}: {res.read()[:300]!r}")
-            replica = res.headers.get("x-replica", "serve")
-            for line in res.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                event = json.loads(line[6:])
-                if event["type"] == "speech.audio.delta":
-                    samples += len(base64.b64decode(event["audio"])) // 2
-                    if first is None:
-                        first = time.perf_counter() - start
-                elif event["type"] == "speech.audio.done":
-                    done = event
-    if done is None:
-        raise RuntimeError("the stream ended without speech.audio.done")
-    return {
-        "seed": seed,
-        "replica": replica,
-        "ttfa_s": first,
-        "total_s": time.perf_counter() - start,
-        "audio_s": samples / 24000,
-        "tokens": done["usage"]["output_tokens"],
-    }
 
 
 def run_round(url: str, text: str, n: int) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import secrets
 import struct
 import threading
 from pathlib import Path
@@ -26,6 +25,7 @@ import soxr
 import torch
 
 from .config import FRAME_RATE
+from .files import write_atomic
 
 __all__ = [
     "AudioError",
@@ -564,16 +564,4 @@ def save_audio(
         raise AudioError(f"cannot save to {target}: it is a folder; give a file name")
     data = encode_audio(audio, sample_rate, fmt)
 
-    temp = parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
-    # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask decide permissions.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic(target, data)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
+from .files import write_atomic
 from .timestamps import CharTiming, WordTiming
 
 __all__ = ["SUBTITLE_FORMATS", "caption_cues", "subtitles", "timestamps_json", "to_srt", "to_vtt", "write_text_atomic"]
@@ -112,16 +112,5 @@ def timestamps_json(
 
 
 def write_text_atomic(path: str | os.PathLike[str], content: str) -> Path:
-    """Write UTF-8 ``content`` to a temporary file beside ``path`` and rename it in: never half a file."""
-    target = Path(path)
-    temp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(temp, "x", encoding="utf-8", newline="\n") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return target
+    """Write UTF-8 ``content`` to ``path`` whole or not at all (:func:`tadastream.files.write_atomic`)."""
+    return write_atomic(path, content.encode("utf-8"))

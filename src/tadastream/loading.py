@@ -115,3 +115,17 @@ def load_model(
         quantize=quantize,
     )
     return model, None
+
+
+def load_model_from_options(opts: Any) -> tuple[TadaForCausalLM, EncoderOutput | None]:
+    """:func:`load_model` for parsed options (``--model``, ``--codec``, ``--tokenizer``, ``--device``,
+    ``--dtype``, ``--quantize``, ``--threads``), as the servers declare them."""
+    return load_model(
+        opts.model,
+        codec=opts.codec,
+        tokenizer=opts.tokenizer,
+        device=opts.device,
+        dtype=opts.dtype,
+        quantize=opts.quantize,
+        threads=opts.threads,
+    )

@@ -9,10 +9,21 @@ keywords, with the same defaults and names as the command line.
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["OptionError", "adder", "option_namespace"]
+from .config import DEFAULT_CODEC, DEFAULT_MODEL
+
+__all__ = [
+    "OptionError",
+    "add_model_arguments",
+    "add_process_arguments",
+    "adder",
+    "configure_logging",
+    "option_namespace",
+]
 
 
 class OptionError(ValueError):
@@ -29,6 +40,37 @@ def adder(parser: argparse.ArgumentParser) -> Callable[..., None]:
             pass
 
     return add
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model a server loads (:func:`tadastream.loading.load_model`'s arguments)."""
+    add = adder(parser)
+    add("--model", default=DEFAULT_MODEL, help="hub id, checkpoint folder, or 'demo' (tiny built-in model)")
+    add("--codec", default=DEFAULT_CODEC, help="codec hub id or folder (its decoder/ is used)")
+    add("--tokenizer", default=None, help="tokenizer hub id or folder (default: from the checkpoint)")
+    add("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add(
+        "--dtype",
+        default="auto",
+        help="float32, bfloat16, float16 or auto (bfloat16 on cuda or a CPU with native bf16, else float32)",
+    )
+    add("--quantize", default=None, choices=["int8"], help="int8 weights (CPU, bf16): half the memory")
+
+
+def add_process_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a long-running server process takes: torch threads and the log level."""
+    add = adder(parser)
+    add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def configure_logging(level_name: str) -> None:
+    """tadastream's loggers at ``level_name``, to stderr unless the process already set up logging
+    (stdout may be a protocol's: Wyoming over stdio)."""
+    level = getattr(logging, level_name.upper())
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("tadastream").setLevel(level)
 
 
 def option_namespace(

@@ -13,13 +13,13 @@ object-oriented Agg canvas, so plotting never changes the caller's pyplot backen
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import FRAME_RATE
+from .files import replacing
 
 __all__ = ["MissingMatplotlibError", "Playback", "plot_timeline", "require_matplotlib", "simulate_playback"]
 
@@ -79,16 +79,10 @@ def simulate_playback(chunk_times: Sequence[float], chunk_seconds: Sequence[floa
 
 def _atomic_savefig(figure: Any, path: Path) -> None:
     """Render to a temporary file beside ``path`` and rename it in, so no half-written PNG remains."""
-    temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(temp, "xb") as handle:
-            figure.savefig(handle, format="png", dpi=110)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as temp, open(temp, "xb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def plot_timeline(result: Any, path: str | os.PathLike[str], sample_rate: int = 24000) -> Path:

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 
 from ..audio import AudioError, check_prompt_audio, load_audio, resample, to_mono
 from ..config import SAMPLE_RATE, EncoderConfig
+from ..files import replacing
 from ..hub import CheckpointError, PretrainedModule
 from ..nn.attention import LocalAttentionStack, encoder_attention_mask
 from ..nn.conv import Snake, WNConv1d
@@ -153,13 +153,8 @@ class EncoderOutput:
             "text": json.dumps(self.text, ensure_ascii=False),
             "sample_rate": json.dumps(int(self.sample_rate)),
         }
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        try:
+        with replacing(target) as temp:
             save_file(tensors, str(temp), metadata=metadata)
-            os.replace(temp, target)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
         return target
 
     @classmethod

@@ -40,7 +40,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..optionsets import OptionError, adder, option_namespace
+from ..optionsets import OptionError, adder, configure_logging, option_namespace
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -262,10 +262,7 @@ def _replica_app(opts: argparse.Namespace) -> FastAPI:
 
     from ..server import build_app as build_server_app
 
-    level = getattr(logging, opts.log_level.upper())
-    if not logging.getLogger().handlers:  # stderr: Ray Serve files it in the replica's log
-        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("tadastream").setLevel(level)
+    configure_logging(opts.log_level)
     replica = serve.get_replica_context().replica_id.unique_id
     app = build_server_app(opts)
     app.add_middleware(ReplicaHeader, replica=replica)
@@ -346,10 +343,7 @@ def run_ray(args: argparse.Namespace) -> int:
         check_ray_options(opts)
     except ValueError as exc:
         raise OptionError(str(exc)) from None
-    level = getattr(logging, opts.log_level.upper())
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("tadastream").setLevel(level)
+    configure_logging(opts.log_level)
     if opts.host not in ("127.0.0.1", "::1", "localhost") and not opts.api_key:
         logger.warning("listening on %s without --api-key: anyone who can reach it can use it", opts.host)
     local = opts.ray_address is None

@@ -37,13 +37,19 @@ import asyncio
 import functools
 import logging
 import os
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from ..config import DEFAULT_CODEC, DEFAULT_MODEL, SAMPLE_RATE
-from ..optionsets import OptionError, adder, option_namespace
+from ..config import SAMPLE_RATE
+from ..optionsets import (
+    OptionError,
+    add_model_arguments,
+    add_process_arguments,
+    adder,
+    configure_logging,
+    option_namespace,
+)
 
 if TYPE_CHECKING:
     from wyoming.info import Info
@@ -70,16 +76,7 @@ def add_wyoming_arguments(parser: argparse.ArgumentParser) -> None:
 
     add = adder(parser)
     add("--uri", default=DEFAULT_URI, help=f"where to listen: tcp://HOST:PORT, unix://PATH or stdio:// ({DEFAULT_URI})")
-    add("--model", default=DEFAULT_MODEL, help="hub id, checkpoint folder, or 'demo' (tiny built-in model)")
-    add("--codec", default=DEFAULT_CODEC, help="codec hub id or folder (its decoder/ is used)")
-    add("--tokenizer", default=None, help="tokenizer hub id or folder (default: from the checkpoint)")
-    add("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    add(
-        "--dtype",
-        default="auto",
-        help="float32, bfloat16, float16 or auto (bfloat16 on cuda or a CPU with native bf16, else float32)",
-    )
-    add("--quantize", default=None, choices=["int8"], help="int8 weights (CPU, bf16): half the memory")
+    add_model_arguments(parser)
     add("--voices", metavar="DIR", default=None, help="folder of NAME.voice files, offered as voices NAME")
     add("--default-voice", metavar="NAME", default=None, help="voice used when a request names none")
     add(
@@ -116,8 +113,7 @@ def add_wyoming_arguments(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds a streamed synthesis may wait for more text or synthesize-stop before it is stopped (default 60)",
     )
-    add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_process_arguments(parser)
 
 
 def wyoming_options(args: argparse.Namespace | None = None, **kwargs: Any) -> argparse.Namespace:
@@ -251,21 +247,13 @@ def build_wyoming(args: argparse.Namespace | None = None, **kwargs: Any) -> Wyom
     Options as :func:`wyoming_options` takes them (``build_wyoming(model="demo", seed=7)``); raises
     ValueError for a bad option or checkpoint, EngineError for a missing ``--default-voice``.
     """
-    from ..loading import load_model
+    from ..loading import load_model_from_options
     from ..server.service import SpeechService
     from ..server.voices import VoiceStore
 
     opts = wyoming_options(args, **kwargs)
     check_options(opts)
-    model, default_voice = load_model(
-        opts.model,
-        codec=opts.codec,
-        tokenizer=opts.tokenizer,
-        device=opts.device,
-        dtype=opts.dtype,
-        quantize=opts.quantize,
-        threads=opts.threads,
-    )
+    model, default_voice = load_model_from_options(opts)
     if opts.default_voice:
         default_voice = VoiceStore(opts.voices, None, model).resolve(opts.default_voice)
     service = SpeechService(model, max_streams=opts.max_streams, queue=opts.queue, queue_timeout=opts.queue_timeout)
@@ -304,10 +292,7 @@ def run_wyoming(args: argparse.Namespace) -> int:
         check_options(opts)
     except ValueError as exc:
         raise OptionError(str(exc)) from None
-    level = getattr(logging, opts.log_level.upper())
-    if not logging.getLogger().handlers:  # stderr: with stdio:// the protocol owns stdout
-        logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("tadastream").setLevel(level)
+    configure_logging(opts.log_level)
     try:
         tts = build_wyoming(opts)
     except EngineError as exc:

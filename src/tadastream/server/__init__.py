@@ -48,8 +48,7 @@ import logging
 import os
 from typing import Any
 
-from ..config import DEFAULT_CODEC, DEFAULT_MODEL
-from ..optionsets import adder, option_namespace
+from ..optionsets import add_model_arguments, add_process_arguments, adder, configure_logging, option_namespace
 
 __all__ = ["add_serve_arguments", "create_app", "main", "run_server"]
 
@@ -60,16 +59,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options to ``parser``; options it already has (a shared ``--model``) are kept."""
 
     add = adder(parser)
-    add("--model", default=DEFAULT_MODEL, help="hub id, checkpoint folder, or 'demo' (tiny built-in model)")
-    add("--codec", default=DEFAULT_CODEC, help="codec hub id or folder (its decoder/ is used)")
-    add("--tokenizer", default=None, help="tokenizer hub id or folder (default: from the checkpoint)")
-    add("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    add(
-        "--dtype",
-        default="auto",
-        help="float32, bfloat16, float16 or auto (bfloat16 on cuda or a CPU with native bf16, else float32)",
-    )
-    add("--quantize", default=None, choices=["int8"], help="int8 weights (CPU, bf16): half the memory")
+    add_model_arguments(parser)
     add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; set --api-key before exposing)")
     add("--port", type=int, default=8000)
     add("--voices", metavar="DIR", default=None, help="folder of NAME.voice files; enables POST /v1/voices")
@@ -111,8 +101,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--max-voice-mb", type=float, default=16.0, help="largest voice upload in MiB (default 16)")
     add("--max-voice-seconds", type=float, default=60.0, help="longest voice prompt in seconds (default 60)")
-    add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_process_arguments(parser)
 
 
 def _options(args: argparse.Namespace | None, kwargs: dict[str, Any]) -> argparse.Namespace:
@@ -121,17 +110,9 @@ def _options(args: argparse.Namespace | None, kwargs: dict[str, Any]) -> argpars
 
 def load_model(opts: argparse.Namespace):
     """(model, default voice or None) for the ``--model`` option (or an already loaded model)."""
-    from ..loading import load_model as load
+    from ..loading import load_model_from_options
 
-    return load(
-        opts.model,
-        codec=opts.codec,
-        tokenizer=opts.tokenizer,
-        device=opts.device,
-        dtype=opts.dtype,
-        quantize=opts.quantize,
-        threads=opts.threads,
-    )
+    return load_model_from_options(opts)
 
 
 def _load_encoder(opts: argparse.Namespace, model):
@@ -179,10 +160,7 @@ def run_server(args: argparse.Namespace | None = None, **kwargs: Any) -> int:
     import uvicorn
 
     opts = _options(args, kwargs)
-    level = getattr(logging, opts.log_level.upper())
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("tadastream").setLevel(level)
+    configure_logging(opts.log_level)
     log = logging.getLogger("tadastream.server")
     if opts.host not in LOOPBACK and not opts.api_key:
         log.warning("listening on %s without --api-key: anyone who can reach it can use it", opts.host)

@@ -11,7 +11,6 @@ import collections
 import dataclasses
 import os
 import re
-import secrets
 import tempfile
 import threading
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from ..audio import AudioError
 from ..config import SAMPLE_RATE
+from ..files import write_atomic
 from .errors import EngineError
 from .settings import ServerSettings
 
@@ -178,12 +178,7 @@ class VoiceStore:
         if path.exists() and not overwrite:
             raise EngineError(409, f"voice {name!r} exists; send overwrite=true to replace it", "voice_exists", "name")
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            tmp.write_bytes(voice_bytes)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, voice_bytes)
         with self._lock:
             self._cache.pop(name, None)
         return path
