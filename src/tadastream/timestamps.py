@@ -132,9 +132,9 @@ class TextTokens:
         return self.incremental.raw if self.incremental is not None else self._text
 
     def _work_out(self, raw: str, ids: list[int]) -> list[tuple[int, int] | None]:
-        mapped = normalize_mapped(raw) if self.normalize else MappedText.identity(raw)
         if not ids:
             return []
+        mapped = normalize_mapped(raw) if self.normalize else MappedText.identity(raw)
         return [_source_span(mapped, a, b) for a, b in token_spans(self.tokenizer, self.prompt_text, mapped, ids)]
 
     @property

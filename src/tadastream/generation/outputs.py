@@ -4,11 +4,14 @@ and the one-pass decode of a finished utterance."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import MIN_LEADING_TRIM_FRAMES, SAMPLE_RATE, leading_trim_frames  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    from ..timestamps import CharTiming, WordTiming
 
 
 @dataclass
@@ -58,8 +61,8 @@ class GenerationOutput:
     chunk_samples: list[int] | None = None
     total_time: float | None = None
     #: Per text: when each word (and character) of the text as written is heard; see tadastream.timestamps.
-    words: list[list[Any]] | None = None
-    characters: list[list[Any]] | None = None
+    words: list[list[WordTiming]] | None = None
+    characters: list[list[CharTiming]] | None = None
 
 
 def decode_frames(model, plan, raw: SyncTokGenerationOutput):

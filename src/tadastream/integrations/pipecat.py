@@ -252,7 +252,7 @@ class TadaTTSService(WebsocketTTSService):
                 raise ValueError(f"unexpected reply {reply!r}")
             if reply.get("type") == "error":
                 error = reply.get("error") or {}
-                if self._word_times and (error.get("param") == "timestamps" or error.get("code") == "unsupported"):
+                if self._word_times and error.get("param") == "timestamps":
                     # A model without character offsets: speak anyway; the context then gets each
                     # reply's text when its audio ends (and none of it if interrupted).
                     logger.warning(f"{self}: the server cannot time words ({error.get('message')}); going on without")
