@@ -87,6 +87,8 @@ class Server:
         cmd += ["--tokenizer", str(llm), "--dtype", {"fp32": "float32", "bf16": "bfloat16"}[args.dtype]]
         cmd += ["--device", args.device, "--port", str(self.port), "--max-streams", str(max_streams)]
         cmd += ["--queue", str(4 * max_streams), "--queue-timeout", "3600", "--log-level", "warning"]
+        if args.compile:  # compiled steps (CUDA graphs on cuda), built before the server answers
+            cmd += ["--compile", "--warmup"]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         self.command = cmd
@@ -310,6 +312,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=24, help="text tokens per request (default 24)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the server")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "tadastream-bench")
+    ap.add_argument("--compile", action="store_true", help="serve with --compile --warmup (for GPUs)")
     ap.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
@@ -330,12 +333,13 @@ def main(argv=None) -> int:
     print_table(rows)
     result, stem = bs.save_result(
         args.out,
-        f"concurrency-{args.mode}-{args.dtype}",
+        f"concurrency-{args.mode}-{args.dtype}" + ("-compiled" if args.compile else ""),
         "bench_concurrency.py",
         argv,
         mode=args.mode,
         dtype=args.dtype,
         device=args.device,
+        compiled=args.compile,
         text=text,
         text_tokens=args.tokens,
         server_command=" ".join(command[:1] + ["bench/bench_concurrency.py"] + command[2:]),

@@ -114,8 +114,11 @@ def build_model(args, layout: str | None = None) -> tuple[TadaForCausalLM, int]:
         model = build_1b(dtype, args.device)
     n_params = sum(p.numel() for p in model.parameters())
     layout = layout or args.layout
-    if layout != "plain":
-        model.optimize_for_inference("int8" if layout == "int8" else None)
+    compiled = getattr(args, "compile", False)
+    if layout != "plain":  # torch.compile packs weights itself and cannot trace oneDNN's packed ones
+        model.optimize_for_inference("int8" if layout == "int8" else None, prepack=not compiled)
+    if compiled:
+        model.compile(max_streams=1, warmup=True)
     return model, n_params
 
 
@@ -381,7 +384,7 @@ def bench_incremental(model, voice, text: str, rate: float, gen_repeat: int, ful
 def peak_memory(args, name: str) -> dict:
     """Peak memory of one streaming generation, in a fresh process (CPU: ru_maxrss; GPU: allocator)."""
     cmd = [sys.executable, __file__, "--mode", args.mode, "--dtype", args.dtype, "--device", args.device]
-    cmd += ["--layout", args.layout, "--_peak", name]
+    cmd += ["--layout", args.layout, "--_peak", name] + (["--compile"] if args.compile else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -391,13 +394,28 @@ def _peak_child(args) -> None:
     voice = demo_voice(model)
     text = make_text(model.tokenizer, TEXT_TOKENS[args._peak])
     dev = model.device
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run_stream(model, voice, text)
-        peak = torch.cuda.max_memory_allocated()
-        print(json.dumps({"kind": "cuda_allocated", "base_mb": base / 2**20, "peak_mb": peak / 2**20}))
+    if dev.type == "cuda":  # VRAM: non-streaming first, then streaming, each from a reset peak
+        peaks = {}
+        for kind, run in (
+            ("nonstream", lambda: model.generate(voice, text)),
+            ("stream", lambda: run_stream(model, voice, text)),
+        ):
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            run()
+            torch.cuda.synchronize()
+            peaks[kind] = torch.cuda.max_memory_allocated() / 2**20
+        print(
+            json.dumps(
+                {
+                    "kind": "cuda_allocated",
+                    "base_mb": base / 2**20,
+                    "peak_mb": peaks["stream"],
+                    "nonstream_peak_mb": peaks["nonstream"],
+                }
+            )
+        )
         return
     status = Path("/proc/self/status")
     if status.exists():
@@ -566,6 +584,11 @@ def main(argv=None) -> int:
     ap.add_argument("--text-rate", type=float, default=20.0, help="incremental text rate, tokens/s (default 20)")
     ap.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="model.compile(): compiled LLM step and flow solve (CUDA graphs on cuda), warmed up before timing",
+    )
     ap.add_argument("--_peak", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     fix_durations()
@@ -588,7 +611,8 @@ def main(argv=None) -> int:
     n_dec = sum(p.numel() for p in model.decoder.parameters())
     print(
         f"model {args.mode} {args.dtype} {args.layout} on {args.device}: {n_params / 1e6:.1f} M params "
-        f"(codec decoder {n_dec / 1e6:.1f} M), built in {build_s:.1f} s, threads {torch.get_num_threads()}"
+        f"(codec decoder {n_dec / 1e6:.1f} M), built{' and compiled' if args.compile else ''} in {build_s:.1f} s, "
+        f"threads {torch.get_num_threads()}"
     )
     voice = demo_voice(model)
 
@@ -611,6 +635,8 @@ def main(argv=None) -> int:
         if mem:
             m = peak_memory(args, name)
             rows[name].update(stream_peak_mb=m["peak_mb"], mem_base_mb=m["base_mb"], mem_kind=m["kind"])
+            if "nonstream_peak_mb" in m:
+                rows[name]["nonstream_peak_mb"] = m["nonstream_peak_mb"]
 
     ratios = {}
     ratios["stream_total_over_nonstream_total"] = {n: r["stream_over_nonstream"] for n, r in rows.items()}
@@ -670,6 +696,7 @@ def main(argv=None) -> int:
         "mode": args.mode,
         "dtype": args.dtype,
         "layout": args.layout,
+        "compiled": args.compile,
         "device": args.device,
         "params": n_params,
         "decoder_params": n_dec,
@@ -683,7 +710,7 @@ def main(argv=None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{date}-{machine}-{args.mode}-{args.dtype}-{args.layout}"
+    stem = f"{date}-{machine}-{args.mode}-{args.dtype}-{args.layout}" + ("-compiled" if args.compile else "")
     if reference:
         stem += "-vs-reference"
     path = args.out / f"{stem}.json"

@@ -19,6 +19,7 @@ _EXPORTS = {
     "GenerationInputError": "tadastream.generation",
     "AudioStream": "tadastream.stream",
     "Engine": "tadastream.engine",
+    "CompileOptions": "tadastream.engine",
     "TextInput": "tadastream.generation",
     "StreamingDecoder": "tadastream.codec.streaming",
     "Decoder": "tadastream.codec.decoder",
@@ -52,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .codec.spkr_verf import AcousticSpkrVerf
     from .codec.streaming import StreamingDecoder
     from .config import DecoderConfig, EncoderConfig
-    from .engine import Engine
+    from .engine import CompileOptions, Engine
     from .generation import (
         GenerationInputError,
         GenerationOutput,

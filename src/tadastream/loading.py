@@ -76,6 +76,10 @@ def load_model(
     dtype: str | torch.dtype | None = "auto",
     quantize: str | None = None,
     threads: int | None = None,
+    compile: bool = False,
+    warmup: bool = False,
+    max_streams: int = 8,
+    max_positions: int | None = None,
 ) -> tuple[TadaForCausalLM, EncoderOutput | None]:
     """The model laid out for inference, and its default voice (None: only the demo model has one).
 
@@ -88,6 +92,11 @@ def load_model(
     lowered to the CPUs this process may use (:func:`cpu_budget`) where torch counted more. Raises
     ``CheckpointError`` (a ValueError) when a checkpoint cannot be found or read, ValueError when
     ``quantize`` cannot run here.
+
+    ``compile`` lays the model out for torch.compile and runs :meth:`~tadastream.model.
+    TadaForCausalLM.compile` (an engine of ``max_streams`` slots of ``max_positions`` positions,
+    CUDA graphs on CUDA); ``warmup`` builds its graphs now, or without ``compile`` gives the model
+    an engine of ``max_streams`` slots that has run one step, so the first request waits for neither.
     """
     import torch
 
@@ -97,29 +106,49 @@ def load_model(
         torch.set_num_threads(cpu_budget())
     if not isinstance(source, str | os.PathLike):
         return source, None
+    if max_positions is not None and max_positions < 1:
+        raise ValueError(f"max_positions must be at least 1, got {max_positions}")
     device = device or default_device()
     run_as, _why = choose_dtype(dtype, device, quantize)
+    voice = None
     if source == DEMO:
         from .demo import build_demo_model, demo_voice
 
-        model = build_demo_model().to(device=device, dtype=run_as).optimize_for_inference(quantize)
-        return model, demo_voice(model)
-    from .model import TadaForCausalLM
+        model = build_demo_model().to(device=device, dtype=run_as)
+        model.optimize_for_inference(quantize, prepack=not compile)
+        voice = demo_voice(model)
+    else:
+        from .model import TadaForCausalLM
 
-    model = TadaForCausalLM.from_pretrained(
-        source,
-        codec=codec or DEFAULT_CODEC,
-        tokenizer=tokenizer,
-        torch_dtype=run_as,
-        device=device,
-        quantize=quantize,
-    )
-    return model, None
+        model = TadaForCausalLM.from_pretrained(
+            source,
+            codec=codec or DEFAULT_CODEC,
+            tokenizer=tokenizer,
+            torch_dtype=run_as,
+            device=device,
+            quantize=quantize,
+            prepack=not compile,
+        )
+    prepare_engine(model, compile=compile, warmup=warmup, max_streams=max_streams, max_positions=max_positions)
+    return model, voice
+
+
+def prepare_engine(
+    model: TadaForCausalLM, *, compile: bool, warmup: bool, max_streams: int, max_positions: int | None = None
+) -> None:
+    """Give ``model`` its shared engine when asked: compiled (``compile``), or warmed up (``warmup``)."""
+    if compile:
+        model.compile(max_streams=max_streams, max_positions=max_positions, warmup=warmup)
+    elif warmup:
+        from .engine import Engine
+
+        model.engine = Engine(model, max_streams=max_streams).warmup()
 
 
 def load_model_from_options(opts: Any) -> tuple[TadaForCausalLM, EncoderOutput | None]:
     """:func:`load_model` for parsed options (``--model``, ``--codec``, ``--tokenizer``, ``--device``,
-    ``--dtype``, ``--quantize``, ``--threads``), as the servers declare them."""
+    ``--dtype``, ``--quantize``, ``--threads``, ``--compile``, ``--warmup``, ``--max-positions``,
+    ``--max-streams``), as the servers declare them."""
     return load_model(
         opts.model,
         codec=opts.codec,
@@ -128,4 +157,8 @@ def load_model_from_options(opts: Any) -> tuple[TadaForCausalLM, EncoderOutput |
         dtype=opts.dtype,
         quantize=opts.quantize,
         threads=opts.threads,
+        compile=getattr(opts, "compile", False),
+        warmup=getattr(opts, "warmup", False),
+        max_streams=getattr(opts, "max_streams", 8),
+        max_positions=getattr(opts, "max_positions", None),
     )

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .config import SAMPLE_RATE
-from .engine import Engine
+from .engine import Engine, engine_for
 from .generation import GenerationInputError, GenerationOutput, StreamRng, TextTooLongError, plan_generation
 from .segments import Segment, split_text
 from .stream import AudioStream, ClosingStream
@@ -145,7 +145,7 @@ class LongFormStream(ClosingStream):
         if rng is None:
             rng = StreamRng.from_seed(seed, model.device) if seed is not None else StreamRng.fork_global(model.device)
         self._rng = rng
-        self._engine = engine if engine is not None else Engine(model, max_streams=1)
+        self._engine = engine_for(model, engine)
         self._window_size, self._plan_kwargs = window_size, plan_kwargs
         self.text = None  # the whole text is known: nothing arrives in pieces
         self.sample_rate = SAMPLE_RATE

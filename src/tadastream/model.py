@@ -70,6 +70,9 @@ class TadaForCausalLM(nn.Module):
         self._codec_source: Any = DEFAULT_CODEC
         self._hub_kwargs: dict[str, Any] = {}
         self.inference_layout: str | None = None  # set by optimize_for_inference
+        #: The engine calls run on when they are given none (set by :meth:`compile`); None: each
+        #: call runs on an engine of its own.
+        self.engine: Any = None
 
     # -- components -------------------------------------------------------------------------
     @property
@@ -112,7 +115,7 @@ class TadaForCausalLM(nn.Module):
         return self._spkr_verf
 
     @torch.no_grad()
-    def optimize_for_inference(self, quantize: str | None = None) -> TadaForCausalLM:
+    def optimize_for_inference(self, quantize: str | None = None, prepack: bool = True) -> TadaForCausalLM:
         """Rebuild the LLM's and the flow head's matmuls for fast decoding; one-way, in place.
 
         Fuses matmuls that read the same input (gate+up, the head's 7 adaLN projections) and,
@@ -120,12 +123,16 @@ class TadaForCausalLM(nn.Module):
         ``quantize="int8"`` stores int8 weights with per-channel scales instead (half the bytes,
         a small deviation; the head's adaLN projections, which run on all ODE steps' rows at
         once, keep the model's dtype). Call it after moving the model to its final
-        device and dtype; the optimised model cannot be saved or moved.
+        device and dtype; the optimised model cannot be saved or moved. ``prepack=False`` keeps plain
+        weights where oneDNN's prepacked ones would go: torch.compile's inductor packs them itself
+        and cannot trace prepacked ones (what :meth:`compile` needs on CPU).
         """
         if self.inference_layout is not None:
             raise RuntimeError(f"this model is already optimised ({self.inference_layout})")
-        make = linear_factory(self.device, self.dtype, quantize)
-        self.prediction_head.prepare_for_inference(make, make_batched=linear_factory(self.device, self.dtype))
+        make = linear_factory(self.device, self.dtype, quantize, prepack)
+        self.prediction_head.prepare_for_inference(
+            make, make_batched=linear_factory(self.device, self.dtype, prepack=prepack)
+        )
         self.model.fuse(make)
         # every input row reads it: in the layout, its numbers do not depend on the row count either
         self.acoustic_proj = WithBias(make(self.acoustic_proj.weight), self.acoustic_proj.bias)
@@ -134,6 +141,42 @@ class TadaForCausalLM(nn.Module):
             # the decoder is 0.5 GB in fp32 and its output is fp32.
             self.decoder.float()
         self.inference_layout = quantize or make.__name__
+        return self
+
+    def compile(
+        self,
+        *,
+        max_streams: int = 8,
+        max_positions: int | None = None,
+        warmup: bool = True,
+        backend: str = "inductor",
+        cuda_graphs: bool | None = None,
+    ) -> TadaForCausalLM:
+        """Run generation on compiled fixed-shape steps: the LLM step and the whole flow solve go
+        through ``torch.compile(fullgraph=True)`` and, on CUDA, are captured as CUDA graphs, over a
+        slot arena preallocated for ``max_streams`` streams of ``max_positions`` positions.
+
+        The compiled engine becomes :attr:`engine`, which ``generate``/streams use when they are
+        given none (concurrent calls are batched on it). ``warmup`` builds every batch size's graphs
+        now (minutes on a small CPU, seconds on a GPU) instead of at the first calls. On CPU the
+        model must not hold oneDNN-prepacked weights: load it with ``load_model(..., compile=True)``
+        or ``optimize_for_inference(prepack=False)``. Returns the model.
+        """
+        from .engine import CompileOptions, Engine
+        from .engine.graphs import DEFAULT_MAX_POSITIONS
+
+        if self.inference_layout == "PackedLinear" and backend not in ("eager", "aot_eager"):
+            raise RuntimeError(
+                "torch.compile cannot trace oneDNN-prepacked weights: load the model with "
+                "load_model(..., compile=True) or call optimize_for_inference(prepack=False) before compile()"
+            )
+        options = CompileOptions(max_positions or DEFAULT_MAX_POSITIONS, backend, cuda_graphs)
+        engine = Engine(self, max_streams=max_streams, compile=options)
+        if warmup:
+            engine.warmup()
+        if self.engine is not None:
+            self.engine.close()
+        self.engine = engine
         return self
 
     def _apply(self, fn, recurse=True):
@@ -340,6 +383,7 @@ class TadaForCausalLM(nn.Module):
         local_files_only: bool = False,
         optimize: bool = True,
         quantize: str | None = None,
+        prepack: bool = True,
         **_ignored: Any,
     ) -> TadaForCausalLM:
         """Load the LLM, the codec decoder (``codec``: hub id, directory or a Decoder; None to skip)
@@ -347,7 +391,8 @@ class TadaForCausalLM(nn.Module):
         config's ``tokenizer_name``, else meta-llama/Llama-3.2-1B).
 
         ``optimize`` (default) runs :meth:`optimize_for_inference` with ``quantize`` (None or
-        "int8"); pass ``optimize=False`` for a model to train or save."""
+        "int8") and ``prepack`` (False for a model to :meth:`compile` on CPU); pass ``optimize=False``
+        for a model to train or save."""
         if quantize is not None and not optimize:
             raise ValueError("quantize needs optimize=True (quantized weights are an inference layout)")
         check_quantize(quantize, device, resolve_dtype(torch_dtype))
@@ -379,7 +424,7 @@ class TadaForCausalLM(nn.Module):
         model._codec_source = codec
         model.to(device=device, dtype=resolve_dtype(torch_dtype))
         if optimize:
-            model.optimize_for_inference(quantize)
+            model.optimize_for_inference(quantize, prepack)
         return model.eval()
 
     def _init_non_persistent(self) -> None:

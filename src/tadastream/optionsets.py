@@ -18,6 +18,7 @@ from .config import DEFAULT_CODEC, DEFAULT_MODEL
 
 __all__ = [
     "OptionError",
+    "add_compile_arguments",
     "add_model_arguments",
     "add_process_arguments",
     "adder",
@@ -55,6 +56,36 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="float32, bfloat16, float16 or auto (bfloat16 on cuda or a CPU with native bf16, else float32)",
     )
     add("--quantize", default=None, choices=["int8"], help="int8 weights (CPU, bf16): half the memory")
+    add_compile_arguments(parser)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    """Compiled steps and warm-up (:meth:`tadastream.model.TadaForCausalLM.compile`)."""
+    add = adder(parser)
+    add(
+        "--compile",
+        action="store_true",
+        help="run the LLM step and the flow solve compiled (torch.compile; CUDA graphs on cuda) over a "
+        "preallocated cache: for GPUs; compiling takes minutes on a small CPU",
+    )
+    add("--warmup", action="store_true", help="build the compiled graphs (or run one step) before serving")
+    add(
+        "--max-positions",
+        type=positive_int,
+        default=None,
+        help="positions each stream's cache holds with --compile (default 4096; a longer text fails clearly)",
+    )
 
 
 def add_process_arguments(parser: argparse.ArgumentParser) -> None:

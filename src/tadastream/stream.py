@@ -24,7 +24,7 @@ import torch
 
 from .codec.streaming import StreamingDecoder
 from .config import SAMPLE_RATE
-from .engine import Engine, EngineStream
+from .engine import Engine, EngineStream, engine_for
 from .generation import (
     GenerationOutput,
     SpeechProgram,
@@ -178,7 +178,7 @@ class AudioStream(ClosingStream):
         self._delivery = _Delivery(model, self._plan, window_size)
         if rng is None:
             rng = StreamRng.from_seed(seed, model.device) if seed is not None else StreamRng.fork_global(model.device)
-        self._engine = engine if engine is not None else Engine(model, max_streams=1)
+        self._engine = engine_for(model, engine)
         self._iterator: Iterator | None = None
         self._pumped = False  # an async source is being pumped by the consuming event loop
         self.chunk_times: list[float] = []

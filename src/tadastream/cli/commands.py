@@ -57,6 +57,10 @@ def _load_model(args: argparse.Namespace, device: str, progress: Progress):
             device=device,
             dtype=args.dtype,
             quantize=args.quantize,
+            compile=args.compile,
+            warmup=args.warmup,
+            max_streams=1,
+            max_positions=args.max_positions,
         )
     except CheckpointError as exc:
         raise CliError(f"{one_line(exc)} (to try the pipeline without a download: --model demo)") from None

@@ -13,6 +13,7 @@ from .. import __version__
 from ..config import DEFAULT_CODEC, DEFAULT_MODEL
 from ..deploy.ray import add_ray_arguments
 from ..integrations.wyoming import add_wyoming_arguments
+from ..optionsets import add_compile_arguments
 from ..server import add_serve_arguments
 from .checks import FILE_EXTENSIONS
 from .commands import cmd_demo, cmd_encode_voice, cmd_ray, cmd_serve, cmd_speak, cmd_wyoming
@@ -100,6 +101,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         choices=("int8",),
         help="int8 weights for the LLM and flow head (CPU, bfloat16): half the memory, small deviation",
     )
+    add_compile_arguments(g)
 
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,17 @@
 """Batched generation: many streams over one loaded model, one tick at a time (see :mod:`.core`)."""
 
-from .core import Engine, EngineStream, Sink
+from .core import Engine, EngineStream, Sink, engine_for
+from .graphs import CompileOptions
 from .offline import generate_steps, generate_utterances
 from .runner import Runner
 
-__all__ = ["Engine", "EngineStream", "Runner", "Sink", "generate_steps", "generate_utterances"]
+__all__ = [
+    "CompileOptions",
+    "Engine",
+    "EngineStream",
+    "Runner",
+    "Sink",
+    "engine_for",
+    "generate_steps",
+    "generate_utterances",
+]

@@ -29,7 +29,8 @@ from ..generation.feed import TextCancelled, TextInput
 from ..generation.outputs import SyncTokGenerationOutput
 from ..generation.program import PREFILL_CHUNK, ModelShape, SpeechProgram
 from ..generation.requests import FlowSolve, LlmStep, Logits, NeedText
-from ..nn.kv_cache import CacheSpec, SlotPool
+from ..nn.kv_cache import ROWS_PER_SLOT, CacheFullError, CacheSpec, SlotPool
+from .graphs import CompileOptions, StepGraphs, bucket_for
 from .runner import Runner
 
 logger = logging.getLogger("tadastream.engine")
@@ -83,15 +84,34 @@ class Engine:
         model: a loaded :class:`~tadastream.model.TadaForCausalLM`; the engine never changes it.
         max_streams: slots, i.e. streams generating at once; more wait in FIFO order.
         prefill_chunk: prompt positions per LLM call while a stream joins.
+        compile: ``True`` or :class:`~tadastream.engine.graphs.CompileOptions` to run the LLM step
+            and the flow solve as compiled fixed-shape calls (CUDA graphs on CUDA) over a
+            preallocated slot arena; :meth:`warmup` builds them ahead of the first stream.
     """
 
-    def __init__(self, model, *, max_streams: int = 8, prefill_chunk: int = PREFILL_CHUNK):
+    def __init__(
+        self,
+        model,
+        *,
+        max_streams: int = 8,
+        prefill_chunk: int = PREFILL_CHUNK,
+        compile: CompileOptions | bool | None = None,
+    ):
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {max_streams}")
         self.model = model
         self.shape = ModelShape.of(model)
-        self.runner = Runner(model)
-        self.pool = SlotPool(CacheSpec.for_config(model.config, model.dtype, model.device), max_streams)
+        spec = CacheSpec.for_config(model.config, model.dtype, model.device)
+        options = CompileOptions() if compile is True else (compile or None)
+        self.graphs: StepGraphs | None = None
+        if options is not None:
+            rows = bucket_for(max_streams * ROWS_PER_SLOT)
+            self.pool = SlotPool(spec, max_streams, static_positions=options.max_positions, arena_rows=rows)
+            assert self.pool.arena is not None
+            self.graphs = StepGraphs(model, self.pool.arena, options)
+        else:
+            self.pool = SlotPool(spec, max_streams)
+        self.runner = Runner(model, self.graphs)
         self.max_streams = max_streams
         self.prefill_chunk = prefill_chunk
         self._lock = threading.Lock()
@@ -101,6 +121,7 @@ class Engine:
         self._running: list[EngineStream] = []
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._stopping = False
         self.ticks = 0
         self.tick_rows = 0  # LLM rows computed, over all ticks
         # Seconds spent, over all ticks: each batched call, and resuming programs (their own logic
@@ -223,6 +244,13 @@ class Engine:
                 self._retire(stream, stream.sink.cancelled)
                 continue
             program = stream.program
+            if self.pool.static and program.plan.num_steps and program.plan.num_steps > self.pool.capacity:
+                error = CacheFullError(
+                    f"this text needs {program.plan.num_steps} positions but the compiled engine's slots hold "
+                    f"{self.pool.capacity}: compile with a larger max_positions (--max-positions)"
+                )
+                self._retire(stream, functools.partial(stream.sink.fail, error))
+                continue
             stream.slot = self.pool.acquire(program.rows, program.positions_hint)
             stream.state = RUNNING
             stream._run = program.run()
@@ -266,6 +294,47 @@ class Engine:
         except Exception:
             logger.exception("a stream's sink failed while ending it")
 
+    # -- warm-up --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def warmup(self) -> Engine:
+        """Build what the first streams would otherwise wait for: with ``compile``, every bucket's
+        compiled (and captured) LLM step and flow solve for the default options; without, one LLM
+        step, flow solve and logits call at batch 1 (kernel choices, allocations). Touches no slot
+        a stream holds."""
+        from ..generation.options import InferenceOptions
+
+        model, dim = self.model, self.model.config.acoustic_dim
+        width = dim + model.time_dim
+        hidden = torch.zeros(1, model.config.hidden_size, dtype=model.dtype, device=model.device)
+
+        def solves(rows: int) -> list[FlowSolve]:
+            if rows > bucket_for(self.max_streams):
+                return []
+            noise = torch.zeros(1, width, dtype=model.dtype, device=model.device)
+            return [FlowSolve(noise, hidden, hidden, InferenceOptions())] * min(rows, self.max_streams)
+
+        with self._tick:
+            started = time.perf_counter()
+            if self.graphs is not None:
+                built = self.graphs.warmup(self.max_streams * ROWS_PER_SLOT, solves)
+            else:
+                built = self._warm_eager(solves(1))
+            logger.info("warm-up: %d call(s) built in %.1f s", built, time.perf_counter() - started)
+        return self
+
+    def _warm_eager(self, solves: list[FlowSolve]) -> int:
+        model, dim = self.model, self.model.config.acoustic_dim
+        slot = self.pool.acquire(1, 1)
+        try:
+            zeros = torch.zeros(1, 1, dtype=torch.long, device=model.device)
+            acoustic = torch.zeros(1, 1, dim, dtype=model.dtype, device=model.device)
+            (hidden,) = self.runner.llm([(slot, LlmStep(zeros, acoustic, zeros, zeros, zeros, start=0))])
+            self.runner.flow(solves)
+            self.runner.logits([Logits(hidden.value[:, -1])])
+        finally:
+            self.pool.release(slot)
+        return 3
+
     # -- driving ------------------------------------------------------------------------------
     def run_until(self, done: Callable[[], bool]) -> bool:
         """Tick in this thread until ``done()``; returns False when nothing can move before that."""
@@ -282,11 +351,26 @@ class Engine:
         self._worker.start()
         return self
 
+    def stop(self) -> None:
+        """Stop the background worker, cancelling every stream, and keep the engine usable (a model's
+        shared engine outlives the server that ticked it); :meth:`close` ends it for good."""
+        worker = self._worker
+        with self._lock:
+            self._stopping = True
+            for s in list(self._queued) + list(self._running):
+                s.cancel_requested = True
+            self._changed.notify_all()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=30)
+        with self._tick:
+            self._apply_cancellations()
+        self._worker, self._stopping = None, False
+
     def _work(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._closed or self.runnable())
-                if self._closed:
+                self._changed.wait_for(lambda: self._closed or self._stopping or self.runnable())
+                if self._closed or self._stopping:
                     return
             try:
                 self.step()
@@ -314,5 +398,15 @@ class Engine:
             "max_streams": self.max_streams,
             "ticks": self.ticks,
             "kv_cache_bytes": self.pool.nbytes,
+            "compiled": self.graphs is not None,
             "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
         }
+
+
+def engine_for(model, engine: Engine | None = None, max_streams: int = 1) -> Engine:
+    """The engine a call runs on: the one given, else the model's own (:meth:`~tadastream.model.
+    TadaForCausalLM.compile` sets it), else a new one with ``max_streams`` slots."""
+    if engine is not None:
+        return engine
+    shared = getattr(model, "engine", None)
+    return shared if shared is not None else Engine(model, max_streams=max_streams)

@@ -16,7 +16,7 @@ from ..generation.plan import GenerationPlan
 from ..generation.program import SpeechProgram
 from ..generation.rng import StreamRng
 from ..timestamps import WordClock
-from .core import Engine
+from .core import Engine, engine_for
 
 #: Texts of one generate() call that run side by side when no engine is given.
 MAX_BATCH = 16
@@ -56,7 +56,7 @@ def generate_utterances(
     engine: Engine | None = None,
 ) -> list[GenerationOutput]:
     """Generate every plan (side by side, up to the engine's slots), then decode each utterance."""
-    engine = engine or Engine(model, max_streams=min(len(plans), MAX_BATCH))
+    engine = engine_for(model, engine, min(len(plans), MAX_BATCH))
     sinks = [_Collect() for _ in plans]
     handles = [
         engine.submit(SpeechProgram(engine.shape, plan, rng, sink.steps.append, None, engine.prefill_chunk), sink)
@@ -85,7 +85,7 @@ def generate_steps(
     model, plan: GenerationPlan, rng: StreamRng | None = None, engine: Engine | None = None
 ) -> Iterator[StepOutput | SyncTokGenerationOutput]:
     """Yield a StepOutput per settled frame as it settles, then the final SyncTokGenerationOutput."""
-    engine = engine or Engine(model, max_streams=1)
+    engine = engine_for(model, engine)
     sink = _Collect()
     rng = rng or StreamRng.fork_global(model.device)
     handle = engine.submit(SpeechProgram(engine.shape, plan, rng, sink.steps.append, None, engine.prefill_chunk), sink)

@@ -5,6 +5,11 @@ in one matmul for all steps of all solves; each ODE step then makes one head cal
 of every solve still running. Solves may differ in step count, time schedule and guidance: the
 guided combination and the Euler update run per solve with that solve's own scalars, so each
 solve's arithmetic is exactly what it is alone.
+
+:func:`solve_rows` is the same solve with fixed shapes (every row takes the same number of steps,
+a row's own step sizes and guidance scales are tensors), for ``torch.compile`` and CUDA graphs;
+:func:`pack_solves` lays a tick's solves out for it. Schedules are computed on the host from
+Python numbers, so neither path waits for the device.
 """
 
 from __future__ import annotations
@@ -53,21 +58,25 @@ class _Ode:
         return len(self.scales)
 
 
-def _schedule(solve: FlowSolve) -> tuple[_Ode, torch.Tensor]:
-    opts = solve.options
-    grid = time_grid(opts.num_flow_matching_steps, opts.time_schedule, solve.cond.device)
-    times = grid[:-1].tolist()
-    scales = [
+def _scales(opts: InferenceOptions, times: list[float]) -> list[tuple[float, float]]:
+    """(acoustic, duration) guidance scale at each step's time."""
+    return [
         (
             scheduled_cfg(opts.acoustic_cfg_scale, t, opts.cfg_schedule),
             scheduled_cfg(opts.duration_cfg_scale, t, opts.cfg_schedule),
         )
         for t in times
     ]
+
+
+def _schedule(solve: FlowSolve) -> tuple[_Ode, torch.Tensor]:
+    opts = solve.options
+    grid = time_grid(opts.num_flow_matching_steps, opts.time_schedule, "cpu")  # read here, no device sync
+    scales = _scales(opts, grid[:-1].tolist())
     conds = solve.cond
     if any(a != 1.0 for a, _ in scales):
         conds = torch.cat([conds, solve.neg.to(conds)], dim=0)
-    return _Ode(grid, scales, solve.noise), conds
+    return _Ode(grid.to(solve.cond.device), scales, solve.noise), conds
 
 
 def solve_flows(model, solves: Sequence[FlowSolve]) -> list[torch.Tensor]:
@@ -88,6 +97,95 @@ def solve_flows(model, solves: Sequence[FlowSolve]) -> list[torch.Tensor]:
     for k in range(max(ode.steps for ode in odes)):
         _euler_step(model, [ode for ode in odes if k < ode.steps], k, min_rows)
     return [_pick(model, solve, ode.x, min_rows) for solve, ode in zip(solves, odes)]
+
+
+@dataclass
+class PackedSolves:
+    """A tick's solves laid out for :func:`solve_rows` (``bucket`` rows, ``steps`` steps)."""
+
+    x: torch.Tensor  # (bucket, latent): each solve's noise rows, then zero rows
+    t: torch.Tensor  # (steps, head rows): ODE time of every head row (bucket, or 2 * bucket guided)
+    cond: torch.Tensor  # (head rows, hidden): the condition rows, then the guidance rows
+    dt: torch.Tensor  # (steps, bucket, 1) float32: step sizes, 0 past a row's own steps
+    scale: torch.Tensor  # (steps, bucket, latent) float32: guidance scale of every element
+    guided: bool
+    rows: list[int]  # each solve's rows, in order
+
+
+def pack_solves(model, solves: Sequence[FlowSolve], bucket: int, pin: bool = False) -> PackedSolves:
+    """Lay ``solves`` out in ``bucket`` rows for :func:`solve_rows`. Rows of an unguided solve in a
+    guided batch take their own condition as the guidance one, which makes the guidance a no-op."""
+    rows = [solve.noise.shape[0] for solve in solves]
+    if sum(rows) > bucket:
+        raise ValueError(f"{sum(rows)} rows do not fit a bucket of {bucket}")
+    device, dtype = solves[0].noise.device, solves[0].noise.dtype
+    latent, split = solves[0].noise.shape[1], model.config.acoustic_dim
+    plans = []
+    for solve in solves:
+        opts = solve.options
+        grid = time_grid(opts.num_flow_matching_steps, opts.time_schedule, "cpu")
+        plans.append((grid, _scales(opts, grid[:-1].tolist())))
+    steps = max(len(scales) for _, scales in plans)
+    guided = any(a != 1.0 for _, scales in plans for a, _ in scales)
+    t = torch.zeros(steps, bucket)
+    dt = torch.zeros(steps, bucket, 1)
+    scale = torch.ones(steps, bucket, latent)
+    offset = 0
+    for (grid, scales), n in zip(plans, rows):
+        k = len(scales)
+        t[:k, offset : offset + n] = grid[:-1, None]
+        dt[:k, offset : offset + n, 0] = (grid[1:] - grid[:-1])[:, None]
+        for step, (a, d) in enumerate(scales):
+            if a != 1.0:
+                scale[step, offset : offset + n, :split] = a
+                scale[step, offset : offset + n, split:] = d
+        offset += n
+    x = pad_rows(torch.cat([solve.noise for solve in solves]), bucket)
+    cond = [solve.cond for solve in solves]
+    if guided:
+        t = torch.cat([t, t], dim=1)
+        cond += [pad_rows(cond[0][:0], bucket - sum(rows))]
+        for solve, (_, scales) in zip(solves, plans):
+            uses_guidance = any(a != 1.0 for a, _ in scales)
+            cond.append(solve.neg.to(solve.cond) if uses_guidance else solve.cond)
+    cond = pad_rows(torch.cat(cond), t.shape[1])
+
+    def to_device(host: torch.Tensor) -> torch.Tensor:
+        if pin:  # a pinned copy does not wait for the device's queue
+            return host.pin_memory().to(device, non_blocking=True)
+        return host.to(device)
+
+    # step sizes and scales stay float32: the eager solve multiplies by them as float scalars
+    return PackedSolves(x, to_device(t).to(dtype), cond, to_device(dt), to_device(scale), guided, rows)
+
+
+def solve_rows(model, x, t, cond, dt, scale, guided: bool) -> torch.Tensor:
+    """Euler solves of ``x`` (rows, latent) with fixed shapes (see :class:`PackedSolves`); returns
+    the final latents. The loop has ``t.shape[0]`` steps whatever the values, so it compiles to one
+    graph per bucket and step count."""
+    head = model.prediction_head
+    steps, head_rows = t.shape
+    c = model.bottleneck_proj(cond).repeat(steps, 1)
+    modulations = head.modulations(t.reshape(-1), c).unflatten(0, (steps, head_rows))
+    for k in range(steps):
+        out = head(torch.cat([x, x]) if guided else x, modulations=modulations[k])
+        if guided:
+            pos, neg = out.chunk(2)
+            velocity = neg + (scale[k] * (pos - neg)).to(neg.dtype)
+        else:
+            velocity = out
+        # products in float32 rounded to x's dtype, as the eager solve's float scalars give
+        x = x + (dt[k] * velocity).to(x.dtype)
+    return x
+
+
+def pick_solves(model, solves: Sequence[FlowSolve], latents: torch.Tensor, rows: Sequence[int]) -> list[torch.Tensor]:
+    """Each solve's result from its rows of ``latents``."""
+    min_rows, out, offset = invariant_rows(model.device, model.dtype), [], 0
+    for solve, n in zip(solves, rows):
+        out.append(_pick(model, solve, latents[offset : offset + n], min_rows))
+        offset += n
+    return out
 
 
 def _euler_step(model, odes: list[_Ode], k: int, min_rows: int) -> None:

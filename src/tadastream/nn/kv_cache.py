@@ -6,7 +6,11 @@ rows when its options need them) share positions, so one tensor per kind holds e
 fixed-shape write plus a view of the filled part; capacity grows in whole blocks, and only when
 a stream outgrows its slot (a slot keeps its buffer for the next stream).
 
-:class:`SlotPool` bounds how many slots exist (``max_slots``) and hands them out.
+:class:`SlotPool` bounds how many slots exist (``max_slots``) and hands them out. A *static*
+pool (``static_positions``) instead preallocates one arena for every slot, ``(layers, slots *
+rows_per_slot, kv_heads, static_positions + 1, head_dim)``, and its slots are views of it: the
+addresses and shapes never change, which is what a captured CUDA graph or a compiled step over all
+slots at once needs. Its last position is scratch that rows without work write to (never read).
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ def _round_up(n: int, block: int = BLOCK_POSITIONS) -> int:
     return max(block, -(-n // block) * block)
 
 
+class CacheFullError(ValueError):
+    """A stream needs more positions than its static slot holds."""
+
+
 class SlotCache:
     """Keys and values of one stream's rows, positions ``[0, length)`` filled."""
 
@@ -51,13 +59,28 @@ class SlotCache:
         self.index = index
         self.rows = rows
         self.length = 0
+        self.first_row: int | None = None  # in a static pool's arena
         shape = (spec.layers, rows, spec.kv_heads, _round_up(capacity), spec.head_dim)
         self.keys = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
         self.values = torch.zeros_like(self.keys)
 
+    @classmethod
+    def in_arena(cls, keys: torch.Tensor, values: torch.Tensor, spec: CacheSpec, index: int, first_row: int, rows: int):
+        """A slot that is rows ``first_row ..`` of an arena: fixed capacity (the last position is the
+        arena's scratch), no allocation."""
+        slot = cls.__new__(cls)
+        slot.spec, slot.index, slot.rows, slot.length, slot.first_row = spec, index, rows, 0, first_row
+        slot.keys = keys[:, first_row : first_row + rows]
+        slot.values = values[:, first_row : first_row + rows]
+        return slot
+
+    @property
+    def static(self) -> bool:
+        return self.first_row is not None
+
     @property
     def capacity(self) -> int:
-        return self.keys.shape[3]
+        return self.keys.shape[3] - (1 if self.static else 0)
 
     @property
     def nbytes(self) -> int:
@@ -70,6 +93,11 @@ class SlotCache:
         """Make room for ``positions`` positions, keeping what is filled."""
         if positions <= self.capacity:
             return
+        if self.static:
+            raise CacheFullError(
+                f"this stream needs {positions} positions but the compiled engine's slots hold "
+                f"{self.capacity}: compile with a larger max_positions (--max-positions)"
+            )
         grown = _round_up(max(positions, 2 * self.capacity))
         for name in ("keys", "values"):
             old = getattr(self, name)
@@ -97,10 +125,20 @@ class SlotCache:
         self.values[:, target, :, start:end] = self.values[:, source, :, start:end]
 
 
-class SlotPool:
-    """At most ``max_slots`` slot caches; released slots keep their buffers for the next stream."""
+#: Rows a slot of a static pool has: the spoken row, a text-only row and a guidance row at most.
+ROWS_PER_SLOT = 3
 
-    def __init__(self, spec: CacheSpec, max_slots: int):
+
+class SlotPool:
+    """At most ``max_slots`` slot caches; released slots keep their buffers for the next stream.
+
+    With ``static_positions``, every slot is a fixed view of one preallocated arena (see the module
+    docstring) and a stream gets the lowest free slot, so busy rows stay packed at the front.
+    """
+
+    def __init__(
+        self, spec: CacheSpec, max_slots: int, static_positions: int | None = None, arena_rows: int | None = None
+    ):
         if max_slots < 1:
             raise ValueError(f"max_slots must be at least 1, got {max_slots}")
         self.spec = spec
@@ -108,6 +146,32 @@ class SlotPool:
         self._free: list[SlotCache] = []
         self._used: dict[int, SlotCache] = {}
         self._next_index = 0
+        self.arena: tuple[torch.Tensor, torch.Tensor] | None = None
+        if static_positions is not None:
+            if static_positions < 1:
+                raise ValueError(f"static_positions must be at least 1, got {static_positions}")
+            rows = max(arena_rows or 0, max_slots * ROWS_PER_SLOT)  # rows past the slots' are scratch
+            shape = (spec.layers, rows, spec.kv_heads, static_positions + 1, spec.head_dim)
+            keys = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
+            self.arena = (keys, torch.zeros_like(keys))
+            self._free = [
+                SlotCache.in_arena(*self.arena, spec, i, i * ROWS_PER_SLOT, ROWS_PER_SLOT) for i in range(max_slots)
+            ]
+            self._next_index = max_slots
+
+    @property
+    def static(self) -> bool:
+        return self.arena is not None
+
+    @property
+    def capacity(self) -> int:
+        """Positions a static pool's slots hold (0 for a growing pool: no fixed bound)."""
+        return self.arena[0].shape[3] - 1 if self.arena is not None else 0
+
+    @property
+    def arena_rows(self) -> int:
+        """Arena rows up to the last one a slot in use holds (0 when none is used)."""
+        return max((s.first_row + ROWS_PER_SLOT for s in self._used.values()), default=0)
 
     @property
     def in_use(self) -> int:
@@ -120,12 +184,22 @@ class SlotPool:
     @property
     def nbytes(self) -> int:
         """Bytes held by slot buffers, in use or kept for reuse."""
+        if self.arena is not None:
+            return 2 * self.arena[0].numel() * self.arena[0].element_size()
         return sum(s.nbytes for s in self._free) + sum(s.nbytes for s in self._used.values())
 
     def acquire(self, rows: int, positions: int) -> SlotCache:
         """A slot with ``rows`` rows and room for ``positions`` positions; raises when none is free."""
         if not self.available:
             raise RuntimeError(f"all {self.max_slots} slots are in use")
+        if self.static:
+            if rows > ROWS_PER_SLOT:
+                raise ValueError(f"a static slot has {ROWS_PER_SLOT} rows, {rows} asked")
+            slot = min(self._free, key=lambda s: s.index)
+            self._free.remove(slot)
+            slot.reset()
+            self._used[slot.index] = slot
+            return slot
         fitting = [s for s in self._free if s.fits(rows, positions)]
         if fitting:
             slot = min(fitting, key=lambda s: s.nbytes)
@@ -149,7 +223,10 @@ class SlotPool:
         self._free.append(slot)
 
     def trim(self) -> int:
-        """Drop the buffers of free slots (memory back to the allocator); returns the bytes freed."""
+        """Drop the buffers of free slots (memory back to the allocator); returns the bytes freed.
+        A static pool keeps its arena (that is its point)."""
+        if self.static:
+            return 0
         freed = sum(s.nbytes for s in self._free)
         self._free.clear()
         return freed

@@ -111,12 +111,15 @@ def check_quantize(
         raise ValueError(f"quantize={quantize!r} runs with bfloat16 activations: load with torch_dtype='bfloat16'")
 
 
-def linear_factory(device: torch.device, dtype: torch.dtype, quantize: str | None = None) -> LinearFactory:
-    """What replaces a Linear for inference on ``device`` in ``dtype``."""
+def linear_factory(
+    device: torch.device, dtype: torch.dtype, quantize: str | None = None, prepack: bool = True
+) -> LinearFactory:
+    """What replaces a Linear for inference on ``device`` in ``dtype`` (``prepack``: oneDNN's layout
+    where it exists)."""
     check_quantize(quantize, device, dtype)
     if quantize == "int8":
         return Int8Linear
-    if torch.device(device).type == "cpu" and packing_available(dtype):
+    if prepack and torch.device(device).type == "cpu" and packing_available(dtype):
         return PackedLinear
     return PlainLinear
 

@@ -8,6 +8,10 @@ One call takes the input rows of several :class:`Segment` s side by side, a matr
 ``(tokens, hidden)``: every matmul reads its weight once for all of them, and only attention runs
 per segment, each against its own cache. A segment is one stream's rows (they share positions)
 for one step, or a chunk of its prefill.
+
+:meth:`LlamaBackbone.decode_rows` is the same step with fixed shapes, for ``torch.compile`` and
+CUDA graphs: one position for each of the first ``n`` rows of a static arena (see
+:class:`~tadastream.nn.kv_cache.SlotPool`), attention masked by position instead of sliced.
 """
 
 from __future__ import annotations
@@ -108,6 +112,27 @@ class Attention(nn.Module):
             out.append(x.new_zeros(x.shape[0] - offset, self.heads * self.head_dim))
         return self.o_proj(torch.cat(out) if len(out) > 1 else out[0])
 
+    def decode_rows(self, x, cos, sin, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor):
+        """One position for each row of ``x`` (n, hidden): row i is arena row i at ``positions[i]``.
+        ``keys``/``values``: this layer's arena ``(rows >= n, kv_heads, capacity, head_dim)``."""
+        q, k, v = self.project(x)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        n = x.shape[0]
+        rows = torch.arange(n, device=x.device)
+        keys[rows, :, positions] = k
+        values[rows, :, positions] = v
+        capacity = keys.shape[2]
+        visible = torch.arange(capacity, device=x.device)[None, :] <= positions[:, None]  # (n, capacity)
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(2),
+            keys[:n],
+            values[:n],
+            attn_mask=visible[:, None, None, :],
+            scale=self.scaling,
+            enable_gqa=self.heads != self.kv_heads,
+        )
+        return self.o_proj(out.reshape(n, -1))
+
     def _attend(self, q, keys, values, seg: Segment) -> torch.Tensor:
         gqa = self.heads != self.kv_heads
         if seg.length == 1:  # one new position sees every cached one
@@ -196,6 +221,23 @@ class LlamaBackbone(nn.Module):
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         angles = torch.cat((freqs, freqs), dim=-1)
         return (angles.cos() * self.attention_scaling).to(dtype), (angles.sin() * self.attention_scaling).to(dtype)
+
+    def decode_rows(
+        self, x: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
+        """Final hidden states of one step for the first ``n`` rows of an arena, fixed shapes only.
+
+        ``x`` (n, hidden) and ``positions`` (n,): row i's input and position; ``keys``/``values``
+        the arena, ``(layers, rows >= n, kv_heads, capacity, head_dim)``, written in place. A row
+        with no work this step is given the arena's scratch position (its last) and any input.
+        No Python branch depends on a value, so a compiled graph holds for every step.
+        """
+        cos, sin = self.rotary(positions, x.dtype)
+        for i, layer in enumerate(self.layers):
+            h = layer.input_layernorm(x)
+            x = x + layer.self_attn.decode_rows(h, cos, sin, keys[i], values[i], positions)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.norm(x)
 
     def forward(self, x: torch.Tensor, segments: Sequence[Segment]) -> torch.Tensor:
         """Final hidden states of the input rows ``x`` (tokens, hidden) laid out as ``segments``;

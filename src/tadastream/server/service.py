@@ -269,7 +269,15 @@ class SpeechService:
     def __init__(self, model, *, max_streams: int = 4, queue: int = 16, queue_timeout: float = 30.0):
         self.model = model
         self.admission = Admission(max_streams, queue, queue_timeout)
-        self.engine = Engine(model, max_streams=max_streams).start()
+        # a compiled or warmed-up model brings its engine (load_model(compile=..., warmup=...))
+        shared = getattr(model, "engine", None)
+        if shared is not None and shared.max_streams < max_streams:
+            raise ValueError(
+                f"max_streams={max_streams} exceeds the {shared.max_streams} slots the model's engine was "
+                f"built with: load it with max_streams={max_streams}"
+            )
+        self._owns_engine = shared is None
+        self.engine = (shared if shared is not None else Engine(model, max_streams=max_streams)).start()
         # Voice encoding (rare, seconds long) runs beside the engine, one at a time.
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tadastream-encode")
 
@@ -302,5 +310,8 @@ class SpeechService:
         return self.executor.submit(fn, StreamRng.from_seed(seed, self.model.device).device)
 
     def shutdown(self) -> None:
-        self.engine.close()
+        if self._owns_engine:
+            self.engine.close()
+        else:  # the model's engine: its streams end, the model stays usable
+            self.engine.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
