@@ -267,3 +267,26 @@ def test_cli_checks_max_positions_before_loading(capsys):
         main(["speak", "--model", "demo", "--compile", "--max-positions", "0", "Hello.", "-o", "x.wav"])
     assert exit_info.value.code == 2
     assert "--max-positions: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def cpu_capture(run):
+    """A stand-in for CUDA graph capture with its contract: one output buffer, rewritten at each
+    replay from the capture's own input buffers (what a captured graph reads)."""
+    output = run().clone()
+
+    def replay():
+        output.copy_(run())
+
+    return replay, output
+
+
+def test_captured_calls_replay_from_their_buffers_and_write_the_engines_arena(model, voice):
+    engine = Engine(model, max_streams=2, compile=CompileOptions(max_positions=512, backend="eager"))
+    engine.graphs = StepGraphs(model, engine.pool.arena, CompileOptions(512, "eager"), capture=cpu_capture)
+    engine.runner.graphs = engine.graphs
+    expected = model.generate(voice, TEXT, seed=6)
+    got = model.generate(voice, TEXT, seed=6, engine=engine)
+    assert {key[0] for key in engine.graphs._captured} == {"llm", "flow"}
+    assert got.audio[0].shape == expected.audio[0].shape
+    assert (got.audio[0] - expected.audio[0]).abs().max() <= 1e-4
+    assert engine.pool.arena[0][:, :1, :, :10].abs().sum() > 0  # the replays wrote the engine's own arena

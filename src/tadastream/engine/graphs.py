@@ -65,32 +65,56 @@ class CompileOptions:
             raise ValueError(f"max_positions must be at least 1, got {self.max_positions}")
 
 
-class _Captured:
-    """One CUDA graph of ``fn`` over fixed input buffers (captured at the first call)."""
+Capture = Callable[[Callable[[], torch.Tensor]], tuple[Callable[[], None], torch.Tensor]]
 
-    def __init__(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], pool):
-        self.inputs = [t.clone() for t in inputs]
+
+def cuda_graph_capture(pool) -> Capture:
+    """Capture ``run`` as a CUDA graph (after two runs on a side stream settle its allocations and
+    compile it); returns (replay, the graph's output buffer)."""
+
+    def capture(run: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # compile and settle allocations before capturing
+        with torch.cuda.stream(stream):
             for _ in range(2):
-                fn(*self.inputs)
+                run()
         torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.output = fn(*self.inputs)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            output = run()
+        return graph.replay, output
+
+    return capture
+
+
+class _Replayed:
+    """A captured call: each call copies its inputs into the capture's own buffers and replays.
+    ``static`` tensors (the arena) are captured as they are: their addresses never change."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], inputs, static, capture: Capture):
+        self.inputs = [t.clone() for t in inputs]
+        self.static = tuple(static)
+        self.replay, self.output = capture(lambda: fn(*self.inputs, *self.static))
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         for buffer, value in zip(self.inputs, inputs):
             buffer.copy_(value, non_blocking=True)
-        self.graph.replay()
-        return self.output.clone()  # the next replay overwrites the graph's output
+        self.replay()
+        return self.output.clone()  # the next replay overwrites the capture's output
 
 
 class StepGraphs:
     """The compiled LLM step and flow solve of one engine (its arena is what the step writes)."""
 
-    def __init__(self, model, arena: tuple[torch.Tensor, torch.Tensor], options: CompileOptions):
+    def __init__(
+        self,
+        model,
+        arena: tuple[torch.Tensor, torch.Tensor],
+        options: CompileOptions,
+        capture: Capture | None = None,
+    ):
+        """``capture``: how calls are captured and replayed (default: CUDA graphs where
+        ``options.cuda_graphs`` holds; a test passes a CPU stand-in with the same contract)."""
         self.model = model
         self.options = options
         self.keys, self.values = arena
@@ -106,8 +130,10 @@ class StepGraphs:
         compile_kwargs = dict(fullgraph=True, dynamic=False, backend=options.backend)
         self._step = torch.compile(self._step_eager, **compile_kwargs)
         self._solve = torch.compile(self._solve_eager, **compile_kwargs)
-        self._captured: dict[tuple, _Captured] = {}
-        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._captured: dict[tuple, _Replayed] = {}
+        if capture is None and self.cuda_graphs:
+            capture = cuda_graph_capture(torch.cuda.graph_pool_handle())  # one memory pool for all
+        self._capture = capture
         model.model.rotary(torch.zeros(1, dtype=torch.long, device=self.device), model.dtype)  # frequencies in place
 
     # -- the functions that get compiled ----------------------------------------------------------
@@ -118,13 +144,13 @@ class StepGraphs:
     def _solve_eager(self, x, t, cond, dt, scale, guided: bool) -> torch.Tensor:
         return solve_rows(self.model, x, t, cond, dt, scale, guided)
 
-    def _run(self, key: tuple, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        if not self.cuda_graphs:
-            return fn(*inputs)
+    def _run(self, key: tuple, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], static=()):
+        if self._capture is None:
+            return fn(*inputs, *static)
         captured = self._captured.get(key)
         if captured is None:
-            logger.info("capturing a CUDA graph for %s", key)
-            captured = self._captured[key] = _Captured(fn, inputs, self._pool)
+            logger.info("capturing %s", key)
+            captured = self._captured[key] = _Replayed(fn, inputs, static, self._capture)
         return captured(*inputs)
 
     # -- a tick's work ----------------------------------------------------------------------------
@@ -147,11 +173,8 @@ class StepGraphs:
         acoustic = torch.cat([s.acoustic.reshape(-1, dim) for s in steps])
         acoustic = acoustic.new_zeros(bucket, dim).index_copy_(0, index_t, acoustic)
         ids, masks, before, after = inputs
-        hidden = self._run(
-            ("llm", bucket),
-            self._step,
-            (ids, acoustic, masks, before, after, positions_t, self.keys, self.values),
-        )
+        inputs = (ids, acoustic, masks, before, after, positions_t)
+        hidden = self._run(("llm", bucket), self._step, inputs, (self.keys, self.values))
         hidden = hidden.index_select(0, index_t)
         out, offset = [], 0
         for slot, step in work:
@@ -196,8 +219,8 @@ class StepGraphs:
             ids, masks, before, after = (torch.zeros(bucket, dtype=torch.long, device=self.device) for _ in range(4))
             acoustic = torch.zeros(bucket, self.model.config.acoustic_dim, dtype=self.model.dtype, device=self.device)
             positions = torch.full((bucket,), self.scratch, dtype=torch.long, device=self.device)
-            inputs = (ids, acoustic, masks, before, after, positions, self.keys, self.values)
-            self._run(("llm", bucket), self._step, inputs)
+            inputs = (ids, acoustic, masks, before, after, positions)
+            self._run(("llm", bucket), self._step, inputs, (self.keys, self.values))
             built += 1
         for bucket in ROW_BUCKETS:
             group = solves(bucket)
