@@ -206,6 +206,8 @@ class Engine:
     def _phase(self, streams: list[EngineStream], kind: type, name: str, call) -> None:
         """Answer every ``kind`` request among ``streams`` with one call, and resume them."""
         todo = [s for s in streams if s.state == RUNNING and isinstance(s.pending, kind)]
+        if kind is LlmStep and self.pool.static:
+            todo = [s for s in todo if self._fits(s)]
         if not todo:
             return
         if kind is LlmStep:
@@ -220,6 +222,19 @@ class Engine:
         self.seconds[name] += results[0].seconds if results else 0.0
         for s, result in zip(todo, results):
             self._advance(s, result)
+
+    def _fits(self, stream: EngineStream) -> bool:
+        """Whether the stream's LLM step fits its static slot; if not, it alone fails (text that
+        arrives in pieces has no length to check at admission)."""
+        end = stream.pending.start + stream.pending.length
+        if end <= self.pool.capacity:
+            return True
+        error = CacheFullError(
+            f"this stream needs more than the {self.pool.capacity} positions the compiled engine's slots "
+            f"hold: compile with a larger max_positions (--max-positions)"
+        )
+        self._retire(stream, functools.partial(stream.sink.fail, error))
+        return False
 
     def _advance(self, stream: EngineStream, value: Any) -> None:
         """Resume a stream's program with ``value``; it answers with its next request or ends."""

@@ -109,7 +109,7 @@ class StepGraphs:
     def __init__(
         self,
         model,
-        arena: tuple[torch.Tensor, torch.Tensor],
+        arena: tuple[list[torch.Tensor], list[torch.Tensor]],
         options: CompileOptions,
         capture: Capture | None = None,
     ):
@@ -118,7 +118,7 @@ class StepGraphs:
         self.model = model
         self.options = options
         self.keys, self.values = arena
-        self.scratch = self.keys.shape[3] - 1
+        self.scratch = self.keys[0].shape[2] - 1
         self.device = model.device
         cuda = self.device.type == "cuda"
         self.cuda_graphs = cuda if options.cuda_graphs is None else options.cuda_graphs

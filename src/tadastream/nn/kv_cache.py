@@ -1,16 +1,18 @@
 """Key/value caches for the LLM, one per stream slot, reused across streams.
 
 A stream holds one :class:`SlotCache`: its rows (the spoken row, and the guidance and text-only
-rows when its options need them) share positions, so one tensor per kind holds every layer:
-``(layers, rows, kv_heads, capacity, head_dim)``. Positions are written by index, so a step is a
+rows when its options need them) share positions, so one tensor per layer and kind holds them:
+``(rows, kv_heads, capacity, head_dim)``. Positions are written by index, so a step is a
 fixed-shape write plus a view of the filled part; capacity grows in whole blocks, and only when
 a stream outgrows its slot (a slot keeps its buffer for the next stream).
 
 :class:`SlotPool` bounds how many slots exist (``max_slots``) and hands them out. A *static*
-pool (``static_positions``) instead preallocates one arena for every slot, ``(layers, slots *
+pool (``static_positions``) instead preallocates one arena for every slot, per layer ``(slots *
 rows_per_slot, kv_heads, static_positions + 1, head_dim)``, and its slots are views of it: the
 addresses and shapes never change, which is what a captured CUDA graph or a compiled step over all
 slots at once needs. Its last position is scratch that rows without work write to (never read).
+(One tensor per layer, not one for all: a compiled step writes each in place, where a write to a
+view of a larger input would make the compiler copy the whole cache every step.)
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ def _round_up(n: int, block: int = BLOCK_POSITIONS) -> int:
     return max(block, -(-n // block) * block)
 
 
+def _layers(spec: CacheSpec, rows: int, positions: int) -> list[torch.Tensor]:
+    shape = (rows, spec.kv_heads, positions, spec.head_dim)
+    return [torch.zeros(shape, dtype=spec.dtype, device=spec.device) for _ in range(spec.layers)]
+
+
+def _nbytes(layers: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in layers)
+
+
 class CacheFullError(ValueError):
     """A stream needs more positions than its static slot holds."""
 
@@ -60,18 +71,25 @@ class SlotCache:
         self.rows = rows
         self.length = 0
         self.first_row: int | None = None  # in a static pool's arena
-        shape = (spec.layers, rows, spec.kv_heads, _round_up(capacity), spec.head_dim)
-        self.keys = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
-        self.values = torch.zeros_like(self.keys)
+        self.keys = _layers(spec, rows, _round_up(capacity))
+        self.values = _layers(spec, rows, _round_up(capacity))
 
     @classmethod
-    def in_arena(cls, keys: torch.Tensor, values: torch.Tensor, spec: CacheSpec, index: int, first_row: int, rows: int):
+    def in_arena(
+        cls,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        spec: CacheSpec,
+        index: int,
+        first_row: int,
+        rows: int,
+    ):
         """A slot that is rows ``first_row ..`` of an arena: fixed capacity (the last position is the
         arena's scratch), no allocation."""
         slot = cls.__new__(cls)
         slot.spec, slot.index, slot.rows, slot.length, slot.first_row = spec, index, rows, 0, first_row
-        slot.keys = keys[:, first_row : first_row + rows]
-        slot.values = values[:, first_row : first_row + rows]
+        slot.keys = [k[first_row : first_row + rows] for k in keys]
+        slot.values = [v[first_row : first_row + rows] for v in values]
         return slot
 
     @property
@@ -80,11 +98,11 @@ class SlotCache:
 
     @property
     def capacity(self) -> int:
-        return self.keys.shape[3] - (1 if self.static else 0)
+        return self.keys[0].shape[2] - (1 if self.static else 0)
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.keys.numel() * self.keys.element_size()
+        return _nbytes(self.keys) + _nbytes(self.values)
 
     def fits(self, rows: int, positions: int) -> bool:
         return rows <= self.rows and positions <= self.capacity
@@ -99,11 +117,11 @@ class SlotCache:
                 f"{self.capacity}: compile with a larger max_positions (--max-positions)"
             )
         grown = _round_up(max(positions, 2 * self.capacity))
-        for name in ("keys", "values"):
-            old = getattr(self, name)
-            new = old.new_zeros(old.shape[:3] + (grown, old.shape[4]))
-            new[:, :, :, : self.length] = old[:, :, :, : self.length]
-            setattr(self, name, new)
+        for layers in (self.keys, self.values):
+            for i, old in enumerate(layers):
+                new = old.new_zeros(old.shape[:2] + (grown, old.shape[3]))
+                new[:, :, : self.length] = old[:, :, : self.length]
+                layers[i] = new
 
     def reset(self) -> None:
         """Start over at position 0 (a second pass, or the next stream); the buffer is kept."""
@@ -112,17 +130,17 @@ class SlotCache:
     def write(self, layer: int, rows: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store ``(rows, kv_heads, T, head_dim)`` keys and values at positions ``start..start+T``."""
         end = start + keys.shape[2]
-        self.keys[layer, :rows, :, start:end] = keys
-        self.values[layer, :rows, :, start:end] = values
+        self.keys[layer][:rows, :, start:end] = keys
+        self.values[layer][:rows, :, start:end] = values
 
     def view(self, layer: int, rows: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of positions ``[0, end)`` for the first ``rows`` rows (views, no copy)."""
-        return self.keys[layer, :rows, :, :end], self.values[layer, :rows, :, :end]
+        return self.keys[layer][:rows, :, :end], self.values[layer][:rows, :, :end]
 
     def copy_row(self, source: int, target: int, start: int, end: int) -> None:
         """Every layer's positions ``[start, end)`` of row ``source`` into row ``target``."""
-        self.keys[:, target, :, start:end] = self.keys[:, source, :, start:end]
-        self.values[:, target, :, start:end] = self.values[:, source, :, start:end]
+        for layer in self.keys + self.values:
+            layer[target, :, start:end] = layer[source, :, start:end]
 
 
 #: Rows a slot of a static pool has: the spoken row, a text-only row and a guidance row at most.
@@ -146,14 +164,12 @@ class SlotPool:
         self._free: list[SlotCache] = []
         self._used: dict[int, SlotCache] = {}
         self._next_index = 0
-        self.arena: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.arena: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # per layer
         if static_positions is not None:
             if static_positions < 1:
                 raise ValueError(f"static_positions must be at least 1, got {static_positions}")
             rows = max(arena_rows or 0, max_slots * ROWS_PER_SLOT)  # rows past the slots' are scratch
-            shape = (spec.layers, rows, spec.kv_heads, static_positions + 1, spec.head_dim)
-            keys = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
-            self.arena = (keys, torch.zeros_like(keys))
+            self.arena = (_layers(spec, rows, static_positions + 1), _layers(spec, rows, static_positions + 1))
             self._free = [
                 SlotCache.in_arena(*self.arena, spec, i, i * ROWS_PER_SLOT, ROWS_PER_SLOT) for i in range(max_slots)
             ]
@@ -166,7 +182,7 @@ class SlotPool:
     @property
     def capacity(self) -> int:
         """Positions a static pool's slots hold (0 for a growing pool: no fixed bound)."""
-        return self.arena[0].shape[3] - 1 if self.arena is not None else 0
+        return self.arena[0][0].shape[2] - 1 if self.arena is not None else 0
 
     @property
     def arena_rows(self) -> int:
@@ -185,7 +201,7 @@ class SlotPool:
     def nbytes(self) -> int:
         """Bytes held by slot buffers, in use or kept for reuse."""
         if self.arena is not None:
-            return 2 * self.arena[0].numel() * self.arena[0].element_size()
+            return _nbytes(self.arena[0]) + _nbytes(self.arena[1])
         return sum(s.nbytes for s in self._free) + sum(s.nbytes for s in self._used.values())
 
     def acquire(self, rows: int, positions: int) -> SlotCache:

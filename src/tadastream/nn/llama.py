@@ -223,12 +223,12 @@ class LlamaBackbone(nn.Module):
         return (angles.cos() * self.attention_scaling).to(dtype), (angles.sin() * self.attention_scaling).to(dtype)
 
     def decode_rows(
-        self, x: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+        self, x: torch.Tensor, positions: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]
     ) -> torch.Tensor:
         """Final hidden states of one step for the first ``n`` rows of an arena, fixed shapes only.
 
         ``x`` (n, hidden) and ``positions`` (n,): row i's input and position; ``keys``/``values``
-        the arena, ``(layers, rows >= n, kv_heads, capacity, head_dim)``, written in place. A row
+        the arena, per layer ``(rows >= n, kv_heads, capacity, head_dim)``, written in place. A row
         with no work this step is given the arena's scratch position (its last) and any input.
         No Python branch depends on a value, so a compiled graph holds for every step.
         """
