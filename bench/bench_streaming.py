@@ -39,6 +39,7 @@ from tadastream.config import TADA_1B, tada_config  # noqa: E402
 from tadastream.demo import build_demo_model, demo_tokenizer, demo_voice  # noqa: E402
 from tadastream.engine import generate_steps  # noqa: E402
 from tadastream.model import TadaForCausalLM  # noqa: E402
+from tadastream.timecode import decode_time  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decoder import build_decoder  # noqa: E402
@@ -106,7 +107,7 @@ def build_1b(dtype: torch.dtype, device: str) -> TadaForCausalLM:
 
 def build_model(args, layout: str | None = None) -> tuple[TadaForCausalLM, int]:
     """(model in ``layout``, its parameter count). Layouts: "plain" (weights as loaded),
-    "optimized" (``from_pretrained``'s default: fused + oneDNN-prepacked on CPU), "int8"."""
+    "optimized" (``from_pretrained``'s default: fused + oneDNN-prepacked on CPU), "int8", "w8a8"."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     if args.mode == "tiny":
         model = build_demo_model().to(device=args.device, dtype=dtype).eval()
@@ -116,7 +117,7 @@ def build_model(args, layout: str | None = None) -> tuple[TadaForCausalLM, int]:
     layout = layout or args.layout
     compiled = getattr(args, "compile", False)
     if layout != "plain":  # torch.compile packs weights itself and cannot trace oneDNN's packed ones
-        model.optimize_for_inference("int8" if layout == "int8" else None, prepack=not compiled)
+        model.optimize_for_inference(layout if layout in ("int8", "w8a8") else None, prepack=not compiled)
     if compiled:
         model.compile(max_streams=1, warmup=True)
     return model, n_params
@@ -145,6 +146,20 @@ def deviation(model, exact) -> dict:
     def solve(m):
         return gen.solve_flow(m, on(m, latent[:1]), on(m, cond[:, None]), on(m, neg[:, None]), gen.InferenceOptions())
 
+    def durations(m, n=64):
+        """Frames before/after predicted by n guided solves from random noise and conditions."""
+        g = torch.Generator().manual_seed(2)
+        solves = [
+            gen.FlowSolve(
+                *(on(m, torch.randn(1, d, generator=g)) for d in (total, hidden, hidden)), gen.InferenceOptions()
+            )
+            for _ in range(n)
+        ]
+        latents = torch.cat(gen.solve_flows(m, solves)).float()
+        bits = m.num_time_bits
+        times = latents[:, -2 * bits :]
+        return torch.stack([decode_time(times[:, :bits], bits), decode_time(times[:, bits:], bits)])
+
     voice = demo_voice(exact)
     text = make_text(model.tokenizer, TEXT_TOKENS["medium"])
     audio = []
@@ -156,19 +171,21 @@ def deviation(model, exact) -> dict:
     return {
         "flow_head_velocity_rel_err": rel(velocity(model), velocity(exact)),
         "ode_solve_rel_err": rel(solve(model), solve(exact)),
+        "durations_match": float((durations(model) == durations(exact)).float().mean()),
         "audio_rel_err": rel(a, b) if same else None,
         "audio_snr_db": float(10 * torch.log10(b.pow(2).sum() / (a - b).pow(2).sum())) if same else None,
         "text_tokens": TEXT_TOKENS["medium"],
     }
 
 
-def int8_deviation(args, model) -> dict:
-    """int8 against the same model unquantized; for bf16 also bf16 against fp32, for scale."""
+def quantized_deviation(args, model) -> dict:
+    """The quantized layout against the same model unquantized, and bf16 against fp32 for scale."""
     exact, _ = build_model(args, "optimized")
-    result = {"int8_vs_" + args.dtype: deviation(model, exact)}
-    if args.dtype == "bf16":
-        full, _ = build_model(argparse.Namespace(**{**vars(args), "dtype": "fp32"}), "optimized")
-        result["bf16_vs_fp32"] = deviation(exact, full)
+    result = {f"{args.layout}_vs_{args.dtype}": deviation(model, exact)}
+    other = "fp32" if args.dtype == "bf16" else "bf16"
+    second, _ = build_model(argparse.Namespace(**{**vars(args), "dtype": other}), "optimized")
+    half, full = (exact, second) if args.dtype == "bf16" else (second, exact)
+    result["bf16_vs_fp32"] = deviation(half, full)
     return result
 
 
@@ -573,9 +590,10 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--layout",
-        choices=("optimized", "plain", "int8"),
+        choices=("optimized", "plain", "int8", "w8a8"),
         default="optimized",
-        help="weights: optimized (from_pretrained's default), plain (as loaded), int8 (weight-only)",
+        help="weights: optimized (from_pretrained's default), plain (as loaded), int8 (weight-only, bf16), "
+        "w8a8 (int8 weights and activations, fp32); the quantized ones also report their deviation",
     )
     ap.add_argument(
         "--reference-python",
@@ -649,7 +667,7 @@ def main(argv=None) -> int:
             gs, gl = s["stream_peak_mb"] - s["mem_base_mb"], lg["stream_peak_mb"] - lg["mem_base_mb"]
             ratios["peak_mem_growth_over_weights_long_over_short"] = gl / gs if gs > 0 else None
 
-    deviation_figures = int8_deviation(args, model) if args.layout == "int8" else None
+    deviation_figures = quantized_deviation(args, model) if args.layout in ("int8", "w8a8") else None
     reference = None
     if args.reference_python and "short" in rows:
         del model  # the reference needs the memory
@@ -706,7 +724,7 @@ def main(argv=None) -> int:
         "texts": rows,
         "ratios": ratios,
         "reference": reference,
-        "int8_deviation": deviation_figures,
+        "quantized_deviation": deviation_figures,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -70,3 +70,46 @@ def test_early_break_is_safe(real):
         break
     stream.close()
     assert model.generate(prompt=prompt, text="Thank you.").audio[0].numel() > 0
+
+
+def _durations_agreement(a, b) -> float:
+    """Share of tokens whose predicted frame counts agree (over the shorter run)."""
+    x, y = a.time_before[0], b.time_before[0]
+    n = min(x.numel(), y.numel())
+    return float((x[:n] == y[:n]).float().mean())
+
+
+@pytest.mark.parametrize(("quantize", "dtype"), [("w8a8", torch.float32), ("int8", torch.bfloat16)])
+def test_quantized_layouts_stay_close_to_float_on_real_weights(real, quantize, dtype):
+    """Issue 13's deviation check where it counts: real weights, same seed, same prompt."""
+    from tadastream import TadaForCausalLM
+
+    model, prompt = real
+    if model.device.type != "cpu":
+        pytest.skip("quantized layouts are CPU layouts")
+    torch.manual_seed(0)
+    expected = model.generate(prompt=prompt, text=TEXT)
+    quant = TadaForCausalLM.from_pretrained(
+        MODEL_DIR, codec=CODEC_DIR, tokenizer=os.environ.get("TADA_TOKENIZER_DIR"), torch_dtype=dtype, quantize=quantize
+    )
+    torch.manual_seed(0)
+    got = quant.generate(prompt=prompt, text=TEXT)
+    agreement = _durations_agreement(got, expected)
+    length = got.audio[0].numel() / expected.audio[0].numel()
+    print(f"{quantize}: durations agree {agreement:.2%}, length ratio {length:.3f}")
+    assert agreement >= 0.8 and 0.9 <= length <= 1.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled steps with CUDA graphs are for GPUs")
+def test_compiled_steps_match_the_eager_engine_on_real_weights(real):
+    model, prompt = real
+    torch.manual_seed(0)
+    expected = model.generate(prompt=prompt, text=TEXT)
+    model.compile(max_streams=2)
+    try:
+        torch.manual_seed(0)
+        got = model.generate(prompt=prompt, text=TEXT)
+    finally:
+        model.engine.close()
+        model.engine = None
+    assert _durations_agreement(got, expected) >= 0.9

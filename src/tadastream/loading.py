@@ -46,6 +46,8 @@ def choose_dtype(
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.bfloat16, "auto: bfloat16 on CUDA"
+    if quantize == "w8a8":
+        return torch.float32, "auto: float32, the activations w8a8's kernel takes"
     if quantize:
         return torch.bfloat16, f"auto: bfloat16, the activations {quantize} weights take"
     if kind == "cpu" and native_cpu_kernels(torch.bfloat16):

@@ -120,7 +120,8 @@ class TadaForCausalLM(nn.Module):
 
         Fuses matmuls that read the same input (gate+up, the head's 7 adaLN projections) and,
         on CPU, prepacks weights for oneDNN (same dtype, same results to rounding); with
-        ``quantize="int8"`` stores int8 weights with per-channel scales instead (half the bytes,
+        ``quantize="int8"`` stores int8 weights with per-channel scales instead (``"w8a8"``: the same
+        weights, multiplied by activations quantized per row to int8, in float32; half the bytes,
         a small deviation; the head's adaLN projections, which run on all ODE steps' rows at
         once, keep the model's dtype). Call it after moving the model to its final
         device and dtype; the optimised model cannot be saved or moved. ``prepack=False`` keeps plain

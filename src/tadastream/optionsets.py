@@ -55,7 +55,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="float32, bfloat16, float16 or auto (bfloat16 on cuda or a CPU with native bf16, else float32)",
     )
-    add("--quantize", default=None, choices=["int8"], help="int8 weights (CPU, bf16): half the memory")
+    add(
+        "--quantize",
+        default=None,
+        choices=["int8", "w8a8"],
+        help="int8: int8 weights, bf16 activations; w8a8: int8 weights and activations, fp32 (CPU; fastest on "
+        "CPUs without native bf16)",
+    )
     add_compile_arguments(parser)
 
 

@@ -220,8 +220,9 @@ def cmd_speak(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     if args.quantize and not str(device).startswith("cpu"):
         raise UsageError(f"--quantize {args.quantize} speeds up CPU only: drop it with --device {device}")
-    if args.quantize and args.dtype not in ("auto", "bfloat16"):
-        raise UsageError(f"--quantize {args.quantize} runs in bfloat16: drop --dtype {args.dtype}")
+    runs_in = "float32" if args.quantize == "w8a8" else "bfloat16"
+    if args.quantize and args.dtype not in ("auto", runs_in):
+        raise UsageError(f"--quantize {args.quantize} runs in {runs_in}: drop --dtype {args.dtype}")
 
     progress = Progress(enabled=not args.quiet)  # stderr: with -o - too, the audio goes to stdout
     if to_stdout:

@@ -10,13 +10,16 @@ reordered once into its blocked layout, fed at least 4 rows, reaches 75-90 % (fp
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-QUANTIZE_CHOICES = ("int8",)
+#: "int8": int8 weights, activations in bfloat16 (PyTorch's weight-only kernel); "w8a8": int8
+#: weights and int8 activations quantized per row at run time (fbgemm, float32 activations).
+QUANTIZE_CHOICES = ("int8", "w8a8")
 _INT8_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _FAST_ROWS = 4
 _PAD_MIN_BYTES = 1 << 20
@@ -89,6 +92,55 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+def fbgemm_available() -> bool:
+    """Whether this PyTorch build has fbgemm's dynamic int8 linear (x86 CPUs)."""
+    quantized = getattr(torch.ops, "quantized", None)
+    return (
+        quantized is not None
+        and hasattr(quantized, "linear_dynamic")
+        and any(engine in torch.backends.quantized.supported_engines for engine in ("x86", "fbgemm"))
+    )
+
+
+class DynamicInt8Linear(nn.Module):
+    """Bias-free linear, int8 x int8: weights quantized once per output channel, activations per
+    row at run time; fbgemm's kernel, float32 in and out (CPU).
+
+    At 1-4 rows a matmul costs reading its weight, and fbgemm reads int8 weights several times faster
+    than float32 ones (bench/bench_matmul.py). Its activation scale is one per call, so each row is
+    first scaled to [-1, 1] by its own largest magnitude, and a row holding -1 and +1 rides along:
+    every call then quantizes with the same parameters, a row's integers and result do not depend
+    on its neighbours (batched equals solo), and the per-row scale is put back after. Activations
+    use 7 bits (``reduce_range``), which AVX2 CPUs need to avoid saturating int16 sums.
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        if not fbgemm_available():
+            raise ValueError("quantize='w8a8' needs PyTorch's fbgemm kernels (x86 CPU builds): drop it")
+        w = weight.detach().float().cpu()
+        self.out_features, self.in_features = w.shape
+        scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+        with warnings.catch_warnings():  # quantized tensors are deprecated as a user API, the kernels are not
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch.quantize_per_channel(
+                w, scale.double(), torch.zeros(self.out_features, dtype=torch.long), 0, torch.qint8
+            )
+            self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+        anchor = torch.zeros(1, self.in_features)
+        anchor[0, 0], anchor[0, -1] = 1.0, -1.0
+        self.register_buffer("anchor", anchor, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, rows = x.shape[:-1], x.reshape(-1, self.in_features).float()
+        peak = rows.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        out = torch.ops.quantized.linear_dynamic(torch.cat([rows / peak, self.anchor]), self._packed, True)
+        return (out[:-1] * peak).to(x.dtype).reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, w8a8"
+
+
 class PlainLinear(nn.Linear):
     """An ordinary bias-free Linear holding a (possibly fused) weight; the fallback factory."""
 
@@ -106,6 +158,12 @@ def check_quantize(
         raise ValueError(f"quantize={quantize!r} is not supported: use one of {QUANTIZE_CHOICES} or None")
     if torch.device(device or "cpu").type != "cpu":
         raise ValueError(f"quantize={quantize!r} speeds up CPU only (there is no fast {quantize} kernel here): drop it")
+    if quantize == "w8a8":
+        if not fbgemm_available():
+            raise ValueError("quantize='w8a8' needs PyTorch's fbgemm kernels (x86 CPU builds): drop it")
+        if dtype is not None and dtype != torch.float32:
+            raise ValueError("quantize='w8a8' runs with float32 activations: load with torch_dtype='float32'")
+        return
     if dtype is not None and dtype != torch.bfloat16:
         # PyTorch's int8 kernel is fast with bf16 activations only (fp32: 5-10x slower than fp32 weights)
         raise ValueError(f"quantize={quantize!r} runs with bfloat16 activations: load with torch_dtype='bfloat16'")
@@ -119,6 +177,8 @@ def linear_factory(
     check_quantize(quantize, device, dtype)
     if quantize == "int8":
         return Int8Linear
+    if quantize == "w8a8":
+        return DynamicInt8Linear
     if prepack and torch.device(device).type == "cpu" and packing_available(dtype):
         return PackedLinear
     return PlainLinear
