@@ -236,14 +236,19 @@ def test_static_pool_hands_out_the_lowest_free_slot_and_keeps_its_arena(model):
 
 @pytest.mark.gpu
 def test_cuda_graphs_generation_matches_the_eager_engine_on_gpu():
-    model = build_demo_model().to("cuda", torch.bfloat16).optimize_for_inference()
+    # float32: bf16 rounding could flip a predicted duration between two correct runs
+    model = build_demo_model().to("cuda").optimize_for_inference()
     voice = demo_voice(model)
     expected = model.generate(voice, TEXT, seed=4)
     model.compile(max_streams=2, max_positions=512)
-    assert model.engine.graphs.cuda_graphs and model.engine.graphs._captured
+    graphs = model.engine.graphs
+    assert graphs.cuda_graphs and {key[0] for key in graphs._captured} == {"llm", "flow"}  # warm-up captured both
     got = model.generate(voice, TEXT, seed=4)
-    assert got.audio[0].shape == expected.audio[0].shape
-    assert (got.audio[0] - expected.audio[0]).abs().max() <= 0.05
+    streamed = torch.cat([chunk for chunk, _ in model.generate(voice, TEXT, seed=4, stream=True)])
+    assert torch.equal(got.time_before, expected.time_before)
+    assert got.audio[0].shape == expected.audio[0].shape == streamed.shape
+    assert (got.audio[0] - expected.audio[0]).abs().max() <= 1e-3
+    assert (streamed - got.audio[0]).abs().max() <= 1e-4
 
 
 def test_the_server_uses_the_models_engine_and_leaves_it_usable(voice):
