@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from streams import take_turns
 
 from tadastream import InferenceOptions
 from tadastream.demo import build_demo_model, demo_voice
@@ -186,19 +187,9 @@ def test_two_streams_on_the_compiled_engine_equal_each_alone_on_the_eager_one(mo
     texts = [TEXT, "Five shots may have been fired, the experts said."]
     alone = [model.generate(voice, t, seed=9 + i).audio[0] for i, t in enumerate(texts)]
     streams = [model.generate(voice, t, seed=9 + i, engine=compiled, stream=True) for i, t in enumerate(texts)]
-    chunks: list[list[torch.Tensor]] = [[], []]
-    iters = [iter(s) for s in streams]
-    while iters[0] is not None or iters[1] is not None:  # both consumers take turns ticking
-        for i, it in enumerate(iters):
-            if it is not None:
-                chunk = next(it, None)
-                if chunk is None:
-                    iters[i] = None
-                else:
-                    chunks[i].append(chunk[0])
+    audio = take_turns(streams)  # both consumers take turns ticking
     assert compiled.pool.in_use == 0
-    for got, want in zip(chunks, alone):
-        got = torch.cat(got)
+    for got, want in zip(audio, alone):
         assert got.shape == want.shape and (got - want).abs().max() <= 1e-4
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from streams import take_turns
 
 from tadastream.demo import build_demo_model, demo_voice
 from tadastream.generation import InferenceOptions
@@ -232,15 +233,5 @@ def test_w8a8_model_stays_close_to_fp32_and_batched_equals_solo():
     alone = [torch.cat([c for c, _ in quant.generate(voice, t, seed=3 + i, stream=True)]) for i, t in enumerate(texts)]
     engine = Engine(quant, max_streams=2)
     streams = [quant.generate(voice, t, seed=3 + i, stream=True, engine=engine) for i, t in enumerate(texts)]
-    chunks = [[], []]
-    iters = [iter(s) for s in streams]
-    while any(it is not None for it in iters):
-        for i, it in enumerate(iters):
-            if it is not None:
-                item = next(it, None)
-                if item is None:
-                    iters[i] = None
-                else:
-                    chunks[i].append(item[0])
-    for got, want in zip(chunks, alone):
-        assert torch.equal(torch.cat(got), want)  # bit for bit: the quantization is per row
+    for got, want in zip(take_turns(streams), alone):
+        assert torch.equal(got, want)  # bit for bit: the quantization is per row
