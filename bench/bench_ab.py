@@ -2,6 +2,7 @@
 
     python bench/bench_ab.py --rev 0e2e5f5 --dtype fp32 --tokens 10 --rounds 6
     python bench/bench_ab.py --rev HEAD --mode tiny --rounds 2       # the demo model, seconds
+    python bench/bench_ab.py --rev 79f6075 --dtype fp32 --quantize w8a8 --rounds 4
 
 The earlier commit's package is extracted (``git archive``) as ``tadastream_ab`` next to a temp
 dir and loaded beside this checkout's; both get the same random TADA-1B-shaped (or demo) weights, voice,
@@ -89,6 +90,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rev", required=True, help="the earlier commit (e.g. 0e2e5f5)")
     ap.add_argument("--mode", choices=("1b", "tiny"), default="1b")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument(
+        "--quantize", choices=("int8", "w8a8"), default=None, help="both models' optimize_for_inference layout"
+    )
     ap.add_argument("--tokens", type=int, default=10, help="text tokens (default 10)")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=None)
@@ -104,8 +108,8 @@ def main(argv=None) -> int:
     fix_old_durations("tadastream_ab")
     new, _ = bs.build_model(argparse.Namespace(mode=args.mode, dtype=args.dtype, device="cpu"), layout="plain")
     old = old_model(new, "tadastream_ab")
-    new.optimize_for_inference()
-    old.optimize_for_inference()
+    new.optimize_for_inference(args.quantize)
+    old.optimize_for_inference(args.quantize)
     voice = demo_voice(new)
     text = bs.make_text(new.tokenizer, args.tokens)
 
@@ -142,12 +146,13 @@ def main(argv=None) -> int:
               f" cpu {row['cpu_old_s']:.2f} -> {row['cpu_new_s']:.2f} s ({row['cpu_new_over_old']:.3f})")  # fmt: skip
     bs.save_result(
         args.out,
-        f"ab-{args.rev}-{args.mode}-{args.dtype}",
+        f"ab-{args.rev}-{args.mode}-{args.dtype}" + (f"-{args.quantize}" if args.quantize else ""),
         "bench_ab.py",
         argv,
         rev_old=args.rev,
         mode=args.mode,
         dtype=args.dtype,
+        quantize=args.quantize,
         text_tokens=args.tokens,
         rounds=args.rounds,
         summary=summary,

@@ -27,7 +27,13 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from tadastream.nn.linear import Int8Linear, PackedLinear, packing_available  # noqa: E402
+from tadastream.nn.linear import (  # noqa: E402
+    DynamicInt8Linear,
+    Int8Linear,
+    PackedLinear,
+    fbgemm_available,
+    packing_available,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_streaming import machine_name  # noqa: E402
@@ -84,11 +90,14 @@ def main(argv=None) -> int:
         plain = [lambda x, w=w: F.linear(x, w) for w in weights]
         packed = [PackedLinear(w) for w in weights] if packing_available(dtype) else None
         int8 = [Int8Linear(w) for w in weights]
+        w8a8 = [DynamicInt8Linear(w) for w in weights] if dtype == torch.float32 and fbgemm_available() else None
         for rows in rows_list:
             record(f"{tag} F.linear (ATen)", dtype, rows, plain)
             if packed:
                 record(f"{tag} oneDNN prepacked", dtype, rows, packed)
             record(f"{tag} activations, int8 weights", dtype, rows, int8)
+            if w8a8:
+                record("w8a8 (fbgemm, per-row scales)", dtype, rows, w8a8)
         if args.compile:
             import torch._inductor.config as inductor
 

@@ -2,6 +2,7 @@
 
     python bench/bench_profile.py --mode 1b --dtype bf16            # TADA-1B shapes, short text
     python bench/bench_profile.py --mode tiny --layout plain
+    python bench/bench_profile.py --mode 1b --dtype fp32 --layout w8a8
 
 Same models, fixed durations and texts as ``bench_streaming.py``; prints the share of matmuls
 (every kernel that multiplies activations by weights) and the top operators by own time.
@@ -20,14 +21,21 @@ import bench_streaming as bs  # noqa: E402  (also puts src/ on the path when not
 
 from tadastream.demo import demo_voice  # noqa: E402
 
-MATMUL_OPS = ("mkldnn::_linear_pointwise", "aten::_weight_int8pack_mm", "aten::mm", "aten::addmm", "aten::bmm")
+MATMUL_OPS = (
+    "mkldnn::_linear_pointwise",
+    "aten::_weight_int8pack_mm",
+    "quantized::linear_dynamic",
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=("tiny", "1b"), default="1b")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
-    ap.add_argument("--layout", choices=("optimized", "plain", "int8"), default="optimized")
+    ap.add_argument("--layout", choices=("optimized", "plain", "int8", "w8a8"), default="optimized")
     ap.add_argument("--text", choices=tuple(bs.TEXT_TOKENS), default="short")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--top", type=int, default=12)

@@ -81,7 +81,7 @@ def _schedule(solve: FlowSolve) -> tuple[_Ode, torch.Tensor]:
 
 def solve_flows(model, solves: Sequence[FlowSolve]) -> list[torch.Tensor]:
     """Final latents, (1, latent) per solve (the best candidate where a solve has several)."""
-    head, min_rows = model.prediction_head, invariant_rows(model.device, model.dtype)
+    head, min_rows = model.prediction_head, invariant_rows(model.device, model.dtype, model.inference_layout)
     odes, t_rows, c_rows = [], [], []
     for solve in solves:
         ode, conds = _schedule(solve)
@@ -181,7 +181,7 @@ def solve_rows(model, x, t, cond, dt, scale, guided: bool) -> torch.Tensor:
 
 def pick_solves(model, solves: Sequence[FlowSolve], latents: torch.Tensor, rows: Sequence[int]) -> list[torch.Tensor]:
     """Each solve's result from its rows of ``latents``."""
-    min_rows, out, offset = invariant_rows(model.device, model.dtype), [], 0
+    min_rows, out, offset = invariant_rows(model.device, model.dtype, model.inference_layout), [], 0
     for solve, n in zip(solves, rows):
         out.append(_pick(model, solve, latents[offset : offset + n], min_rows))
         offset += n

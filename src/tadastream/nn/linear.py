@@ -255,14 +255,18 @@ def native_cpu_kernels(dtype: torch.dtype) -> bool:
     return check is not None and bool(check())
 
 
-def invariant_rows(device: torch.device | str, dtype: torch.dtype) -> int:
+def invariant_rows(device: torch.device | str, dtype: torch.dtype, layout: str | None = None) -> int:
     """Rows to pad a batched matmul's input to, so that batching does not change a row's result.
 
     :data:`MIN_ROWS` where the weight read is the cost and extra rows are nearly free (CPU fp32,
     CPU half precision with native kernels, GPUs); 1 (no padding) where the kernel is compute-bound
     (bf16/fp16 on a CPU without native support: every row costs as much as the first, so padding
-    would make a lone stream up to 2x slower and batching saves nothing there anyway).
+    would make a lone stream up to 2x slower and batching saves nothing there anyway), and for the
+    ``"w8a8"`` layout (``layout``: the model's ``inference_layout``), whose integer sums give a row
+    the same result at any row count, while each extra row costs fbgemm ~5 % more per call.
     """
+    if layout == "w8a8" and torch.device(device).type == "cpu":
+        return 1
     if torch.device(device).type == "cpu" and not native_cpu_kernels(dtype):
         return 1
     return MIN_ROWS
