@@ -226,6 +226,8 @@ def test_w8a8_model_stays_close_to_fp32_and_batched_equals_solo():
     assert isinstance(quant.prediction_head.modulation, DynamicInt8Linear)
     assert isinstance(quant.prediction_head.layers[0].ffn.gate_up, DynamicInt8Linear)
     assert isinstance(quant.model.layers[0].self_attn.qkv, DynamicInt8Linear)
+    assert isinstance(quant.lm_head, DynamicInt8Linear)  # its table stays float for the embedding
+    assert quant.model.embed_tokens.weight.dtype == torch.float32
     audio = _speak(quant, voice).float()
     assert audio.shape == expected.shape  # same durations
     assert 0 < _rel(audio, expected) < 0.05

@@ -122,7 +122,7 @@ class TadaForCausalLM(nn.Module):
         on CPU, prepacks weights for oneDNN (same dtype, same results to rounding); with
         ``quantize="int8"`` stores int8 weights with per-channel scales instead (``"w8a8"``: the same
         weights, multiplied by activations quantized per row to int8, in float32; half the bytes,
-        a small deviation). The head's adaLN projections run on all ODE steps' rows at once: with
+        a small deviation, ``lm_head`` included). The head's adaLN projections run on all ODE steps' rows at once: with
         ``"int8"`` they keep the model's dtype (its kernel is made for 1-4 rows), with ``"w8a8"``
         they are quantized too (fbgemm is 2x faster than float32 there, bench/bench_matmul.py).
         Call it after moving the model to its final device and dtype; the optimised model cannot
@@ -138,6 +138,11 @@ class TadaForCausalLM(nn.Module):
         self.model.fuse(make)
         # every input row reads it: in the layout, its numbers do not depend on the row count either
         self.acoustic_proj = WithBias(make(self.acoustic_proj.weight), self.acoustic_proj.bias)
+        if quantize == "w8a8":
+            # Logits are needed once an utterance, but that call read the float32 table through
+            # ATen's unpacked path (0.5 s at TADA-1B shapes on a 2-core CPU); an int8 copy takes
+            # ~30 ms. The input embedding keeps the float table (a tied weight stays shared there).
+            self.lm_head = make(self.lm_head.weight)
         if self.decoder is not None and self.device.type == "cpu" and not native_cpu_kernels(self.dtype):
             # Emulated half-precision convolutions made decoding most of a bf16 step on such CPUs;
             # the decoder is 0.5 GB in fp32 and its output is fp32.

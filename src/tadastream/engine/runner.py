@@ -59,7 +59,6 @@ class Runner:
         self.graphs = graphs
         self.clock = _Clock(model.device)
         self.min_rows = invariant_rows(model.device, model.dtype, model.inference_layout)
-        self.logit_rows = invariant_rows(model.device, model.dtype)  # lm_head keeps the model's dtype
 
     def llm(self, work: Sequence[tuple[SlotCache, LlmStep]]) -> list[Computed]:
         """Hidden states (rows, length, hidden) of each step; keys and values go to the slots."""
@@ -114,7 +113,7 @@ class Runner:
     def logits(self, requests: Sequence[Logits]) -> list[Computed]:
         rows = torch.cat([r.hidden for r in requests])
         logits, seconds = self.clock.time(
-            "logits", lambda: self.model.lm_head(pad_rows(rows, self.logit_rows))[: rows.shape[0]].float()
+            "logits", lambda: self.model.lm_head(pad_rows(rows, self.min_rows))[: rows.shape[0]].float()
         )
         out, offset = [], 0
         for r in requests:
