@@ -151,6 +151,21 @@ def test_first_call_waits_for_the_cnn_look_ahead(decoder):
     assert sd.calls == 1 and first.numel() > 0
 
 
+def test_first_audible_call_runs_the_cnn_only_as_far_as_its_first_sample_needs(decoder):
+    needed = decoder.wav_decoder.frames_before_output(5 * 480)
+    vectors, time_before = utterance(seed=5, tokens=6)
+    time_before[0] = needed + 12  # one block reaching well past what the first sample needs
+    sd = StreamingDecoder(decoder, skip_leading_frames=5)
+    first = sd.decode_block(vectors[0], int(time_before[0]))
+    cnn_alone = decoder.wav_decoder.step(decoder.wav_decoder.init_state(), torch.zeros(1, 32, needed))
+    assert sd.calls == 1 and first.numel() == cnn_alone.shape[-1] - 5 * 480 > 0
+    # the block's later frames come with the next call, and the audio is still the one-pass audio
+    chunks = [first] + [sd.decode_block(v, int(t)) for v, t in zip(vectors[1:], time_before[1:-1])]
+    chunks.append(sd.flush(int(time_before[-1])))
+    full = decoder(expand_tokens(vectors, time_before).unsqueeze(0))[0, 0]
+    assert (torch.cat(chunks) - full[5 * 480 :]).abs().max() < 1e-5
+
+
 def test_streaming_buffers_until_lookahead_then_flush_releases_the_rest(decoder):
     sd = StreamingDecoder(decoder)
     first = sd.decode_block(torch.randn(16), 2)  # 2 frames: far less than the CNN's look-ahead

@@ -10,7 +10,9 @@ The concatenated output therefore equals the one-pass decode up to float roundin
 Cost: each decode call reads all the decoder's weights (~0.5 GB in fp32), which on a
 memory-bound machine is what a small call pays. So the first call comes exactly when the frames
 settled so far can yield the first audible sample (the CNN's look-ahead, about 17 frames, past the
-leading skip): time to first audio is what a listener waits for. After that, blocks
+leading skip), and its waveform CNN runs on just the frames that sample needs (the block's later
+decoder states wait for the next call): time to first audio is what a listener waits for. After
+that, blocks
 are gathered into calls that double in size up to ``window_size`` frames, which keeps the total
 close to the one-pass decode. The schedule depends on the frames alone, never on timing, so the
 same inputs give the same chunks and bit-identical audio however busy the machine is. Doubling
@@ -65,6 +67,8 @@ class StreamingDecoder:
         self._audio_flowing = False
         self._batch = False
         self._decoded_frames = 0
+        self._cnn_frames = 0  # frames the waveform CNN has consumed
+        self._cnn_backlog: torch.Tensor | None = None  # decoder states (1, C, n) it has not yet
         self._frames_for_first_audio: int | None = None
         self.finished = False
 
@@ -119,7 +123,7 @@ class StreamingDecoder:
             self._blocks.append(torch.cat(self._pending, dim=0))
             self._queued_frames += self._blocks[-1].shape[0]
             self._pending = []
-        out = [self._decode_queued()] if self._blocks else []
+        out = [self._decode_queued(final=True)] if self._blocks or self._cnn_backlog is not None else []
         self.finished = True
         if self._like is None:  # nothing was ever decoded
             return self._param.new_zeros(0)
@@ -128,16 +132,26 @@ class StreamingDecoder:
         return self._emit(out)
 
     @torch.no_grad()
-    def _decode_queued(self) -> torch.Tensor:
+    def _decode_queued(self, final: bool = False) -> torch.Tensor:
         blocks, self._blocks = self._blocks, []
         frames, self._queued_frames = self._queued_frames, 0
         self._decoded_frames += frames
         self.calls += 1
-        x = self.decoder.decoder_proj(torch.cat(blocks, dim=0).unsqueeze(0))
-        hidden = self.decoder.local_attention_decoder.forward_blocks(x, [b.shape[0] for b in blocks], self._cache)
-        hidden = hidden.transpose(1, 2)
+        parts = [] if self._cnn_backlog is None else [self._cnn_backlog]
+        self._cnn_backlog = None
+        if blocks:
+            x = self.decoder.decoder_proj(torch.cat(blocks, dim=0).unsqueeze(0))
+            hidden = self.decoder.local_attention_decoder.forward_blocks(x, [b.shape[0] for b in blocks], self._cache)
+            parts.append(hidden.transpose(1, 2))
+        hidden = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
         if self._like is None:
             self._like = hidden[:, :, :0]
+        if not (self._audio_flowing or self._batch or final):
+            # the first audible call: the CNN stops at the last frame its first sample needs
+            keep = self._first_audio_frames() - self._cnn_frames
+            if 0 < keep < hidden.shape[2]:
+                hidden, self._cnn_backlog = hidden[:, :, :keep], hidden[:, :, keep:]
+        self._cnn_frames += hidden.shape[2]
         # The CNN's activations (up to 96 x 480 samples a frame) dominate memory; its weights are a
         # third of the decoder's, so running it in smaller pieces costs little and caps the peak.
         cnn, step = self.decoder.wav_decoder, min(self.window_size, self.CNN_PIECE_FRAMES)
@@ -158,11 +172,14 @@ class StreamingDecoder:
         if self._batch:
             return self._queued_frames >= self.window_size
         if not self._audio_flowing:  # decode as soon as it yields the first audible sample
-            if self._frames_for_first_audio is None:
-                skip = self.skip_leading_frames * self.decoder.samples_per_frame
-                self._frames_for_first_audio = self.decoder.wav_decoder.frames_before_output(skip)
-            return self._decoded_frames + self._queued_frames >= self._frames_for_first_audio
+            return self._decoded_frames + self._queued_frames >= self._first_audio_frames()
         return self._queued_frames >= self._next_call_frames
+
+    def _first_audio_frames(self) -> int:
+        if self._frames_for_first_audio is None:
+            skip = self.skip_leading_frames * self.decoder.samples_per_frame
+            self._frames_for_first_audio = self.decoder.wav_decoder.frames_before_output(skip)
+        return self._frames_for_first_audio
 
     def _emit(self, pieces: list[torch.Tensor]) -> torch.Tensor:
         if not pieces:
