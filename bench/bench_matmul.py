@@ -53,6 +53,24 @@ def per_call(fn, repeat: int) -> float:
     return best
 
 
+class Int4Linear:
+    """int4 weight-only, symmetric, one scale per 128 inputs: PyTorch's CPU int4 kernel (for
+    comparison only; the package does not ship this layout)."""
+
+    GROUP = 128
+
+    def __init__(self, weight: torch.Tensor):
+        groups = weight.float().reshape(weight.shape[0], -1, self.GROUP)
+        scale = groups.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 7
+        q = (torch.round(groups / scale).clamp(-8, 7) + 8).to(torch.int32).reshape(weight.shape)
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        zero = torch.zeros_like(scale)  # the kernel computes (q - 8) * scale + zero
+        self.scales = torch.cat([scale, zero], -1).transpose(0, 1).contiguous().to(weight.dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.GROUP, self.scales)
+
+
 def stream_rate(repeat: int) -> float:
     """GB/s a sum over 1 GiB reads: what the memory delivers to a simple streaming kernel."""
     data = torch.ones(2**30 // 4)
@@ -90,12 +108,20 @@ def main(argv=None) -> int:
         plain = [lambda x, w=w: F.linear(x, w) for w in weights]
         packed = [PackedLinear(w) for w in weights] if packing_available(dtype) else None
         int8 = [Int8Linear(w) for w in weights]
+        # with float32 activations PyTorch's int4 kernel was ~20x slower here: bf16 only
+        int4 = (
+            [Int4Linear(w) for w in weights]
+            if dtype == torch.bfloat16 and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+            else None
+        )
         w8a8 = [DynamicInt8Linear(w) for w in weights] if dtype == torch.float32 and fbgemm_available() else None
         for rows in rows_list:
             record(f"{tag} F.linear (ATen)", dtype, rows, plain)
             if packed:
                 record(f"{tag} oneDNN prepacked", dtype, rows, packed)
             record(f"{tag} activations, int8 weights", dtype, rows, int8)
+            if int4:
+                record(f"{tag} activations, int4 weights", dtype, rows, int4)
             if w8a8:
                 record("w8a8 (fbgemm, per-row scales)", dtype, rows, w8a8)
         if args.compile:
