@@ -157,7 +157,8 @@ def test_first_audible_call_runs_the_cnn_only_as_far_as_its_first_sample_needs(d
     time_before[0] = needed + 12  # one block reaching well past what the first sample needs
     sd = StreamingDecoder(decoder, skip_leading_frames=5)
     first = sd.decode_block(vectors[0], int(time_before[0]))
-    cnn_alone = decoder.wav_decoder.step(decoder.wav_decoder.init_state(), torch.zeros(1, 32, needed))
+    cnn = decoder.wav_decoder
+    cnn_alone = cnn.step(cnn.init_state(), torch.zeros(1, decoder.config.hidden_dim, needed))
     assert sd.calls == 1 and first.numel() == cnn_alone.shape[-1] - 5 * 480 > 0
     # the block's later frames come with the next call, and the audio is still the one-pass audio
     chunks = [first] + [sd.decode_block(v, int(t)) for v, t in zip(vectors[1:], time_before[1:-1])]

@@ -121,14 +121,14 @@ class TadaForCausalLM(nn.Module):
         Fuses matmuls that read the same input (gate+up, the head's 7 adaLN projections) and,
         on CPU, prepacks weights for oneDNN (same dtype, same results to rounding); with
         ``quantize="int8"`` stores int8 weights with per-channel scales instead (``"w8a8"``: the same
-        weights, multiplied by activations quantized per row to int8, in float32; half the bytes,
-        a small deviation, ``lm_head`` included). The head's adaLN projections run on all ODE steps' rows at once: with
-        ``"int8"`` they keep the model's dtype (its kernel is made for 1-4 rows), with ``"w8a8"``
-        they are quantized too (fbgemm is 2x faster than float32 there, bench/bench_matmul.py).
-        Call it after moving the model to its final device and dtype; the optimised model cannot
-        be saved or moved. ``prepack=False`` keeps plain
-        weights where oneDNN's prepacked ones would go: torch.compile's inductor packs them itself
-        and cannot trace prepacked ones (what :meth:`compile` needs on CPU).
+        weights, multiplied by activations quantized per row to int8, in float32, ``lm_head``
+        included; half the bytes, a small deviation). The head's adaLN projections run on all ODE
+        steps' rows at once: with ``"int8"`` they keep the model's dtype (its kernel is made for
+        1-4 rows), with ``"w8a8"`` they are quantized too (fbgemm is 2x faster than float32
+        there, bench/bench_matmul.py). Call it after moving the model to its final device and
+        dtype; the optimised model cannot be saved or moved. ``prepack=False`` keeps plain weights
+        where oneDNN's prepacked ones would go: torch.compile's inductor packs them itself and
+        cannot trace prepacked ones (what :meth:`compile` needs on CPU).
         """
         if self.inference_layout is not None:
             raise RuntimeError(f"this model is already optimised ({self.inference_layout})")

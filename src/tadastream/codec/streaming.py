@@ -12,9 +12,8 @@ memory-bound machine is what a small call pays. So the first call comes exactly 
 settled so far can yield the first audible sample (the CNN's look-ahead, about 17 frames, past the
 leading skip), and its waveform CNN runs on just the frames that sample needs (the block's later
 decoder states wait for the next call): time to first audio is what a listener waits for. After
-that, blocks
-are gathered into calls that double in size up to ``window_size`` frames, which keeps the total
-close to the one-pass decode. The schedule depends on the frames alone, never on timing, so the
+that, blocks are gathered into calls that double in size up to ``window_size`` frames, which
+keeps the total close to the one-pass decode. The schedule depends on the frames alone, never on timing, so the
 same inputs give the same chunks and bit-identical audio however busy the machine is. Doubling
 keeps a listener fed whenever generation runs at least twice as fast as real time; for a slower
 producer a smaller ``window_size`` keeps chunks near one token.
@@ -68,7 +67,7 @@ class StreamingDecoder:
         self._batch = False
         self._decoded_frames = 0
         self._cnn_frames = 0  # frames the waveform CNN has consumed
-        self._cnn_backlog: torch.Tensor | None = None  # decoder states (1, C, n) it has not yet
+        self._cnn_backlog: torch.Tensor | None = None  # decoder states (1, C, n) the CNN has yet to take
         self._frames_for_first_audio: int | None = None
         self.finished = False
 
