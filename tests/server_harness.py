@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -55,6 +56,18 @@ class LiveServer:
                 return time.monotonic() - start
             time.sleep(0.02)
         raise AssertionError(f"server state not reached: {self.health()}")
+
+
+def logged_requests(caplog, path: str, timeout: float = 10.0) -> list[dict]:
+    """The server's JSON log lines for ``path``. A line is written once its request has ended on the
+    server's thread, which can be just after the client has read the last byte: wait for one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+        found = [r for r in lines if r.get("path") == path]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ optional test dependencies: each test is skipped, with the reason, where its fra
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import pytest
@@ -16,7 +15,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 import torch  # noqa: E402
-from server_harness import demo_server  # noqa: E402
+from server_harness import demo_server, logged_requests  # noqa: E402
 
 TEXT = "Hello from a voice agent. This reply is spoken while it is still being made."
 
@@ -25,11 +24,6 @@ TEXT = "Hello from a voice agent. This reply is spoken while it is still being m
 def server():
     with demo_server(max_streams=2) as live:
         yield live
-
-
-def logged_requests(caplog) -> list[dict]:
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
-    return [r for r in lines if r.get("path") == "/v1/audio/speech"]
 
 
 def test_livekit_openai_tts_with_its_defaults(server, caplog):
@@ -48,7 +42,7 @@ def test_livekit_openai_tts_with_its_defaults(server, caplog):
     assert frames and {f.sample_rate for f in frames} == {24000} and {f.num_channels for f in frames} == {1}
     pcm = torch.frombuffer(bytearray(b"".join(bytes(f.data) for f in frames)), dtype=torch.int16).float()
     assert float(pcm.abs().max()) > 1000, "LiveKit decoded audible speech"
-    (request,) = logged_requests(caplog)
+    (request,) = logged_requests(caplog, "/v1/audio/speech")
     assert request["status"] == 200 and request["outcome"] == "ok"
     assert request["format"] == "mp3" and request["stream_format"] == "sse", "LiveKit's default request"
     # the mp3 decodes to the audio made, plus the encoder's delay of a few frames
@@ -92,7 +86,7 @@ def test_pipecat_openai_tts_service_with_its_defaults(server, caplog):
 
     sink = asyncio.run(speak())
     assert not sink.errors and sink.rates == {24000}
-    (request,) = logged_requests(caplog)
+    (request,) = logged_requests(caplog, "/v1/audio/speech")
     assert request["status"] == 200 and request["outcome"] == "ok" and request["format"] == "pcm"
     assert len(sink.audio) == request["bytes_out"], "every byte sent became audio"
     seed = request["seed"]

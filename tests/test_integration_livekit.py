@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import sys
 import time
@@ -23,7 +22,7 @@ pytest.importorskip("uvicorn")
 
 from livekit.agents import APIConnectOptions, APIStatusError, utils  # noqa: E402
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT  # noqa: E402
-from server_harness import demo_server  # noqa: E402
+from server_harness import demo_server, logged_requests  # noqa: E402
 
 from tadastream.integrations.livekit import TTS  # noqa: E402
 
@@ -204,19 +203,11 @@ def test_closing_the_stream_mid_utterance_stops_generation(server, caplog):
     heard, closing = asyncio.run(asyncio.wait_for(run(), timeout=120))
     assert heard > 0 and closing < 5.0
     server.wait_for(lambda s: s["active"] == 0, timeout=10)
-    deadline = time.monotonic() + 5
-    while not (records := ws_records(caplog)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    (record,) = records
+    (record,) = logged_requests(caplog, "/v1/audio/stream")
     assert record["outcome"] in ("cancelled", "disconnected"), record
     # three quarters of three TEXTs would be about 2.25 times the TEXT's audio: it stopped long before
     made = record.get("audio_seconds", record["bytes_out"] / 2 / 24000)
     assert made < len(plain_pcm(server, TEXT, SEED)) / 2 / 24000, record
-
-
-def ws_records(caplog) -> list[dict]:
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
-    return [r for r in lines if r.get("path") == "/v1/audio/stream"]
 
 
 def test_server_errors_surface_as_livekit_api_errors(server):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import socket
@@ -44,7 +43,7 @@ from pipecat.transports.base_output import BaseOutputTransport  # noqa: E402
 from pipecat.transports.base_transport import TransportParams  # noqa: E402
 from pipecat.utils.errors import ErrorCategory  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
-from server_harness import demo_server  # noqa: E402
+from server_harness import demo_server, logged_requests  # noqa: E402
 
 from tadastream.integrations.pipecat import TadaTTSService, stream_url  # noqa: E402
 
@@ -72,11 +71,6 @@ def llm_tokens(text: str) -> list[str]:
 def server():
     with demo_server(max_streams=2, api_key=KEY) as live:
         yield live
-
-
-def server_log(caplog) -> list[dict]:
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
-    return [r for r in lines if r.get("path") == "/v1/audio/stream"]
 
 
 class Upstream(FrameProcessor):
@@ -235,7 +229,7 @@ def test_streams_llm_tokens_and_speaks_them_as_a_plain_request_would(server, cap
     assert rec.events.count("started") == 1 and rec.events.count("stopped") == 1
     assert rec.events.index("started") < rec.events.index("audio") and rec.events[-1] == "stopped"
 
-    (logged,) = server_log(caplog)
+    (logged,) = logged_requests(caplog, "/v1/audio/stream")
     assert logged["outcome"] == "ok" and logged["seed"] == 1234 and logged["input_chars"] == len(TEXT)
     got, want = pcm(bytes(rec.audio)), plain_request(server, TEXT, seed=1234)
     assert got.numel() == want.numel() > RATE, "the whole reply, as long as the plain request's audio"
@@ -280,7 +274,7 @@ def test_interruption_stops_the_server_and_keeps_only_spoken_words(server, caplo
     assert not head.errors, [e.error for e in head.errors]
     assert active_before == 1, "the server was generating when the user barged in"
     assert stopped_in < 3, "the interruption stopped generation on the server"
-    (logged,) = server_log(caplog)
+    (logged,) = logged_requests(caplog, "/v1/audio/stream")
     assert logged["outcome"] == "cancelled", "the service sent 'cancel'"
 
     after = out.events[out.events.index("interruption") :]
