@@ -31,6 +31,11 @@ DEFAULT_MODEL = "HumeAI/tada-1b"
 DEFAULT_CODEC = "HumeAI/tada-codec"
 DEFAULT_TOKENIZER = "meta-llama/Llama-3.2-1B"
 
+#: The CPU quantized layouts and the activation dtype each one's kernel takes: "int8", int8 weights
+#: in PyTorch's weight-only kernel; "w8a8", int8 weights times int8 activations quantized per row at
+#: run time (fbgemm). By name, so the torch-free CLI parser can use it.
+QUANTIZE_ACTIVATIONS = {"int8": "bfloat16", "w8a8": "float32"}
+
 
 @dataclass
 class _JsonConfig:

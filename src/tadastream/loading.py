@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULT_CODEC
+from .config import DEFAULT_CODEC, QUANTIZE_ACTIVATIONS
 
 if TYPE_CHECKING:
     import torch
@@ -32,9 +32,10 @@ def default_device() -> str:
 def choose_dtype(
     dtype: str | torch.dtype | None, device: str | torch.device, quantize: str | None = None
 ) -> tuple[torch.dtype, str]:
-    """(the dtype to run in, why): as asked, or for "auto"/None bfloat16 on CUDA, with int8 weights
-    (their kernel takes bfloat16 activations) and on a CPU with native bfloat16 (avx512_bf16 or
-    AMX: about twice fp32's speed); float32 elsewhere, where bfloat16 would be emulated and slower."""
+    """(the dtype to run in, why): as asked, or for "auto"/None bfloat16 on CUDA; with a quantized
+    layout the activations its kernel takes (``QUANTIZE_ACTIVATIONS``); bfloat16 on a CPU with native
+    bfloat16 (avx512_bf16 or AMX: about twice fp32's speed); float32 elsewhere, where bfloat16
+    would be emulated and slower."""
     import torch
 
     from .hub import resolve_dtype
@@ -46,10 +47,9 @@ def choose_dtype(
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.bfloat16, "auto: bfloat16 on CUDA"
-    if quantize == "w8a8":
-        return torch.float32, "auto: float32, the activations w8a8's kernel takes"
-    if quantize:
-        return torch.bfloat16, f"auto: bfloat16, the activations {quantize} weights take"
+    if quantize in QUANTIZE_ACTIVATIONS:  # anything else is refused by check_quantize, by name
+        runs_in = QUANTIZE_ACTIVATIONS[quantize]
+        return getattr(torch, runs_in), f"auto: {runs_in}, the activations {quantize}'s kernel takes"
     if kind == "cpu" and native_cpu_kernels(torch.bfloat16):
         return torch.bfloat16, "auto: bfloat16, which this CPU computes natively (avx512_bf16/AMX)"
     return torch.float32, "auto: float32 (this device has no native bfloat16; emulated, it would be slower)"

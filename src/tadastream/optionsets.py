@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .config import DEFAULT_CODEC, DEFAULT_MODEL
+from .config import DEFAULT_CODEC, DEFAULT_MODEL, QUANTIZE_ACTIVATIONS
 
 __all__ = [
     "OptionError",
@@ -58,7 +58,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--quantize",
         default=None,
-        choices=["int8", "w8a8"],
+        choices=list(QUANTIZE_ACTIVATIONS),
         help="int8: int8 weights, bf16 activations; w8a8: int8 weights and activations, fp32 (CPU; fastest on "
         "CPUs without native bf16)",
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..captions import SUBTITLE_FORMATS
-from ..config import DEFAULT_CODEC, SAMPLE_RATE
+from ..config import DEFAULT_CODEC, QUANTIZE_ACTIVATIONS, SAMPLE_RATE
 from ..loading import DEMO
 from .checks import (
     VoiceRequest,
@@ -220,8 +220,8 @@ def cmd_speak(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     if args.quantize and not str(device).startswith("cpu"):
         raise UsageError(f"--quantize {args.quantize} speeds up CPU only: drop it with --device {device}")
-    runs_in = "float32" if args.quantize == "w8a8" else "bfloat16"
-    if args.quantize and args.dtype not in ("auto", runs_in):
+    if args.quantize and args.dtype not in ("auto", QUANTIZE_ACTIVATIONS[args.quantize]):
+        runs_in = QUANTIZE_ACTIVATIONS[args.quantize]
         raise UsageError(f"--quantize {args.quantize} runs in {runs_in}: drop --dtype {args.dtype}")
 
     progress = Progress(enabled=not args.quiet)  # stderr: with -o - too, the audio goes to stdout

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from .. import __version__
-from ..config import DEFAULT_CODEC, DEFAULT_MODEL
+from ..config import DEFAULT_CODEC, DEFAULT_MODEL, QUANTIZE_ACTIVATIONS
 from ..deploy.ray import add_ray_arguments
 from ..integrations.wyoming import add_wyoming_arguments
 from ..optionsets import add_compile_arguments
@@ -98,7 +98,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--quantize",
-        choices=("int8", "w8a8"),
+        choices=tuple(QUANTIZE_ACTIVATIONS),
         help="int8 weights for the LLM and flow head (CPU): int8 with bfloat16 activations, or w8a8 with int8 "
         "activations (float32 in and out; several times faster than float32 where bf16 is not native); "
         "a small deviation",

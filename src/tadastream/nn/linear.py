@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: "int8": int8 weights, activations in bfloat16 (PyTorch's weight-only kernel); "w8a8": int8
-#: weights and int8 activations quantized per row at run time (fbgemm, float32 activations).
-QUANTIZE_CHOICES = ("int8", "w8a8")
+from ..config import QUANTIZE_ACTIVATIONS
+
+QUANTIZE_CHOICES = tuple(QUANTIZE_ACTIVATIONS)
 _INT8_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _FAST_ROWS = 4
 _PAD_MIN_BYTES = 1 << 20
@@ -92,6 +92,11 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+def _require_fbgemm() -> None:
+    if not fbgemm_available():
+        raise ValueError("quantize='w8a8' needs PyTorch's fbgemm kernels (x86 CPU builds): drop it")
+
+
 def fbgemm_available() -> bool:
     """Whether this PyTorch build has fbgemm's dynamic int8 linear (x86 CPUs)."""
     quantized = getattr(torch.ops, "quantized", None)
@@ -116,8 +121,7 @@ class DynamicInt8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
-        if not fbgemm_available():
-            raise ValueError("quantize='w8a8' needs PyTorch's fbgemm kernels (x86 CPU builds): drop it")
+        _require_fbgemm()
         w = weight.detach().float().cpu()
         self.out_features, self.in_features = w.shape
         scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
@@ -159,14 +163,12 @@ def check_quantize(
     if torch.device(device or "cpu").type != "cpu":
         raise ValueError(f"quantize={quantize!r} speeds up CPU only (there is no fast {quantize} kernel here): drop it")
     if quantize == "w8a8":
-        if not fbgemm_available():
-            raise ValueError("quantize='w8a8' needs PyTorch's fbgemm kernels (x86 CPU builds): drop it")
-        if dtype is not None and dtype != torch.float32:
-            raise ValueError("quantize='w8a8' runs with float32 activations: load with torch_dtype='float32'")
-        return
-    if dtype is not None and dtype != torch.bfloat16:
-        # PyTorch's int8 kernel is fast with bf16 activations only (fp32: 5-10x slower than fp32 weights)
-        raise ValueError(f"quantize={quantize!r} runs with bfloat16 activations: load with torch_dtype='bfloat16'")
+        _require_fbgemm()
+    # PyTorch's int8 kernel is fast with bf16 activations only (fp32: 5-10x slower than fp32
+    # weights); fbgemm's takes float32
+    runs_in = QUANTIZE_ACTIVATIONS[quantize]
+    if dtype is not None and dtype != getattr(torch, runs_in):
+        raise ValueError(f"quantize={quantize!r} runs with {runs_in} activations: load with torch_dtype='{runs_in}'")
 
 
 def linear_factory(
