@@ -66,7 +66,6 @@ class StreamingDecoder:
         self._audio_flowing = False
         self._batch = False
         self._decoded_frames = 0
-        self._cnn_frames = 0  # frames the waveform CNN has consumed
         self._cnn_backlog: torch.Tensor | None = None  # decoder states (1, C, n) the CNN has yet to take
         self._frames_for_first_audio: int | None = None
         self.finished = False
@@ -147,10 +146,10 @@ class StreamingDecoder:
             self._like = hidden[:, :, :0]
         if not (self._audio_flowing or self._batch or final):
             # the first audible call: the CNN stops at the last frame its first sample needs
-            keep = self._first_audio_frames() - self._cnn_frames
+            consumed = self._decoded_frames - hidden.shape[2]  # frames the CNN took in earlier calls
+            keep = self._first_audio_frames() - consumed
             if 0 < keep < hidden.shape[2]:
                 hidden, self._cnn_backlog = hidden[:, :, :keep], hidden[:, :, keep:]
-        self._cnn_frames += hidden.shape[2]
         # The CNN's activations (up to 96 x 480 samples a frame) dominate memory; its weights are a
         # third of the decoder's, so running it in smaller pieces costs little and caps the peak.
         cnn, step = self.decoder.wav_decoder, min(self.window_size, self.CNN_PIECE_FRAMES)
