@@ -12,7 +12,7 @@ import torch
 from tadastream.demo import DEMO_VOICE_TEXT, demo_tokenizer
 from tadastream.generation import GenerationInputError
 from tadastream.model import generate
-from tadastream.text import IncrementalText, normalize_text, tokenize_joint
+from tadastream.text import IncrementalText, model_text, tokenize_joint
 
 TEXT = (
     'He said: "Wait -- the door\u2019s open!" then left; nobody moved. Really? (Yes.) '
@@ -138,7 +138,7 @@ def test_incremental_ids_equal_the_whole_texts(with_prompt):
     known = tok.encode(prompt.rstrip(), add_special_tokens=False) if with_prompt else []
     rng = random.Random(1234)
     for text in FUZZ_TEXTS:
-        expected = tokenize_joint(tok, prompt, normalize_text(text), known or None)[len(known) :]
+        expected = tokenize_joint(tok, prompt, model_text(text), known or None)[len(known) :]
         for _ in range(8):
             cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 12))))
             pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]

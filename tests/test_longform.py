@@ -119,7 +119,7 @@ def test_joins_are_faded_and_paused(demo_model, demo_voice):
 
 def test_a_text_too_long_for_one_generation_is_spoken_in_segments(demo_model, demo_voice):
     text = "word " * 5000  # over the demo model's 4096 positions
-    with pytest.raises(TextTooLongError, match="long_form"):
+    with pytest.raises(TextTooLongError, match="long form"):
         demo_model.generate(demo_voice, text, long_form=False)
     with pytest.raises(TextTooLongError):
         AudioStream(demo_model, demo_voice, text)

@@ -1,17 +1,28 @@
-"""Text clean-up applied before tokenization.
+"""Text clean-up applied before tokenization, in two stages.
 
-TADA was trained on text that went through a specific normalization, so the model reads
-prompts best when new text gets exactly the same treatment. :func:`normalize_text`
-reproduces the observable behaviour of the reference ``normalize_text`` of hume-tada 0.1.9,
-including its quirks (a single pass for double spaces, "; " becoming a sentence end, ...):
-changing any rule changes what the model hears.
+1. :func:`prepare_mapped` turns text as people have it into text the model can read: emoji,
+   pictographs and invisible format or control characters are left out (:func:`~tadastream.
+   scripts.unvoiced`), and so are emphasis marks (``*so*``, ``_so_``), a line break inside a paragraph is a space, and a blank line ends a
+   sentence (a heading without closing punctuation gets a period). Text of single spaces between
+   voiced characters passes unchanged.
+2. TADA was trained on text that went through a specific normalization, so the model reads
+   prompts best when new text gets exactly the same treatment. :func:`normalize_text`
+   reproduces the observable behaviour of the reference ``normalize_text`` of hume-tada 0.1.9,
+   including its quirks (a single pass for double spaces, "; " becoming a sentence end, ...):
+   changing any rule changes what the model hears.
+
+Both stages keep a map from every character they produce to the character of the user's text it
+came from (:class:`MappedText`), so word times name the words as written.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
-__all__ = ["is_blank", "normalize_text"]
+from .scripts import is_wide, spaceless, unvoiced
+
+__all__ = ["is_blank", "model_text", "model_text_mapped", "normalize_text", "prepare_mapped"]
 
 # Stage 1: typographic punctuation to its ASCII spelling, one character at a time.
 _TYPOGRAPHIC = str.maketrans(
@@ -143,8 +154,10 @@ def _capitalized(text: MappedText):
 
 
 def normalize_mapped(text: str) -> MappedText:
-    """:func:`normalize_text` that also says where each character of the result came from."""
-    mapped = _rebuild([(ch.translate(_TYPOGRAPHIC), i) for i, ch in enumerate(text)])
+    """:func:`normalize_text` that also says where each character of the result came from (for a
+    :class:`MappedText`, the character of the text it was made from)."""
+    origin = text.origin if isinstance(text, MappedText) else range(len(text))
+    mapped = _rebuild([(ch.translate(_TYPOGRAPHIC), i) for i, ch in zip(origin, text)])
     for old, new in _REWRITES:
         mapped = _replace(mapped, old, new)
     mapped = _sub(mapped, _SPACE_BEFORE_PUNCT, lambda match: [])
@@ -169,10 +182,86 @@ def normalize_text(text: str) -> str:
 def is_blank(text: str | None) -> bool:
     """Whether ``text`` has nothing to speak: no letter or digit at all.
 
-    Lets callers skip synthesis for empty, whitespace-only or punctuation-only input instead of
-    asking the model to voice "...".
+    Empty, whitespace-only, punctuation-only and emoji-only text are all blank: the model would
+    only voice noise for them.
     """
     return text is None or not any(ch.isalnum() for ch in text)
+
+
+# Line breaks in a whitespace run; CRLF counts once, a paragraph separator twice.
+_LINE_BREAK = re.compile("\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028]|(\u2029)")
+
+
+def _line_breaks(run: str) -> int:
+    return sum(2 if match.group(1) else 1 for match in _LINE_BREAK.finditer(run))
+
+
+def _joined(text: str, run: list[int], before: str, after: str) -> list[tuple[str, int]]:
+    """What a run of whitespace and unvoiced characters (indices into ``text``) becomes between the
+    voiced characters ``before`` and ``after`` ('' at an end): as written when it is plain spaces; when
+    it holds no whitespace, nothing, or a space between two words it would otherwise glue together
+    ("great😀thanks"); else one space, after a period when it is a paragraph break that follows a
+    heading's last letter or digit."""
+    chars = [text[i] for i in run]
+    if all(ch == " " for ch in chars):
+        return [(" ", i) for i in run]
+    spaces = [i for i in run if text[i].isspace()]
+    if not spaces:
+        pictures = any(unicodedata.category(ch) != "Cf" for ch in chars)  # a soft hyphen joins, not splits
+        glued = pictures and before.isalnum() and after.isalnum() and not spaceless(before + after)
+        return [(" ", run[0])] if glued else []
+    out = []
+    if before.isalnum() and _line_breaks("".join(chars)) >= 2:
+        out.append(("。" if is_wide(before) else ".", spaces[0]))
+    return out + [(" ", spaces[0])]
+
+
+_EMPHASIS = "*_"
+
+
+def _emphasis(text: str, i: int) -> bool:
+    """Whether ``text[i]`` marks emphasis (``*so*``, ``_so_``, ``**so**``): an asterisk or underscore
+    not between two letters or digits (``snake_case`` and ``5*3`` keep theirs)."""
+    if text[i] not in _EMPHASIS:
+        return False
+    inside = 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
+    return not inside
+
+
+def prepare_mapped(text: str) -> MappedText:
+    """``text`` as the model should read it (stage 1 of the module docstring), mapped to ``text``.
+
+    Each piece of the result depends only on the characters up to the next voiced one, so a text's
+    prefix that ends in whitespace before a word prepares to a prefix of the whole text's result.
+    """
+    if all(ch == " " or not (ch.isspace() or unvoiced(ch) or ch in _EMPHASIS) for ch in text):
+        return MappedText.identity(text)
+    pieces: list[tuple[str, int]] = []
+    run: list[int] = []
+    before, dropped = "", False
+    for i, ch in enumerate(text):
+        # a combining mark on a dropped picture goes with it (a keycap, an accent on an emoji)
+        if ch.isspace() or unvoiced(ch) or (dropped and unicodedata.combining(ch)) or _emphasis(text, i):
+            run.append(i)
+            dropped = not ch.isspace()
+            continue
+        if run:
+            pieces.extend(_joined(text, run, before, ch))
+        pieces.append((ch, i))
+        run, before, dropped = [], ch, False
+    pieces.extend(_joined(text, run, before, ""))
+    return _rebuild(pieces)
+
+
+def model_text_mapped(text: str, normalize: bool = True) -> MappedText:
+    """What the model reads for ``text``: prepared, then normalized unless ``normalize`` is False."""
+    prepared = prepare_mapped(text)
+    return normalize_mapped(prepared) if normalize else prepared
+
+
+def model_text(text: str, normalize: bool = True) -> str:
+    """:func:`model_text_mapped` as a plain string."""
+    return str(model_text_mapped(text, normalize))
 
 
 def tokenize_joint(tokenizer, prompt_text: str, text: str, prompt_tokens: list[int] | None = None) -> list[int]:
@@ -224,7 +313,7 @@ class IncrementalText:
         self.finished = False
 
     def _ids(self, raw: str) -> list[int]:
-        text = normalize_text(raw) if self.normalize else raw
+        text = model_text(raw, self.normalize)
         if not text.strip():
             return []
         ids = tokenize_joint(self.tokenizer, self.prompt_text, text, self.prompt_tokens or None)
@@ -247,7 +336,7 @@ class IncrementalText:
         cut = None
         for match in _LAST_WORD_START.finditer(self.raw):
             cut = match.end()
-        if not cut:
+        if not cut or is_blank(self.raw[:cut]):  # nothing voiced yet: it may yet be refused as blank
             return []
         new = self._release(self._ids(self.raw[:cut]))
         self.settled = cut
@@ -262,4 +351,4 @@ class IncrementalText:
 
     @property
     def text(self) -> str:
-        return normalize_text(self.raw) if self.normalize else self.raw
+        return model_text(self.raw, self.normalize)

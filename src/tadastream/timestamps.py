@@ -6,21 +6,24 @@ times need no aligner and no estimate: they are sums of integer durations, after
 (:func:`~tadastream.generation.outputs.leading_trim_frames`), at 480 samples per frame, and with
 ``speed_up_factor`` they are those of the durations actually spoken.
 
-Words are the whitespace-separated runs of the text as the user wrote it (normalisation is
-mapped back, see :class:`~tadastream.text.MappedText`); a run without a letter or digit (a dash, an
-ellipsis) joins the word before it. Words tile the audio: the first starts at 0 (the lead-in before
-its first sound is part of it), each ends where the next begins (a pause belongs to the word before
-it), and the last ends with the audio. Characters share their token's time evenly; token boundaries
-are exact. Times are in seconds of the output audio; offsets index the user's text (code points).
+Words are the word units of the text as the user wrote it (normalisation is mapped back, see
+:class:`~tadastream.text.MappedText`): whitespace-separated runs, and in Chinese and Japanese the
+phrases a reader would recognise (:func:`~tadastream.scripts.word_units`); a unit without a letter
+or digit (a dash, an ellipsis) joins the word before it, and a token that spans two units joins them
+(times are exact at token resolution, never interpolated). Words tile the audio: the first starts
+at 0 (the lead-in before its first sound is part of it), each ends where the next begins (a pause
+belongs to the word before it), and the last ends with the audio. Characters share their token's
+time evenly; token boundaries are exact. Times are in seconds of the output audio; offsets index the
+user's text (code points).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, replace
 
 from .config import SAMPLE_RATE, SAMPLES_PER_FRAME, leading_trim_frames
-from .text import MappedText, normalize_mapped
+from .scripts import unit_at
+from .text import MappedText, model_text_mapped
 
 __all__ = ["CharTiming", "TextTokens", "WordClock", "WordTiming", "token_spans", "words_heard"]
 
@@ -134,7 +137,7 @@ class TextTokens:
     def _work_out(self, raw: str, ids: list[int]) -> list[tuple[int, int] | None]:
         if not ids:
             return []
-        mapped = normalize_mapped(raw) if self.normalize else MappedText.identity(raw)
+        mapped = model_text_mapped(raw, self.normalize)
         return [_source_span(mapped, a, b) for a, b in token_spans(self.tokenizer, self.prompt_text, mapped, ids)]
 
     @property
@@ -148,9 +151,6 @@ class TextTokens:
             inc = self.incremental
             self._spans = self._work_out(inc.raw[: inc.settled], list(inc.released))
         return self._spans[j] if j < len(self._spans) else None
-
-
-_WORD = re.compile(r"\S+")
 
 
 def _has_word_char(text: str) -> bool:
@@ -207,7 +207,7 @@ class WordClock:
                 word.tokens.append((onset, None))
             return done
         text = self.tokens.text
-        run = self._run_at(text, span[0])
+        run = unit_at(text, span[0])
         if word is None:
             word = self._current = _Word(run[0], run[1], 0, _has_word_char(text[run[0] : run[1]]))
         elif run[0] >= word.char_end:  # a new run of the text
@@ -217,17 +217,9 @@ class WordClock:
                 word = self._current = _Word(run[0], run[1], onset, True)
             else:  # punctuation alone joins the word before; a leading one, the word after
                 word.char_end, word.spoken = run[1], word.spoken or spoken
-        word.char_end = max(word.char_end, self._run_at(text, span[1] - 1)[1])
+        word.char_end = max(word.char_end, unit_at(text, span[1] - 1)[1])
         word.tokens.append((onset, span))
         return done
-
-    @staticmethod
-    def _run_at(text: str, index: int) -> tuple[int, int]:
-        start = index
-        while start > 0 and not text[start - 1].isspace():
-            start -= 1
-        match = _WORD.match(text, start)
-        return (start, match.end()) if match else (index, index + 1)
 
     @classmethod
     def of(cls, plan, tokenizer) -> WordClock | None:

@@ -12,7 +12,7 @@
 
 from .feed import TextCancelled, TextInput, TokenFeed
 from .flow import scheduled_cfg, solve_flow, solve_flows, time_grid
-from .options import GenerationInputError, InferenceOptions, TextTooLongError
+from .options import EmptyTextError, GenerationInputError, InferenceOptions, TextTooLongError, nothing_to_say
 from .outputs import (
     MIN_LEADING_TRIM_FRAMES,
     GenerationOutput,
@@ -33,6 +33,7 @@ __all__ = [
     "MIN_LEADING_TRIM_FRAMES",
     "PREFILL_CHUNK",
     "Computed",
+    "EmptyTextError",
     "FlowSolve",
     "GenerationInputError",
     "GenerationOutput",
@@ -57,6 +58,7 @@ __all__ = [
     "leading_trim_frames",
     "mask_prompt_text",
     "plan_generation",
+    "nothing_to_say",
     "sample_next_token",
     "scheduled_cfg",
     "solve_flow",

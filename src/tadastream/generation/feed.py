@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from .options import check_encodable
+from .options import check_encodable, check_speakable
 from .plan import GenerationPlan
 
 
@@ -121,6 +121,7 @@ class TokenFeed:
             self.ids += plan.incremental.push(piece)
         plan.check_room(len(self.ids))
         if ended:
+            check_speakable(plan.incremental.raw)
             new = plan.incremental.finish()
             plan.check_length(len(plan.incremental.released))
             plan.text = plan.incremental.text

@@ -16,6 +16,21 @@ class TextTooLongError(GenerationInputError):
     """The text does not fit one generation; long-form generation (segments) speaks it."""
 
 
+class EmptyTextError(GenerationInputError):
+    """The text has nothing to speak: empty, or only whitespace, punctuation, emoji and symbols."""
+
+
+def nothing_to_say(what: str = "text", fix: str = "give the words to speak") -> str:
+    """The one message for text with nothing to speak; each front end names its own field and fix."""
+    return f"{what} has nothing to speak: it is empty, or only punctuation, emoji or symbols (not voiced); {fix}"
+
+
+def check_speakable(text: str) -> None:
+    """Refuse text without a letter or digit (:class:`EmptyTextError`), before any work."""
+    if not any(ch.isalnum() for ch in text):
+        raise EmptyTextError(nothing_to_say())
+
+
 def check_encodable(text: str) -> None:
     """Refuse text no tokenizer can read (a lone surrogate, e.g. JSON's ``"\\ud800"``)."""
     at = unpaired_surrogate(text)

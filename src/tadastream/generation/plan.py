@@ -9,9 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..text import IncrementalText, tokenize_joint
-from ..text import normalize_text as normalize_text_fn
-from .options import GenerationInputError, InferenceOptions, TextTooLongError, check_encodable
+from ..text import IncrementalText, model_text, tokenize_joint
+from .options import GenerationInputError, InferenceOptions, TextTooLongError, check_encodable, check_speakable
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ class GenerationPlan:
 
     def check_length(self, num_text_ids: int) -> None:
         if num_text_ids == 0:
-            raise GenerationInputError("text is empty: pass the words to speak")
+            check_speakable("")
         self.check_room(len(self.head_ids) + num_text_ids)
         num_steps = len(self.head_ids) + num_text_ids + len(self.tail_ids) + self.num_extra_steps
         if num_steps - self.shift <= self.decode_start:
@@ -118,8 +117,8 @@ class GenerationPlan:
         num_steps = num_ids + len(self.tail_ids) + self.num_extra_steps
         if num_steps > self.max_positions:
             raise TextTooLongError(
-                f"text too long: {num_steps} positions with the prompt, the model allows {self.max_positions};"
-                " pass a string with long_form=True (or None) to speak it in segments"
+                f"text too long for one generation: {num_steps} positions with the voice prompt, the model allows"
+                f" {self.max_positions}; speak it in segments (long form)"
             )
 
 
@@ -164,9 +163,8 @@ def plan_generation(
     """Plan speaking ``text`` (a string, or anything else for text that arrives in pieces)."""
     opts = (inference_options or InferenceOptions()).validate()
     incremental = not isinstance(text, str)
-    if not incremental and not text.strip():
-        raise GenerationInputError("text is empty: pass the words to speak")
     if not incremental:
+        check_speakable(text)
         check_encodable(text)
     if num_transition_steps < 0 or num_extra_steps < 0:
         raise GenerationInputError("num_transition_steps and num_extra_steps must be >= 0")
@@ -180,7 +178,7 @@ def plan_generation(
     shift = model.config.shift_acoustic
     source_text = text if not incremental else ""
     if not incremental:
-        text = normalize_text_fn(text) if normalize_text else text
+        text = model_text(text, normalize_text)
     prompt_text = (p["text"] or [""])[0] or ""
     n_prompt = (
         int(p["text_tokens_len"][0]) if p.get("text_tokens_len") is not None and p["text_tokens_len"].numel() else 0
