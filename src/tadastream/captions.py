@@ -1,35 +1,85 @@
 """Subtitles (SRT, WebVTT) and a timestamps JSON file from a generation's word times.
 
-Cues gather words up to about two lines (``max_chars``) or ``max_seconds``, and a cue ends after
-a word that ends a sentence. Words tile the audio (:mod:`tadastream.timestamps`), so cues do too:
-a caption stays up until the next one replaces it. WebVTT cues also carry each word's start as an
-inline timestamp, which players use for karaoke-style highlighting.
+Cues hold up to two lines and at most ``max_seconds``, and a cue ends after a word that ends a
+sentence (``. ! ? …``, ``。！？``, ``؟``). Lines are measured in display columns, a full-width
+character counting two, with the usual limits: 42 columns for scripts with spaces, 13 full-width
+characters for Japanese and 16 for Chinese. Words are joined as they were written: with a space
+where the text had whitespace between them, directly where it had none (Chinese and Japanese).
+Words tile the audio (:mod:`tadastream.timestamps`), so cues do too: a caption stays up until the
+next one replaces it. WebVTT cues also carry each word's start as an inline timestamp, which
+players use for karaoke-style highlighting.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from .files import write_atomic
+from .scripts import display_width, is_wide, scripts_of
 from .timestamps import CharTiming, WordTiming
 
-__all__ = ["SUBTITLE_FORMATS", "caption_cues", "subtitles", "timestamps_json", "to_srt", "to_vtt", "write_text_atomic"]
+__all__ = [
+    "SUBTITLE_FORMATS",
+    "caption_cues",
+    "line_width_for",
+    "subtitles",
+    "timestamps_json",
+    "to_srt",
+    "to_vtt",
+    "write_text_atomic",
+]
 
-_SENTENCE_END = (".", "!", "?", "…", '."', '!"', '?"', ".)", "!)", "?)")
+_SENTENCE_END = re.compile(r"""[.!?…。！？．؟۔]["'”’»)\]」』）】〉》]*$""")
+#: Columns per line: Latin and other spaced scripts; Japanese (13 full-width); Chinese (16).
+LATIN_LINE, JAPANESE_LINE, CHINESE_LINE = 42, 26, 32
 
 
-def caption_cues(words: Sequence[WordTiming], max_chars: int = 84, max_seconds: float = 7.0) -> list[list[WordTiming]]:
-    """Words grouped into cues, in order; no word is split or dropped."""
+def line_width_for(words: Sequence[WordTiming]) -> int:
+    """Columns per subtitle line for these words' script."""
+    text = "".join(w.word for w in words)
+    if not any(is_wide(ch) for ch in text):
+        return LATIN_LINE
+    return JAPANESE_LINE if scripts_of(text) & {"Hiragana", "Katakana"} else CHINESE_LINE
+
+
+def _separators(cue: Sequence[WordTiming]) -> list[str]:
+    """What goes before each word of the cue: nothing first, then a space where the text had whitespace."""
+    return [""] + [" " if b.char_start > a.char_end else "" for a, b in zip(cue, cue[1:])]
+
+
+def _layout(cue: Sequence[WordTiming], line_width: int) -> tuple[int | None, bool]:
+    """(index of the word that starts the second line or None for one line, whether the cue fits)."""
+    seps = _separators(cue)
+    widths = [display_width(sep) + display_width(w.word) for sep, w in zip(seps, cue)]
+    total = sum(widths)
+    if total <= line_width or len(cue) == 1:
+        return None, total <= line_width or len(cue) == 1
+    best, best_width = None, None
+    first = 0
+    for k in range(1, len(cue)):
+        first += widths[k - 1]
+        second = total - first - display_width(seps[k])
+        longest = max(first, second)
+        if best_width is None or longest < best_width:
+            best, best_width = k, longest
+    return best, best_width <= line_width
+
+
+def caption_cues(
+    words: Sequence[WordTiming], line_width: int | None = None, max_seconds: float = 7.0
+) -> list[list[WordTiming]]:
+    """Words grouped into cues of up to two lines of ``line_width`` columns (None: by script), in
+    order; no word is split or dropped (a word longer than a line is a cue of its own)."""
+    width = line_width or line_width_for(words)
     cues: list[list[WordTiming]] = []
     for word in words:
         cue = cues[-1] if cues else None
-        if cue is not None:
-            length = sum(len(w.word) + 1 for w in cue) + len(word.word)
-            ended = cue[-1].word.endswith(_SENTENCE_END)
-            if not ended and length <= max_chars and word.end - cue[0].start <= max_seconds:
+        if cue is not None and not _SENTENCE_END.search(cue[-1].word) and word.end - cue[0].start <= max_seconds:
+            if _layout([*cue, word], width)[1]:
                 cue.append(word)
                 continue
         cues.append([word])
@@ -44,39 +94,35 @@ def _clock(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{ms:03d}"
 
 
-def _lines(cue: Sequence[WordTiming], max_line: int) -> str:
-    """The cue's words on up to two lines, broken at the space nearest the middle when too long."""
-    text = " ".join(w.word for w in cue)
-    if len(text) <= max_line:
-        return text
-    middle = len(text) // 2
-    spaces = [i for i, ch in enumerate(text) if ch == " "]
-    if not spaces:
-        return text
-    cut = min(spaces, key=lambda i: abs(i - middle))
-    return text[:cut] + "\n" + text[cut + 1 :]
+def _pieces(cue: Sequence[WordTiming], line_width: int) -> list[str]:
+    """What goes before each word: the separator, or a line break where the second line starts."""
+    seps = _separators(cue)
+    second, _fits = _layout(cue, line_width)
+    if second is not None:
+        seps[second] = "\n"
+    return seps
 
 
-def to_srt(words: Sequence[WordTiming], max_chars: int = 84) -> str:
+def to_srt(words: Sequence[WordTiming], line_width: int | None = None) -> str:
     """SubRip text: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, up to two lines each."""
+    width = line_width or line_width_for(words)
     blocks = []
-    for n, cue in enumerate(caption_cues(words, max_chars), 1):
+    for n, cue in enumerate(caption_cues(words, width), 1):
         span = f"{_clock(cue[0].start, ',')} --> {_clock(cue[-1].end, ',')}"
-        blocks.append(f"{n}\n{span}\n{_lines(cue, max_chars // 2)}\n")
+        text = "".join(sep + w.word for sep, w in zip(_pieces(cue, width), cue))
+        blocks.append(f"{n}\n{span}\n{text}\n")
     return "\n".join(blocks)
 
 
-def to_vtt(words: Sequence[WordTiming], max_chars: int = 84) -> str:
+def to_vtt(words: Sequence[WordTiming], line_width: int | None = None) -> str:
     """WebVTT text; each word after a cue's first is preceded by its start time (``<00:00:01.240>``)."""
+    width = line_width or line_width_for(words)
     blocks = ["WEBVTT\n"]
-    for cue in caption_cues(words, max_chars):
+    for cue in caption_cues(words, width):
         span = f"{_clock(cue[0].start, '.')} --> {_clock(cue[-1].end, '.')}"
-        lines = _lines(cue, max_chars // 2)
-        # the line break, if any, replaced a space between two words: keep it, each word after its tag
-        parts, offset = [_escape(cue[0].word)], len(cue[0].word)
-        for word in cue[1:]:
-            parts.append(f"{lines[offset]}<{_clock(word.start, '.')}>{_escape(word.word)}")
-            offset += len(word.word) + 1
+        seps = _pieces(cue, width)
+        parts = [_escape(cue[0].word)]
+        parts += [f"{sep}<{_clock(w.start, '.')}>{_escape(w.word)}" for sep, w in zip(seps[1:], cue[1:])]
         blocks.append(f"{span}\n{''.join(parts)}\n")
     return "\n".join(blocks)
 

@@ -166,5 +166,16 @@ def tada_config(data: dict[str, Any] | None = None, **overrides: Any) -> LlamaCo
     return config
 
 
+def checkpoint_languages(config: LlamaConfig) -> tuple[str, ...]:
+    """The languages a checkpoint speaks: its config's ``languages`` where it names them, else those of
+    the published checkpoint of its size (the 3B one is TADA-3B-ML's ten, the 1B one English)."""
+    from .scripts import LANGUAGES
+
+    named = getattr(config, "languages", None)
+    if named:
+        return tuple(named)
+    return LANGUAGES if config.hidden_size >= 3072 else ("en",)
+
+
 def num_time_bits(config: LlamaConfig) -> int:
     return math.ceil(math.log2(config.num_time_classes))

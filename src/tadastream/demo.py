@@ -15,6 +15,7 @@ import torch
 from .codec.decoder import Decoder
 from .config import DecoderConfig, tada_config
 from .model import TadaForCausalLM
+from .scripts import LANGUAGES
 
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny_tokenizer"
 DEMO_VOICE_TEXT = (
@@ -57,6 +58,7 @@ def demo_configs(hidden: int = 64, layers: int = 2, acoustic_dim: int = 32, time
         head_ffn_ratio=2.0,
         bos_token_id=None,
         eos_token_id=None,
+        languages=list(LANGUAGES),  # random weights stand in for either checkpoint: no script warnings
     )
     codec = DecoderConfig(
         embed_dim=acoustic_dim,
@@ -107,6 +109,7 @@ def demo_voice(model: TadaForCausalLM, seed: int = 0):
         sample_rate=24000,
         text_tokens=torch.tensor([ids]),
         text_tokens_len=torch.tensor([len(ids)]),
+        language="en",
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -26,11 +27,15 @@ import torch
 from .config import SAMPLE_RATE
 from .engine import Engine, engine_for
 from .generation import GenerationInputError, GenerationOutput, StreamRng, TextTooLongError, plan_generation
+from .generation.options import check_speakable
+from .scripts import script_warning
 from .segments import Segment, split_text
 from .stream import AudioStream, ClosingStream
 from .timestamps import CharTiming, WordTiming
 
-__all__ = ["FADE_SECONDS", "LongFormStream", "open_stream", "plan_long_form"]
+__all__ = ["FADE_SECONDS", "LongFormStream", "open_stream", "plan_long_form", "warn_about_scripts"]
+
+logger = logging.getLogger("tadastream")
 
 #: Length of the fades at each join.
 FADE_SECONDS = 0.005
@@ -39,9 +44,16 @@ FADE_SECONDS = 0.005
 SEGMENT_CHARS = 400
 
 
+def warn_about_scripts(model, text) -> None:
+    """Log a one-line warning when ``text`` (a string) is in a script ``model`` was not trained on."""
+    if isinstance(text, str) and (warning := script_warning(text, model.languages)):
+        logger.warning(warning)
+
+
 def open_stream(model, prompt, text, *, long_form: bool | None = None, segment_chars: int = SEGMENT_CHARS, **kwargs):
     """An :class:`AudioStream`, or a :class:`LongFormStream` for a string that asks for it
     (``long_form=True``) or needs it (``None``: it does not fit one generation)."""
+    warn_about_scripts(model, text)
     if long_form and not isinstance(text, str):
         raise GenerationInputError("long_form=True needs the whole text as a string; pieces are one generation")
     if long_form:
@@ -63,21 +75,9 @@ def plan_long_form(model, prompt, text: str, segment_chars: int = SEGMENT_CHARS,
     except ValueError as exc:
         raise GenerationInputError(str(exc)) from None
     if not segments:
-        raise GenerationInputError("text is empty: pass the words to speak")
+        check_speakable("")
     plans = [plan_generation(model, prompt, s.text, **plan_kwargs) for s in segments]
     return segments, sum(p.tokens_spoken for p in plans)
-
-
-def _segment_offsets(text: str, segments: list[Segment]) -> list[int]:
-    """Where each segment starts in ``text`` (segments are its pieces, in order, trimmed)."""
-    starts, pos = [], 0
-    for segment in segments:
-        found = text.find(segment.text, pos)
-        if found < 0:
-            raise RuntimeError("a long-form segment is not a piece of its text; please report this text")
-        starts.append(found)
-        pos = found + len(segment.text)
-    return starts
 
 
 class _Joiner:
@@ -165,7 +165,6 @@ class LongFormStream(ClosingStream):
         #: put between segments belongs to no word.
         self.words: list[WordTiming] = []
         self.characters: list[CharTiming] = []
-        self._char_starts = _segment_offsets(text, self.segments)
         self._samples_before = 0  # samples of the segments (and pauses) before the current one
         self._open_next()  # the first segment starts at once, as an AudioStream does
 
@@ -192,7 +191,7 @@ class LongFormStream(ClosingStream):
     def _take_words(self) -> None:
         """The current segment's new words, moved to this stream's time and text."""
         stream, seconds = self._current, self._samples_before / self.sample_rate
-        chars = self._char_starts[self.segment_index]
+        chars = self.segments[self.segment_index].start
         self.words.extend(w.shifted(seconds, chars) for w in stream.words[self._words_seen :])
         self._words_seen = len(stream.words)
 
@@ -205,7 +204,7 @@ class LongFormStream(ClosingStream):
         self._take_words()
         self._results.append(stream.result)
         self._tokens_before += stream.tokens_done
-        seconds, chars = self._samples_before / self.sample_rate, self._char_starts[self.segment_index]
+        seconds, chars = self._samples_before / self.sample_rate, self.segments[self.segment_index].start
         self.characters.extend(c.shifted(seconds, chars) for c in (stream.result.characters or [[]])[0])
         last = self.segment_index == len(self.segments) - 1
         pause = None if last else self.segments[self.segment_index].pause_after

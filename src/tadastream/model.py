@@ -11,7 +11,7 @@ from torch import nn
 from transformers import LlamaConfig
 
 from .codec.decoder import Decoder
-from .config import DEFAULT_CODEC, DEFAULT_TOKENIZER, num_time_bits, tada_config
+from .config import DEFAULT_CODEC, DEFAULT_TOKENIZER, checkpoint_languages, num_time_bits, tada_config
 from .generation import (
     GenerationInputError,
     GenerationOutput,
@@ -92,6 +92,11 @@ class TadaForCausalLM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.time_start_embed.weight.dtype
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages this checkpoint speaks (:func:`~tadastream.config.checkpoint_languages`)."""
+        return checkpoint_languages(self.config)
 
     def require_decoder(self) -> Decoder:
         if self.decoder is None:
@@ -297,7 +302,7 @@ class TadaForCausalLM(nn.Module):
         )
         from .engine import generate_utterances  # the driver; this module does not depend on it
         from .generation import TextInput
-        from .longform import open_stream
+        from .longform import open_stream, warn_about_scripts
 
         if long_form is not None and not isinstance(long_form, bool):
             raise GenerationInputError(f"long_form must be True, False or None, got {long_form!r}")
@@ -325,6 +330,8 @@ class TadaForCausalLM(nn.Module):
             raise GenerationInputError(
                 "text must be a string or a non-empty list of strings (stream=True takes pieces)"
             )
+        for t in texts:
+            warn_about_scripts(self, t)
         rng = StreamRng.from_seed(seed, self.device) if seed is not None else StreamRng.fork_global(self.device)
         rngs = [rng.derive(i) for i in range(len(texts))]
         plans = None

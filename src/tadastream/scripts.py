@@ -25,7 +25,10 @@ from collections.abc import Iterable
 import regex
 
 __all__ = [
+    "LANGUAGES",
     "LANGUAGE_SCRIPTS",
+    "canonical_language",
+    "script_warning",
     "display_width",
     "grapheme_bounds",
     "is_wide",
@@ -108,6 +111,32 @@ _SCRIPTS = {
     )
 }
 _ANY_SCRIPT_LETTER = regex.compile(r"[\p{L}--\p{Script=Common}--\p{Script=Inherited}]", regex.V1)
+
+#: The languages TADA-3B-ML speaks (ISO 639-1 codes); TADA-1B speaks English.
+LANGUAGES = ("en", "ar", "zh", "de", "es", "fr", "it", "ja", "pl", "pt")
+_LANGUAGE_ALIASES = {"english": "en", "ch": "zh"}  # "ch": the codec's folder name for Chinese
+
+
+def canonical_language(name: str) -> str:
+    """``name`` as one of :data:`LANGUAGES` (``ch``, the codec's name for Chinese, is ``zh``)."""
+    lang = str(name).strip().lower()
+    lang = _LANGUAGE_ALIASES.get(lang, lang)
+    if lang not in LANGUAGES:
+        raise ValueError(f"unknown language {name!r}; use one of {', '.join(LANGUAGES)}")
+    return lang
+
+
+def script_warning(text: str, languages: Iterable[str]) -> str | None:
+    """A one-line warning when ``text`` has letters of a script none of ``languages`` is written in."""
+    languages = list(languages)
+    missing = unsupported_scripts(text, languages)
+    if not missing:
+        return None
+    return (
+        f"the text has {', '.join(missing)} letters, which this checkpoint was not trained on (it speaks"
+        f" {', '.join(languages)}): expect garbled speech"
+    )
+
 
 #: The scripts each language of TADA-3B-ML is written in.
 LANGUAGE_SCRIPTS: dict[str, frozenset[str]] = {

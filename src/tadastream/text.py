@@ -1,10 +1,10 @@
 """Text clean-up applied before tokenization, in two stages.
 
 1. :func:`prepare_mapped` turns text as people have it into text the model can read: emoji,
-   pictographs and invisible format or control characters are left out (:func:`~tadastream.
-   scripts.unvoiced`), and so are emphasis marks (``*so*``, ``_so_``), a line break inside a paragraph is a space, and a blank line ends a
-   sentence (a heading without closing punctuation gets a period). Text of single spaces between
-   voiced characters passes unchanged.
+   pictographs, invisible format or control characters (:func:`~tadastream.scripts.unvoiced`)
+   and emphasis marks (``*so*``, ``_so_``) are left out, a line break inside a paragraph is a
+   space, and a blank line ends a sentence (a heading without closing punctuation gets a period).
+   Text of single spaces between voiced characters passes unchanged.
 2. TADA was trained on text that went through a specific normalization, so the model reads
    prompts best when new text gets exactly the same treatment. :func:`normalize_text`
    reproduces the observable behaviour of the reference ``normalize_text`` of hume-tada 0.1.9,
@@ -22,7 +22,7 @@ import unicodedata
 
 from .scripts import is_wide, spaceless, unvoiced
 
-__all__ = ["is_blank", "model_text", "model_text_mapped", "normalize_text", "prepare_mapped"]
+__all__ = ["is_blank", "model_text", "model_text_mapped", "normalize_text", "nothing_to_say", "prepare_mapped"]
 
 # Stage 1: typographic punctuation to its ASCII spelling, one character at a time.
 _TYPOGRAPHIC = str.maketrans(
@@ -186,6 +186,11 @@ def is_blank(text: str | None) -> bool:
     only voice noise for them.
     """
     return text is None or not any(ch.isalnum() for ch in text)
+
+
+def nothing_to_say(what: str = "text", fix: str = "give the words to speak") -> str:
+    """The one message for text with nothing to speak; each front end names its own field and fix."""
+    return f"{what} has nothing to speak: it is empty, or only punctuation, emoji or symbols (not voiced); {fix}"
 
 
 # Line breaks in a whitespace run; CRLF counts once, a paragraph separator twice.

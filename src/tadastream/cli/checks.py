@@ -14,24 +14,29 @@ from typing import Any
 
 from ..config import DEFAULT_CODEC, DEFAULT_MODEL
 from ..loading import DEMO
+from ..text import is_blank, nothing_to_say, unpaired_surrogate
 from .errors import UsageError, one_line
 
 FILE_EXTENSIONS = ("wav", "flac", "ogg", "opus", "mp3")
 
 
 def read_text(text: str, what: str = "text") -> str:
-    """The words to speak: ``text`` itself, or stdin for ``-``; never empty."""
+    """The words to speak: ``text`` itself, or stdin for ``-``; UTF-8, with something to say."""
     if text == "-":
         if sys.stdin is None or sys.stdin.closed:
             raise UsageError(f"{what} is '-' but there is no standard input; pass the words as an argument")
-        text = sys.stdin.read()
-    if not text.strip():
-        raise UsageError(f"{what} is empty: pass the words to speak (or - and pipe them in)")
-    return text.strip()
+        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise UsageError(f"{what} -: standard input is not UTF-8 text; convert it (e.g. iconv -t utf-8)") from None
+    elif unpaired_surrogate(text) is not None:  # bytes the terminal could not decode
+        raise UsageError(f"{what} is not UTF-8 text; pass UTF-8 (or -f FILE)")
+    return _speakable(text, what, "pass the words to speak (or - and pipe them in)")
 
 
 def read_text_file(path: str, flag: str = "-f") -> str:
-    """The words to speak from a UTF-8 text file; never empty."""
+    """The words to speak from a UTF-8 text file, with something to say."""
     source = Path(path).expanduser()
     if not source.is_file():
         raise UsageError(f"{flag} {path}: no such file; give the path of a text file")
@@ -41,8 +46,13 @@ def read_text_file(path: str, flag: str = "-f") -> str:
         raise UsageError(f"{flag} {path}: not UTF-8 text; convert it first (e.g. iconv -t utf-8)") from None
     except OSError as exc:
         raise UsageError(f"{flag} {path}: cannot read it ({one_line(exc)})") from None
-    if not text.strip():
-        raise UsageError(f"{flag} {path} is empty: put the words to speak in it")
+    return _speakable(text, f"{flag} {path}", "put the words to speak in it")
+
+
+def _speakable(text: str, what: str, fix: str) -> str:
+    """``text`` stripped, or a usage error when it has nothing to speak (empty, emoji, punctuation)."""
+    if is_blank(text):
+        raise UsageError(nothing_to_say(what, fix))
     return text.strip()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from ..captions import SUBTITLE_FORMATS
 from ..config import DEFAULT_CODEC, QUANTIZE_ACTIVATIONS, SAMPLE_RATE
 from ..loading import DEMO
+from ..scripts import canonical_language
 from .checks import (
     VoiceRequest,
     check_folder,
@@ -77,6 +78,7 @@ def _encode_recording(voice: VoiceRequest, codec: str, language: str | None, tok
 
         progress.note(f"encoding the voice {voice.path} with {codec} ...")
         encoder = Encoder.from_pretrained(codec, subfolder="encoder", language=language, tokenizer=tokenizer)
+    encoder.language = canonical_language(language or "en")  # recorded in the voice
     encoder.to(device)
     return encoder(voice.audio, text=[voice.text], sample_rate=voice.sample_rate)
 
@@ -311,7 +313,8 @@ def cmd_encode_voice(args: argparse.Namespace) -> int:
     encoded.save(target)
     tokens = int(encoded.text_tokens_len[0]) if encoded.text_tokens_len is not None else encoded.token_values.shape[1]
     progress.note(
-        f"wrote {target}: {voice.audio.numel() / voice.sample_rate:.2f} s of speech, {tokens} tokens aligned; "
+        f"wrote {target}: {voice.audio.numel() / voice.sample_rate:.2f} s of speech in {encoded.language}, "
+        f"{tokens} tokens aligned; "
         f"use it with: tadastream speak 'Hello.' --voice {target}"
     )
     return 0

@@ -172,7 +172,9 @@ def _add_speak(sub) -> None:
         help="a recording (.wav/.flac/...; needs --voice-text) or NAME.voice from `tadastream encode-voice`",
     )
     g.add_argument("--voice-text", metavar="TEXT", help="transcript of the --voice recording")
-    g.add_argument("--language", metavar="xx", help="language of the --voice recording (en default; de, fr, ja ...)")
+    g.add_argument(
+        "--language", metavar="xx", help="language of the --voice recording (en default; ar zh de es fr it ja pl pt)"
+    )
     g = speak.add_argument_group("output")
     g.add_argument(
         "-o",
@@ -231,7 +233,10 @@ def _add_encode_voice(sub) -> None:
     )
     enc.add_argument("--tokenizer", metavar="ID|DIR", help="Llama 3 tokenizer (default: the aligner's)")
     enc.add_argument(
-        "--language", metavar="xx", help="language of the recording (en default; ar ch de es fr it ja pl pt)"
+        "--language",
+        metavar="xx",
+        help="language of the recording, aligned with that language's aligner and recorded in the voice"
+        " (en default; ar zh de es fr it ja pl pt)",
     )
     enc.add_argument("--device", metavar="DEV", help="cpu, cuda, ... (default: cuda if available, else cpu)")
     enc.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")

@@ -28,6 +28,7 @@ from ..files import replacing
 from ..hub import CheckpointError, PretrainedModule
 from ..nn.attention import LocalAttentionStack, encoder_attention_mask
 from ..nn.conv import Snake, WNConv1d
+from ..scripts import LANGUAGES, canonical_language
 from ..text import normalize_text
 from .aligner import ALIGNER_SAMPLE_RATE, FRAME_RATE, Aligner, TranscriptError, _load_tokenizer, check_fits
 from .decoder import CODEC_IGNORED_KEYS
@@ -63,13 +64,28 @@ class VoiceFileError(ValueError):
 
 
 def aligner_subfolder(language: str | None) -> str:
-    """``aligner`` for English (None / "en"), ``aligner-<lang>`` for the other published languages."""
-    if language is None or language.lower() in ("en", "english"):
+    """``aligner`` for English (None / "en"), ``aligner-<lang>`` for the other published languages
+    (Chinese, ``zh``, is the codec's ``ch``)."""
+    if language is None:
         return "aligner"
-    lang = language.lower()
-    if lang not in ALIGNER_LANGUAGES:
-        raise ValueError(f"no aligner for language {language!r}; use one of en, {', '.join(ALIGNER_LANGUAGES)}")
-    return f"aligner-{lang}"
+    try:
+        lang = canonical_language(language)
+    except ValueError:
+        raise ValueError(f"no aligner for language {language!r}; use one of {', '.join(LANGUAGES)}") from None
+    return "aligner" if lang == "en" else f"aligner-{'ch' if lang == 'zh' else lang}"
+
+
+def voice_language(path: str | os.PathLike) -> str | None:
+    """The language recorded in a ``.voice`` file, from its header alone (None: not recorded, or not
+    a voice file; :meth:`EncoderOutput.load` says why)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            language = (handle.metadata() or {}).get("language")
+    except Exception:  # noqa: BLE001 - any unreadable file simply has no known language
+        return None
+    return language if language in LANGUAGES else None
 
 
 def finish_transcript(text: str) -> str:
@@ -107,6 +123,8 @@ class EncoderOutput:
     token_masks: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     text_emb_reduced: torch.Tensor | None = None
+    #: The language spoken in the recording (one of :data:`~tadastream.scripts.LANGUAGES`), when known.
+    language: str | None = None
 
     @classmethod
     def empty(cls, device: torch.device | str, token_dim: int = 512) -> EncoderOutput:
@@ -153,6 +171,8 @@ class EncoderOutput:
             "text": json.dumps(self.text, ensure_ascii=False),
             "sample_rate": json.dumps(int(self.sample_rate)),
         }
+        if self.language is not None:
+            metadata["language"] = canonical_language(self.language)
         with replacing(target) as temp:
             save_file(tensors, str(temp), metadata=metadata)
         return target
@@ -200,7 +220,10 @@ class EncoderOutput:
             raise bad("its text is not a list of strings")
         if not isinstance(sample_rate, int) or sample_rate <= 0:
             raise bad(f"its sample rate {sample_rate!r} is not a positive integer")
-        fields = {f.name for f in dataclasses.fields(cls)} - {"text", "sample_rate"}
+        language = metadata.get("language")
+        if language is not None and language not in LANGUAGES:
+            raise bad(f"its language {language!r} is not one of {', '.join(LANGUAGES)}")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"text", "sample_rate", "language"}
         unknown = sorted(set(tensors) - fields)
         if unknown:
             raise bad(f"it holds unknown tensor {unknown[0]!r}")
@@ -215,7 +238,7 @@ class EncoderOutput:
         problem = _first_problem(tensors)
         if problem:
             raise bad(problem)
-        return cls(text=text, sample_rate=sample_rate, **tensors)
+        return cls(text=text, sample_rate=sample_rate, language=language, **tensors)
 
     def problem(self) -> str | None:
         """What makes this voice unusable (NaN values, positions out of order, lengths that do not
@@ -348,6 +371,8 @@ class Encoder(PretrainedModule):
         self.pos_emb = nn.Embedding(2, config.hidden_dim)
         # Helpers live outside the module tree: not saved with the encoder, not cast by .to(dtype).
         self.__dict__["_tokenizer"] = tokenizer
+        #: The language of the recordings this encoder aligns (its aligner's), recorded in each voice.
+        self.language: str | None = None
         self.__dict__["_aligner"] = aligner
         self.__dict__["_aligner_source"] = None
         self.__dict__["_asr"] = None
@@ -373,6 +398,7 @@ class Encoder(PretrainedModule):
         aligner_sub = aligner_subfolder(language)
         model = super().from_pretrained(name_or_path, subfolder, **hub_kwargs)
         model.__dict__["_tokenizer"] = tokenizer
+        model.language = canonical_language(language or "en")
         keep = ("revision", "token", "cache_dir", "local_files_only")
         model.__dict__["_aligner_source"] = (
             name_or_path,
@@ -613,6 +639,7 @@ class Encoder(PretrainedModule):
             encoded_expanded=encoded,
             non_sampled_encoded_expanded=non_sampled,
             token_masks=masks,
+            language=self.language,
         )
 
 

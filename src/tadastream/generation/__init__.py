@@ -12,7 +12,7 @@
 
 from .feed import TextCancelled, TextInput, TokenFeed
 from .flow import scheduled_cfg, solve_flow, solve_flows, time_grid
-from .options import EmptyTextError, GenerationInputError, InferenceOptions, TextTooLongError, nothing_to_say
+from .options import EmptyTextError, GenerationInputError, InferenceOptions, TextTooLongError
 from .outputs import (
     MIN_LEADING_TRIM_FRAMES,
     GenerationOutput,
@@ -58,7 +58,6 @@ __all__ = [
     "leading_trim_frames",
     "mask_prompt_text",
     "plan_generation",
-    "nothing_to_say",
     "sample_next_token",
     "scheduled_cfg",
     "solve_flow",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..text import unpaired_surrogate
+from ..text import is_blank, nothing_to_say, unpaired_surrogate
 
 
 class GenerationInputError(ValueError):
@@ -13,21 +13,27 @@ class GenerationInputError(ValueError):
 
 
 class TextTooLongError(GenerationInputError):
-    """The text does not fit one generation; long-form generation (segments) speaks it."""
+    """The text does not fit one generation; long-form generation (segments) speaks it.
+
+    ``positions`` the text needs with the voice prompt, ``limit`` the model's: front ends word
+    their own advice from them.
+    """
+
+    def __init__(self, positions: int, limit: int):
+        super().__init__(
+            f"text too long for one generation: {positions} positions with the voice prompt, the model allows"
+            f" {limit}; speak it in segments (long form)"
+        )
+        self.positions, self.limit = positions, limit
 
 
 class EmptyTextError(GenerationInputError):
     """The text has nothing to speak: empty, or only whitespace, punctuation, emoji and symbols."""
 
 
-def nothing_to_say(what: str = "text", fix: str = "give the words to speak") -> str:
-    """The one message for text with nothing to speak; each front end names its own field and fix."""
-    return f"{what} has nothing to speak: it is empty, or only punctuation, emoji or symbols (not voiced); {fix}"
-
-
 def check_speakable(text: str) -> None:
     """Refuse text without a letter or digit (:class:`EmptyTextError`), before any work."""
-    if not any(ch.isalnum() for ch in text):
+    if is_blank(text):
         raise EmptyTextError(nothing_to_say())
 
 

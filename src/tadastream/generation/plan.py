@@ -116,10 +116,7 @@ class GenerationPlan:
         """Refuse a text whose ids (``num_ids`` so far, end tokens to come) exceed the context."""
         num_steps = num_ids + len(self.tail_ids) + self.num_extra_steps
         if num_steps > self.max_positions:
-            raise TextTooLongError(
-                f"text too long for one generation: {num_steps} positions with the voice prompt, the model allows"
-                f" {self.max_positions}; speak it in segments (long form)"
-            )
+            raise TextTooLongError(num_steps, self.max_positions)
 
 
 def mask_prompt_text(ids: list[int], n: int, special: SpecialIds) -> None:

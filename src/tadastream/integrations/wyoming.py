@@ -50,6 +50,7 @@ from ..optionsets import (
     configure_logging,
     option_namespace,
 )
+from ..scripts import canonical_language
 
 if TYPE_CHECKING:
     from wyoming.info import Info
@@ -81,9 +82,10 @@ def add_wyoming_arguments(parser: argparse.ArgumentParser) -> None:
     add("--default-voice", metavar="NAME", default=None, help="voice used when a request names none")
     add(
         "--languages",
-        default="en",
+        default=None,
         metavar="LANG[,LANG...]",
-        help="languages the voices are listed with, for Home Assistant's voice picker (default en)",
+        help="languages of the voices whose file records none, for Home Assistant's voice picker"
+        " (default: those the checkpoint speaks)",
     )
     add("--max-streams", type=int, default=4, help="generations at once (default 4)")
     add("--queue", type=int, default=16, help="requests that may wait for a stream; more get an error (default 16)")
@@ -147,13 +149,21 @@ def check_options(opts: argparse.Namespace) -> None:
             raise ValueError(f"--seed: {exc.message}") from None
     if opts.voices is not None and not os.path.isdir(opts.voices):
         raise ValueError(f"--voices {opts.voices}: not a folder")
-    if not _languages(opts.languages):
+    if opts.languages is not None:
+        _languages(opts.languages)
+
+
+def _languages(spec: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """The languages of ``--languages`` (None: not given); ValueError for an unknown or empty list."""
+    if spec is None:
+        return None
+    parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else list(spec)) if p.strip()]
+    if not parts:
         raise ValueError("--languages: name at least one language, e.g. en")
-
-
-def _languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    return [p.strip() for p in parts if p.strip()]
+    try:
+        return [canonical_language(p) for p in parts]
+    except ValueError as exc:
+        raise ValueError(f"--languages: {exc}") from None
 
 
 class WyomingTTS:
@@ -169,7 +179,7 @@ class WyomingTTS:
         voices: VoiceStore,
         *,
         model_id: str = "tada",
-        languages: list[str] | tuple[str, ...] = ("en",),
+        languages: list[str] | tuple[str, ...] | None = None,
         seed: int | None = None,
         samples_per_chunk: int = 1024,
         max_input_chars: int = 4096,
@@ -180,7 +190,8 @@ class WyomingTTS:
 
         self.service, self.voices = service, voices
         self.model_id = model_id
-        self.languages = list(languages)
+        #: Languages of the voices whose file records none: by default the checkpoint's.
+        self.languages = list(languages) if languages else list(service.model.languages)
         self.seed = seed
         self.samples_per_chunk = samples_per_chunk
         self.max_input_chars = max_input_chars
@@ -190,7 +201,14 @@ class WyomingTTS:
 
     def voice_names(self) -> list[str]:
         """``default`` first (always: a model without a prompt speaks in its own voice), then the files."""
-        return ["default"] + [v["id"] for v in self.voices.list() if v["id"] != "default"]
+        return list(self.voice_languages())
+
+    def voice_languages(self) -> dict[str, list[str]]:
+        """Each voice's languages, ``default`` first: the one its recording was made in where the voice
+        records it, else :attr:`languages`."""
+        listed = {v["id"]: v.get("language") for v in self.voices.list()}
+        names = ["default"] + [name for name in listed if name != "default"]
+        return {name: [listed[name]] if listed.get(name) else list(self.languages) for name in names}
 
     def info(self) -> Info:
         """The ``info`` answer to ``describe``, read afresh each time (voices may be added to the folder)."""
@@ -206,9 +224,9 @@ class WyomingTTS:
                 attribution=by,
                 installed=True,
                 version=None,
-                languages=self.languages,
+                languages=languages,
             )
-            for name in self.voice_names()
+            for name, languages in self.voice_languages().items()
         ]
         program = TtsProgram(
             name="tadastream",
@@ -320,7 +338,7 @@ def _handler_class() -> type:
     from ..audio import float_to_pcm16
     from ..generation import TextInput
     from ..server.errors import EngineError
-    from ..server.service import SpeechJob, check_text, new_seed
+    from ..server.service import SpeechJob, check_piece, check_text, new_seed
 
     class TadaEventHandler(AsyncEventHandler):
         """One connection: events are read here; syntheses run one after another in a worker task,
@@ -369,7 +387,7 @@ def _handler_class() -> type:
             text = self.text
             if text is None:
                 raise EngineError(400, "synthesize-chunk outside a stream: send synthesize-start first", "bad_event")
-            check_text(piece, "text")
+            check_piece(piece, "text")
             if text.chars + len(piece) > self.tts.max_input_chars:
                 raise EngineError(400, f"the text exceeds {self.tts.max_input_chars} characters", "input_too_long")
             if piece.strip():
@@ -425,7 +443,7 @@ def _handler_class() -> type:
             name = voice.name if voice is not None else None
             prompt = await asyncio.to_thread(tts.voices.resolve, name)  # EngineError for an unknown voice
             if not streamed:
-                check_text(text)
+                check_text(text, "text")
                 if len(text) > tts.max_input_chars:
                     raise EngineError(400, f"the text exceeds {tts.max_input_chars} characters", "input_too_long")
             seed = tts.seed if tts.seed is not None else new_seed()
@@ -433,8 +451,7 @@ def _handler_class() -> type:
             watchdog = asyncio.create_task(self._watch_idle(text)) if streamed else None
             self.speaking = True
             try:
-                if streamed or text.strip():  # blank text: an empty utterance, no slot needed
-                    job = await tts.service.start(prompt, text, seed=seed, options=tts.options, started=started)
+                job = await tts.service.start(prompt, text, seed=seed, options=tts.options, started=started)
                 await self._send(AudioStart(rate=SAMPLE_RATE, width=SAMPLE_WIDTH, channels=CHANNELS).event())
                 sent = 0
                 while job is not None and (chunk := await self._next_chunk(job)) is not None:

@@ -30,11 +30,12 @@ import torch
 
 from ..config import SAMPLE_RATE
 from ..engine import Engine
-from ..generation import GenerationInputError, InferenceOptions, StreamRng, TextInput
+from ..generation import EmptyTextError, GenerationInputError, InferenceOptions, StreamRng, TextInput, TextTooLongError
 from ..generation.options import check_encodable
 from ..generation.rng import MAX_SEED
 from ..longform import LongFormStream, open_stream
 from ..stream import AudioStream
+from ..text import is_blank, nothing_to_say
 from .errors import EngineError
 
 T = TypeVar("T")
@@ -67,12 +68,33 @@ def check_timestamps(model, wanted: Any, param: str = "timestamps") -> bool:
 
 
 def check_text(text: str, param: str = "input") -> str:
-    """``text`` if a tokenizer can read it (see :func:`check_encodable`); else EngineError 400."""
+    """A whole text: ``text`` if it has something to say and a tokenizer can read it; else EngineError 400."""
+    if is_blank(text):
+        raise EngineError(400, nothing_to_say(param, "send the words to speak"), "empty_input", param)
+    return check_piece(text, param)
+
+
+def check_piece(text: str, param: str = "input") -> str:
+    """A piece of a text still arriving: ``text`` if a tokenizer can read it (see :func:`check_encodable`);
+    else EngineError 400. Whether the whole has something to say is known only at its end."""
     try:
         check_encodable(text)
     except GenerationInputError as exc:
         raise EngineError(400, str(exc), "invalid_input", param) from None
     return text
+
+
+def input_error(exc: GenerationInputError, param: str = "input") -> EngineError:
+    """A generation's refusal of its text, in the words of a request's fields (400)."""
+    if isinstance(exc, EmptyTextError):
+        return EngineError(400, nothing_to_say(f"the {param}", "send the words to speak"), "empty_input", param)
+    if isinstance(exc, TextTooLongError):
+        message = (
+            f"the {param} is too long for one streamed generation ({exc.positions} positions with the voice prompt,"
+            f" the model allows {exc.limit}): send it over several requests"
+        )
+        return EngineError(400, message, "input_too_long", param)
+    return EngineError(400, str(exc), "invalid_input", param)
 
 
 def inference_options(options: dict[str, Any] | None, speed: float | None, model) -> InferenceOptions:
@@ -222,8 +244,7 @@ class SpeechJob:
         try:
             chunk = await self.stream.read()
         except GenerationInputError as exc:  # found when the text ended: empty, too long
-            code = "empty_input" if "empty" in str(exc) else "invalid_input"
-            raise EngineError(400, str(exc), code, "input") from None
+            raise input_error(exc) from None
         if chunk is None:
             return None
         if self.first_audio is None:
@@ -299,7 +320,7 @@ class SpeechService:
             stream = await asyncio.to_thread(create)
         except GenerationInputError as exc:
             self.admission.release()
-            raise EngineError(400, str(exc), "invalid_input", "input") from None
+            raise input_error(exc) from None
         except BaseException:
             self.admission.release()
             raise

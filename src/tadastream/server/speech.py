@@ -98,8 +98,7 @@ def speech_response(
     log = request.scope.get("tadastream.log", {})
     text = body.input
     log.update(input_chars=len(text), stream_format=body.stream_format)
-    if not text.strip():
-        raise EngineError(400, "input is empty: send the text to speak", "empty_input", "input")
+    check_text(text)
     if len(text) > settings.max_input_chars:
         raise EngineError(
             400,
@@ -107,7 +106,6 @@ def speech_response(
             "input_too_long",
             "input",
         )
-    check_text(text)
     check_timestamps(app.state.service.model, body.timestamps)
     if body.timestamps and body.stream_format != "sse" and not captioned:
         raise EngineError(

@@ -70,14 +70,28 @@ class VoiceStore:
         return self.directory / f"{check_voice_name(name)}.voice"
 
     def list(self) -> list[dict[str, Any]]:
-        """The ``GET /v1/voices`` entries: the default voice (if any), then the files by name."""
+        """The ``GET /v1/voices`` entries: the default voice (if any), then the files by name, each with the
+        language of its recording (None where the voice file does not record one)."""
+        from ..codec.encoder import voice_language
+
         voices = []
         if self.default is not None:
-            voices.append({"id": "default", "object": "voice", "source": "builtin", "default": True})
+            language = getattr(self.default, "language", None)
+            voices.append(
+                {"id": "default", "object": "voice", "source": "builtin", "default": True, "language": language}
+            )
         if self.directory is not None and self.directory.is_dir():
             for path in sorted(self.directory.glob("*.voice")):
                 if VOICE_NAME.fullmatch(path.stem) and path.stem != "default":
-                    voices.append({"id": path.stem, "object": "voice", "source": "file", "default": False})
+                    voices.append(
+                        {
+                            "id": path.stem,
+                            "object": "voice",
+                            "source": "file",
+                            "default": False,
+                            "language": voice_language(path),
+                        }
+                    )
         return voices
 
     def resolve(self, name: str | None) -> Any | None:

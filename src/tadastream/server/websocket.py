@@ -26,8 +26,8 @@ from .middleware import authorized
 from .service import (
     SpeechJob,
     SpeechService,
+    check_piece,
     check_seed,
-    check_text,
     check_timestamps,
     inference_options,
     new_seed,
@@ -264,7 +264,7 @@ class _Session:
         piece = message.get("text")
         if not isinstance(piece, str):
             raise EngineError(400, "a text message needs a string 'text'", "invalid_message")
-        check_text(piece, "text")
+        check_piece(piece, "text")
         limit = self.settings.max_input_chars
         if length + len(piece) > limit:
             raise EngineError(400, f"input exceeds {limit} characters", "input_too_long")
