@@ -244,6 +244,7 @@ def _tiny_codec(root: Path) -> Path:
     encoder = build_demo_encoder()
     encoder.save_pretrained(root / "encoder")
     encoder.aligner.save_pretrained(root / "aligner")
+    encoder.aligner.save_pretrained(root / "aligner-ch")  # the codec's folder for Chinese (zh)
     return root
 
 
@@ -264,22 +265,49 @@ def test_encode_voice_round_trip(tmp_path):
     assert voice.text == ["The examination and testimony"]
     assert voice.token_values.shape[0] == 1 and voice.token_values.shape[2] == 32
     assert voice.token_values.shape[1] == int(voice.text_tokens_len[0]) > 0
+    assert voice.language == "en", "the English aligner's voice records its language"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.wav", "codec", "me.voice"]
+    zh = tmp_path / "zh.voice"
+    proc = run_cli("encode-voice", clip, "--text", "人人生而自由", "--codec", codec, "--language", "zh", "-o", zh)
+    assert proc.returncode == 0, proc.stderr
+    assert EncoderOutput.load(zh).language == "zh" and " in zh," in proc.stderr
 
 
 # ------------------------------------------------------------------------------------------------
 # user errors: one line, how to fix it, nothing written, no model loaded
 
 
-def test_empty_text(tmp_path):
-    proc = run_cli("speak", "   ", "--model", "demo", "-o", tmp_path / "x.wav")
-    assert_user_error(proc, 2, "text is empty")
+@pytest.mark.parametrize("text", ["   ", "\U0001f600\U0001f600\U0001f389\U0001f389", "!!! ... ???", "\u200b\u200b"])
+def test_text_with_nothing_to_say_is_refused_like_empty_text(tmp_path, text):
+    proc = run_cli("speak", text, "--model", "demo", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 2, "text has nothing to speak", "emoji")
     assert not list(tmp_path.iterdir())
 
 
-def test_empty_stdin(tmp_path):
+def test_empty_or_emoji_stdin_and_files(tmp_path):
     proc = run_cli("speak", "-", "--model", "demo", "-o", tmp_path / "x.wav", stdin="\n  \n")
-    assert_user_error(proc, 2, "text is empty")
+    assert_user_error(proc, 2, "text has nothing to speak")
+    (tmp_path / "smile.txt").write_text("\U0001f600 \U0001f44d\U0001f3fd\n\n* * *\n")
+    proc = run_cli("speak", "-f", tmp_path / "smile.txt", "--model", "demo", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 2, "smile.txt has nothing to speak", "put the words to speak in it")
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_stdin_gets_the_utf8_check_of_files(tmp_path):
+    bad = b"Hello \xff\xfe there."
+    proc = run_cli("speak", "-", "--model", "demo", "-o", tmp_path / "x.wav", stdin=bad)
+    assert_user_error(proc, 2, "not UTF-8 text", "iconv")
+    (tmp_path / "bad.txt").write_bytes(bad)
+    proc = run_cli("speak", "-f", tmp_path / "bad.txt", "--model", "demo", "-o", tmp_path / "x.wav")
+    assert_user_error(proc, 2, "not UTF-8 text", "iconv")
+    assert not list(tmp_path.glob("*.wav"))
+
+
+def test_encode_voice_refuses_a_transcript_with_nothing_to_say(tmp_path):
+    out = tmp_path / "v.voice"
+    proc = run_cli("encode-voice", SAMPLE, "--text", "\U0001f600\U0001f600", "--codec", "demo", "-o", out)
+    assert_user_error(proc, 2, "--text has nothing to speak")
+    assert not list(tmp_path.iterdir())
 
 
 def test_missing_voice_file(tmp_path):
