@@ -179,10 +179,11 @@ def test_missing_and_misshaped_keys(tmp_path):
 
 def test_language_picks_aligner(codec_dir):
     assert aligner_subfolder(None) == "aligner" and aligner_subfolder("de") == "aligner-de"
-    with pytest.raises(ValueError, match="ar, ch, de, es, fr, it, ja, pl, pt"):
+    assert aligner_subfolder("zh") == aligner_subfolder("ch") == "aligner-ch", "zh is the codec's ch"
+    with pytest.raises(ValueError, match="en, ar, zh, de, es, fr, it, ja, pl, pt"):
         Encoder.from_pretrained(codec_dir, language="xx")
     german = Encoder.from_pretrained(codec_dir, language="de")
-    assert german._aligner is None
+    assert german._aligner is None and german.language == "de"
     expected = Aligner.from_pretrained(codec_dir, "aligner-de").state_dict()["encoder.lm_head.weight"]
     assert torch.equal(german.aligner.state_dict()["encoder.lm_head.weight"], expected)
     with pytest.raises(CheckpointError, match="aligner-fr"):
@@ -305,6 +306,20 @@ def test_voice_file_round_trip_is_bit_exact(tmp_path, encoded):
     empty = EncoderOutput.empty("cpu")
     empty.save(tmp_path / "empty.safetensors")
     assert EncoderOutput.load(tmp_path / "empty.safetensors").token_values.shape == (1, 0, 512)
+
+
+def test_voice_file_records_its_language(tmp_path, encoded):
+    from tadastream.codec.encoder import voice_language
+
+    assert encoded.language == "en", "an encoder loaded with the English aligner"
+    plain = dataclasses.replace(encoded, language=None).save(tmp_path / "plain.voice")
+    assert EncoderOutput.load(plain).language is None and voice_language(plain) is None
+    ja = dataclasses.replace(encoded, language="ja").save(tmp_path / "ja.voice")
+    assert EncoderOutput.load(ja).language == "ja" and voice_language(ja) == "ja"
+    assert voice_language(tmp_path / "missing.voice") is None
+    with pytest.raises(ValueError, match="unknown language 'xx'"):
+        dataclasses.replace(encoded, language="xx").save(tmp_path / "xx.voice")
+    assert not (tmp_path / "xx.voice").exists()
 
 
 def test_voice_file_rejects_other_files(tmp_path, encoded):

@@ -40,10 +40,16 @@ LATIN_LINE, JAPANESE_LINE, CHINESE_LINE = 42, 26, 32
 
 def line_width_for(words: Sequence[WordTiming]) -> int:
     """Columns per subtitle line for these words' script."""
-    text = "".join(w.word for w in words)
+    text = "".join(_shown(w) for w in words)
     if not any(is_wide(ch) for ch in text):
         return LATIN_LINE
     return JAPANESE_LINE if scripts_of(text) & {"Hiragana", "Katakana"} else CHINESE_LINE
+
+
+def _shown(word: WordTiming) -> str:
+    """A word as a caption shows it: a line break or run of spaces inside it (a dash that opened a line
+    joins the word before) is one space."""
+    return " ".join(word.word.split())
 
 
 def _separators(cue: Sequence[WordTiming]) -> list[str]:
@@ -54,7 +60,7 @@ def _separators(cue: Sequence[WordTiming]) -> list[str]:
 def _layout(cue: Sequence[WordTiming], line_width: int) -> tuple[int | None, bool]:
     """(index of the word that starts the second line or None for one line, whether the cue fits)."""
     seps = _separators(cue)
-    widths = [display_width(sep) + display_width(w.word) for sep, w in zip(seps, cue)]
+    widths = [display_width(sep) + display_width(_shown(w)) for sep, w in zip(seps, cue)]
     total = sum(widths)
     if total <= line_width or len(cue) == 1:
         return None, total <= line_width or len(cue) == 1
@@ -109,7 +115,7 @@ def to_srt(words: Sequence[WordTiming], line_width: int | None = None) -> str:
     blocks = []
     for n, cue in enumerate(caption_cues(words, width), 1):
         span = f"{_clock(cue[0].start, ',')} --> {_clock(cue[-1].end, ',')}"
-        text = "".join(sep + w.word for sep, w in zip(_pieces(cue, width), cue))
+        text = "".join(sep + _shown(w) for sep, w in zip(_pieces(cue, width), cue))
         blocks.append(f"{n}\n{span}\n{text}\n")
     return "\n".join(blocks)
 
@@ -121,8 +127,8 @@ def to_vtt(words: Sequence[WordTiming], line_width: int | None = None) -> str:
     for cue in caption_cues(words, width):
         span = f"{_clock(cue[0].start, '.')} --> {_clock(cue[-1].end, '.')}"
         seps = _pieces(cue, width)
-        parts = [_escape(cue[0].word)]
-        parts += [f"{sep}<{_clock(w.start, '.')}>{_escape(w.word)}" for sep, w in zip(seps[1:], cue[1:])]
+        parts = [_escape(_shown(cue[0]))]
+        parts += [f"{sep}<{_clock(w.start, '.')}>{_escape(_shown(w))}" for sep, w in zip(seps[1:], cue[1:])]
         blocks.append(f"{span}\n{''.join(parts)}\n")
     return "\n".join(blocks)
 

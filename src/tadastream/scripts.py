@@ -19,6 +19,7 @@ Grapheme clusters (an emoji with its modifiers, a letter with its accents) are n
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from collections.abc import Iterable
 
@@ -229,7 +230,7 @@ def _run_units(run: str) -> tuple[tuple[int, int], ...]:
     return tuple(units)
 
 
-_RUN = regex.compile(r"\S+")
+_RUN = re.compile(r"\S+")  # \S as str.isspace sees it (regex.\s leaves out \x1c-\x1f)
 
 
 def unit_at(text: str, index: int) -> tuple[int, int]:

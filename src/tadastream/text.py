@@ -201,23 +201,25 @@ def _line_breaks(run: str) -> int:
     return sum(2 if match.group(1) else 1 for match in _LINE_BREAK.finditer(run))
 
 
-def _joined(text: str, run: list[int], before: str, after: str) -> list[tuple[str, int]]:
+def _joined(text: str, run: list[int], before: int | None, after: int | None) -> list[tuple[str, int]]:
     """What a run of whitespace and unvoiced characters (indices into ``text``) becomes between the
-    voiced characters ``before`` and ``after`` ('' at an end): as written when it is plain spaces; when
-    it holds no whitespace, nothing, or a space between two words it would otherwise glue together
-    ("great😀thanks"); else one space, after a period when it is a paragraph break that follows a
-    heading's last letter or digit."""
+    voiced characters at ``before`` and ``after`` (None at an end): as written when it is plain
+    spaces; when it holds no whitespace, nothing, or a space between two words it would otherwise glue
+    together ("great😀thanks"); else one space, after a period (mapped to the heading's last character)
+    when it is a paragraph break that follows a heading's last letter or digit."""
     chars = [text[i] for i in run]
     if all(ch == " " for ch in chars):
         return [(" ", i) for i in run]
+    last = text[before] if before is not None else ""
     spaces = [i for i in run if text[i].isspace()]
     if not spaces:
         pictures = any(unicodedata.category(ch) != "Cf" for ch in chars)  # a soft hyphen joins, not splits
-        glued = pictures and before.isalnum() and after.isalnum() and not spaceless(before + after)
+        following = text[after] if after is not None else ""
+        glued = pictures and last.isalnum() and following.isalnum() and not spaceless(last + following)
         return [(" ", run[0])] if glued else []
     out = []
-    if before.isalnum() and _line_breaks("".join(chars)) >= 2:
-        out.append(("。" if is_wide(before) else ".", spaces[0]))
+    if last.isalnum() and _line_breaks("".join(chars)) >= 2:
+        out.append(("。" if is_wide(last) else ".", before))
     return out + [(" ", spaces[0])]
 
 
@@ -243,7 +245,8 @@ def prepare_mapped(text: str) -> MappedText:
         return MappedText.identity(text)
     pieces: list[tuple[str, int]] = []
     run: list[int] = []
-    before, dropped = "", False
+    before: int | None = None
+    dropped = False
     for i, ch in enumerate(text):
         # a combining mark on a dropped picture goes with it (a keycap, an accent on an emoji)
         if ch.isspace() or unvoiced(ch) or (dropped and unicodedata.combining(ch)) or _emphasis(text, i):
@@ -251,10 +254,10 @@ def prepare_mapped(text: str) -> MappedText:
             dropped = not ch.isspace()
             continue
         if run:
-            pieces.extend(_joined(text, run, before, ch))
+            pieces.extend(_joined(text, run, before, i))
         pieces.append((ch, i))
-        run, before, dropped = [], ch, False
-    pieces.extend(_joined(text, run, before, ""))
+        run, before, dropped = [], i, False
+    pieces.extend(_joined(text, run, before, None))
     return _rebuild(pieces)
 
 
