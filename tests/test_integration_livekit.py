@@ -161,6 +161,30 @@ def test_synthesize_gives_the_same_audio_and_timings(server, streamed):
     assert [(str(w), w.start_time, w.end_time) for w, _ in heard.words] == streamed_times
 
 
+def test_a_japanese_text_is_aligned_phrase_by_phrase(server):
+    text = "今日は良い天気ですね。明日は雨でしょう。"
+
+    async def run() -> Heard:
+        heard = Heard()
+        tts = TTS(base_url=server.url, api_key=KEY, seed=SEED)
+        try:
+            stream = tts.stream(conn_options=NO_RETRY)
+            for i in range(0, len(text), 3):
+                stream.push_text(text[i : i + 3])
+            stream.end_input()
+            async for ev in stream:
+                heard.add(ev)
+            await stream.aclose()
+        finally:
+            await tts.aclose()
+        return heard
+
+    heard = asyncio.run(asyncio.wait_for(run(), timeout=120))
+    words = [str(w) for w, _ in heard.words]
+    assert "".join(words) == text and len(words) >= 4, "phrases as written, no spaces added"
+    assert all(w.end_time <= heard.seconds + 0.05 for w, _ in heard.words)
+
+
 def test_without_word_timestamps_the_audio_is_the_same(server, streamed):
     async def run() -> Heard:
         heard = Heard()

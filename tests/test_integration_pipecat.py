@@ -250,6 +250,25 @@ def test_streams_llm_tokens_and_speaks_them_as_a_plain_request_would(server, cap
     assert assistant.messages[-1] == {"role": "assistant", "content": TEXT}
 
 
+def test_a_japanese_reply_reaches_the_context_as_written(server):
+    text = "今日は良い天気ですね。明日は雨でしょう。"
+
+    async def speak():
+        tts, rec, assistant = tts_service(server, seed=9), Recorder(), LLMAssistantAggregator(LLMContext())
+        async with pipeline(tts, rec, assistant) as (worker, _head):
+            pieces = [text[i : i + 3] for i in range(0, len(text), 3)]
+            await worker.queue_frames(
+                [LLMFullResponseStartFrame(), *(LLMTextFrame(p) for p in pieces), LLMFullResponseEndFrame()]
+            )
+            await asyncio.wait_for(rec.first_audio.wait(), timeout=30)
+        return rec, assistant
+
+    rec, assistant = asyncio.run(speak())
+    words = [w for w, _, _ in rec.words]
+    assert len(words) >= 4 and "".join(words) == text, "phrases, each with no space before it"
+    assert assistant.messages[-1] == {"role": "assistant", "content": text}
+
+
 def test_interruption_stops_the_server_and_keeps_only_spoken_words(server, caplog):
     caplog.set_level(logging.INFO, logger="tadastream.server")
     tokens = llm_tokens(TEXT)

@@ -87,7 +87,7 @@ def test_info_endpoints_and_page(server):
         assert c.get("/health").json()["status"] == "ok"
         assert c.get("/v1/models").json()["data"][0]["id"] == "demo"
         voices = c.get("/v1/voices").json()["data"]
-        assert voices[0] == {"id": "default", "object": "voice", "source": "builtin", "default": True}
+        assert voices[0] == {"id": "default", "object": "voice", "source": "builtin", "default": True, "language": "en"}
         page = c.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert 'id="play"' in page.text and 'id="ttfa"' in page.text

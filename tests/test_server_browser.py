@@ -106,3 +106,27 @@ def test_page_sends_a_seed_past_2_to_the_53_exactly(server_url, browser):
     browser.find_element(By.ID, "play").click()
     wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error"))
     assert browser.find_element(By.ID, "seed-used").text == seed
+
+
+@pytest.mark.parametrize(
+    ("text", "direction"),
+    [("مرحبا بكم. كيف حالكم اليوم؟", "rtl"), ("今日は良い天気ですね。明日は雨でしょう。", "ltr")],
+)
+def test_page_shows_each_script_word_by_word_in_its_direction(server_url, browser, text, direction):
+    browser.get(server_url + "/")
+    wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "idle")
+    box = browser.find_element(By.ID, "text")
+    browser.execute_script("arguments[0].value = arguments[1];", box, text)  # send_keys cannot type every script
+    browser.find_element(By.ID, "seed").send_keys("6")
+    browser.find_element(By.ID, "play").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error"))
+    assert browser.find_element(By.ID, "status").get_attribute("data-state") == "done"
+    with httpx.Client(base_url=server_url, trust_env=False, timeout=60) as client:
+        timed = client.post("/v1/audio/speech/with-timestamps", json={"input": text, "seed": 6}).json()["words"]
+    spans = browser.find_elements(By.CSS_SELECTOR, "#words span.word")
+    assert [s.text for s in spans] == [w["word"] for w in timed] and len(spans) >= 3
+    words = browser.find_element(By.ID, "words")
+    assert words.text == text
+    for element in (words, box):
+        assert browser.execute_script("return arguments[0].matches(':dir(rtl)')", element) == (direction == "rtl")

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ..scripts import spaceless
+
 try:
     from loguru import logger
     from pipecat.audio.utils import create_stream_resampler
@@ -122,6 +124,7 @@ class _Utterance:
     cancelled: bool = False  # interrupted or discarded: whatever still arrives is dropped
     give_up_at: float = 0.0  # loop time at which a cancelled connection is closed if the server has not
     finished: bool = False  # the audio context was ended (or dropped) and the utterance forgotten
+    words_end: int | None = None  # char_end of the last word timed: a word starting there follows it unspaced
 
 
 class TadaTTSService(WebsocketTTSService):
@@ -330,7 +333,8 @@ class TadaTTSService(WebsocketTTSService):
                 kind = data.get("type") if isinstance(data, dict) else None
                 if kind == "timestamps":
                     if self._live(utterance):
-                        await self.add_word_timestamps(self._word_starts(data), context_id)
+                        starts, spaced = self._word_starts(data, utterance)
+                        await self.add_word_timestamps(starts, context_id, includes_inter_frame_spaces=spaced)
                 elif kind == "result":
                     done = True
                     logger.debug(f"{self}: utterance {context_id} done: {data}")
@@ -350,15 +354,29 @@ class TadaTTSService(WebsocketTTSService):
             await self._close(utterance)
             await self._finish(utterance)
 
-    def _word_starts(self, message: dict[str, Any]) -> list[tuple[str, float]]:
-        """(word, start in seconds from the utterance's first sample) for each word of a timestamps message."""
-        starts = []
+    def _word_starts(self, message: dict[str, Any], utterance: _Utterance) -> tuple[list[tuple[str, float]], bool]:
+        """(word, start in seconds from the utterance's first sample) for each word of a timestamps
+        message, and whether the words carry their own spacing.
+
+        Pipecat puts a space between words; for Chinese or Japanese words, or where the text had no
+        space between two words, the message's words come with the spacing written before each instead,
+        so Pipecat's context holds the text as written.
+        """
+        words: list[tuple[str, float, bool]] = []  # (word, start, follows the previous one unspaced)
         for word in message.get("words") or ():
             try:
-                starts.append((str(word["word"]), float(word["start"])))
+                text, start = " ".join(str(word["word"]).split()), float(word["start"])
             except (KeyError, TypeError, ValueError):
                 logger.warning(f"{self}: ignoring a malformed word time: {word!r}")
-        return starts
+                continue
+            glued = utterance.words_end is not None and word.get("char_start") == utterance.words_end
+            char_end = word.get("char_end")
+            utterance.words_end = char_end if isinstance(char_end, int) else None
+            words.append((text, start, glued))
+        if not any(glued or spaceless(text) for text, _, glued in words):
+            return [(text, start) for text, start, _ in words], False
+        spaced = [(("" if glued or k == 0 else " ") + text, start) for k, (text, start, glued) in enumerate(words)]
+        return spaced, True
 
     async def _audio(self, utterance: _Utterance, pcm: bytes) -> None:
         if not self._live(utterance):
