@@ -70,12 +70,11 @@ def plan_long_form(model, prompt, text: str, segment_chars: int = SEGMENT_CHARS,
     """(segments, tokens to speak) of ``text``; raises GenerationInputError for text that cannot be spoken."""
     if not isinstance(text, str):
         raise GenerationInputError("long-form generation takes the whole text as a string")
+    check_speakable(text)  # then every segment has words: they hold all the text's letters and digits
     try:
         segments = split_text(text, segment_chars)
     except ValueError as exc:
         raise GenerationInputError(str(exc)) from None
-    if not segments:
-        check_speakable("")
     plans = [plan_generation(model, prompt, s.text, **plan_kwargs) for s in segments]
     return segments, sum(p.tokens_spoken for p in plans)
 
