@@ -161,16 +161,16 @@ def test_synthesize_gives_the_same_audio_and_timings(server, streamed):
     assert [(str(w), w.start_time, w.end_time) for w, _ in heard.words] == streamed_times
 
 
-def test_a_japanese_text_is_aligned_phrase_by_phrase(server):
-    text = "今日は良い天気ですね。明日は雨でしょう。"
+def stream_pieces(server, pieces: list[str], **tts_options) -> Heard:
+    """What ``tts.stream()`` gives for ``pieces`` pushed at once, then end of input."""
 
     async def run() -> Heard:
         heard = Heard()
-        tts = TTS(base_url=server.url, api_key=KEY, seed=SEED)
+        tts = TTS(base_url=server.url, api_key=KEY, seed=SEED, **tts_options)
         try:
             stream = tts.stream(conn_options=NO_RETRY)
-            for i in range(0, len(text), 3):
-                stream.push_text(text[i : i + 3])
+            for piece in pieces:
+                stream.push_text(piece)
             stream.end_input()
             async for ev in stream:
                 heard.add(ev)
@@ -179,29 +179,20 @@ def test_a_japanese_text_is_aligned_phrase_by_phrase(server):
             await tts.aclose()
         return heard
 
-    heard = asyncio.run(asyncio.wait_for(run(), timeout=120))
+    return asyncio.run(asyncio.wait_for(run(), timeout=120))
+
+
+def test_a_japanese_text_is_aligned_phrase_by_phrase(server):
+    text = "今日は良い天気ですね。明日は雨でしょう。"
+    heard = stream_pieces(server, [text[i : i + 3] for i in range(0, len(text), 3)])
     words = [str(w) for w, _ in heard.words]
     assert "".join(words) == text and len(words) >= 4, "phrases as written, no spaces added"
     assert all(w.end_time <= heard.seconds + 0.05 for w, _ in heard.words)
 
 
 def test_without_word_timestamps_the_audio_is_the_same(server, streamed):
-    async def run() -> Heard:
-        heard = Heard()
-        tts = TTS(base_url=server.url, api_key=KEY, seed=SEED, word_timestamps=False)
-        assert not tts.capabilities.aligned_transcript
-        try:
-            stream = tts.stream(conn_options=NO_RETRY)
-            stream.push_text(TEXT)  # all at once this time
-            stream.end_input()
-            async for ev in stream:
-                heard.add(ev)
-            await stream.aclose()
-        finally:
-            await tts.aclose()
-        return heard
-
-    heard = asyncio.run(asyncio.wait_for(run(), timeout=120))
+    assert not TTS(base_url=server.url, api_key=KEY, word_timestamps=False).capabilities.aligned_transcript
+    heard = stream_pieces(server, [TEXT], word_timestamps=False)  # all at once this time
     assert bytes(heard.pcm) == bytes(streamed.pcm) and heard.words == []
 
 
