@@ -392,6 +392,39 @@ def test_a_text_file_is_spoken_in_segments(tmp_path):
     assert_user_error(run_cli("speak", "-f", tmp_path / "latin1.txt", "--model", "demo"), 2, "UTF-8")
 
 
+TEXTS = Path(__file__).resolve().parent / "fixtures" / "texts"
+
+
+def _opening(name: str, segments: int) -> str:
+    """The first ``segments`` segments (120 columns) of a fixture text."""
+    from tadastream.segments import split_text
+
+    text = (TEXTS / f"{name}.txt").read_text(encoding="utf-8")
+    return text[: split_text(text, 120)[segments - 1].end]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\n\n".join(_opening(lang, 2) for lang in ("en", "ar", "zh", "de", "es", "fr", "it", "ja", "pl", "pt")),
+        _opening("alice-ch2-pool-of-tears", 6),
+    ],
+    ids=["ten-languages", "hard-wrapped-chapter"],
+)
+def test_files_as_people_have_them_speak_in_segments_with_subtitles(tmp_path, text):
+    source = tmp_path / "in.txt"
+    source.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))  # Windows line ends
+    out, srt = tmp_path / "out.wav", tmp_path / "out.srt"
+    proc = run_cli("speak", "-f", source, "--long-form", "--model", "demo", "-o", out, "--subtitles", srt, *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr, "the demo model speaks all ten languages"
+    audio, rate = soundfile.read(out)
+    cues = [block.split("\n")[2:] for block in srt.read_text(encoding="utf-8").strip().split("\n\n")]
+    assert rate == 24000 and len(audio) > rate and len(cues) >= 6
+    shown = "".join("".join(lines) for lines in cues)
+    assert [ch for ch in shown if ch.isalnum()] == [ch for ch in text if ch.isalnum()], "every word is captioned"
+
+
 def test_bad_options(tmp_path):
     assert_user_error(run_cli("speak", "Hi.", "--model", "demo", "--temperature", "-1"), 2, "--temperature")
     proc = run_cli("speak", "Hi.", "--model", "demo", "-o", tmp_path / "x.wav", "--timeline", tmp_path / "t.jpg")
