@@ -30,7 +30,7 @@ from tadastream.scripts import (
 )
 from tadastream.segments import PARAGRAPH_PAUSE, SENTENCE_PAUSE, split_text
 from tadastream.text import IncrementalText, model_text, model_text_mapped, prepare_mapped, tokenize_joint
-from tadastream.timestamps import WordClock
+from tadastream.timestamps import WordClock, WordTiming
 
 TEXTS = Path(__file__).resolve().parent / "fixtures" / "texts"
 CHAPTER = (TEXTS / "alice-ch2-pool-of-tears.txt").read_text(encoding="utf-8")
@@ -226,6 +226,17 @@ def test_sentence_and_clause_ends_in_every_language():
     assert all(len(grapheme_bounds(p)) >= 2 for p in texts(emoji, 20)), "grapheme clusters are never cut"
 
 
+def _timed(text: str, segments) -> list[WordTiming]:
+    """Each segment's words, a second each, with the pause that long form puts after the segment."""
+    words, clock = [], 0.0
+    for segment in segments:
+        for a, b in word_units(text, segment.start, segment.end):
+            words.append(WordTiming(text[a:b], clock, clock + 1.0, a, b))
+            clock += 1.0
+        clock += segment.pause_after
+    return words
+
+
 def test_a_hard_wrapped_chapter_reads_as_paragraphs():
     for text in (CHAPTER, crlf(CHAPTER), CHAPTER.replace("\n", "\r")):
         segments = split_text(text)
@@ -233,6 +244,8 @@ def test_a_hard_wrapped_chapter_reads_as_paragraphs():
         assert [s.text for s in segments[:2]] == ["CHAPTER II.", "The Pool of Tears"], "headings stand alone"
         assert segments[0].pause_after == segments[1].pause_after == PARAGRAPH_PAUSE
         assert {s.pause_after for s in segments} <= {0.0, PARAGRAPH_PAUSE, SENTENCE_PAUSE}
+    cues = [" ".join(w.word for w in cue) for cue in caption_cues(_timed(text, segments))]
+    assert cues[:2] == ["CHAPTER II.", "The Pool of Tears"], "a heading is a cue of its own"
     reads = model_text(crlf(CHAPTER))
     assert reads == model_text(CHAPTER) and "\n" not in reads and "\r" not in reads
     assert reads.startswith("Chapter ii. The pool of tears. Curiouser and curiouser!"), reads[:80]

@@ -1,7 +1,8 @@
 """Subtitles (SRT, WebVTT) and a timestamps JSON file from a generation's word times.
 
 Cues hold up to two lines and at most ``max_seconds``, and a cue ends after a word that ends a
-sentence (``. ! ? …``, ``。！？``, ``؟``). Lines are measured in display columns, a full-width
+sentence (``. ! ? …``, ``。！？``, ``؟``) or before a pause between segments of a long text (a
+heading or a paragraph ends there too). Lines are measured in display columns, a full-width
 character counting two, with the usual limits: 42 columns for scripts with spaces, 13 full-width
 characters for Japanese and 16 for Chinese. Words are joined as they were written: with a space
 where the text had whitespace between them, directly where it had none (Chinese and Japanese).
@@ -84,7 +85,9 @@ def caption_cues(
     cues: list[list[WordTiming]] = []
     for word in words:
         cue = cues[-1] if cues else None
-        if cue is not None and not _SENTENCE_END.search(cue[-1].word) and word.end - cue[0].start <= max_seconds:
+        # a sentence ended, or a pause between segments (a heading's or a paragraph's end) came
+        ended = cue is None or bool(_SENTENCE_END.search(cue[-1].word)) or word.start > cue[-1].end
+        if not ended and word.end - cue[0].start <= max_seconds:
             if _layout([*cue, word], width)[1]:
                 cue.append(word)
                 continue
