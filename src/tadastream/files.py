@@ -12,14 +12,19 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["replacing", "write_atomic"]
+__all__ = ["replacing", "temporary_beside", "write_atomic"]
+
+
+def temporary_beside(target: str | os.PathLike[str]) -> Path:
+    """A fresh hidden temporary name in ``target``'s folder (renaming it onto ``target`` is atomic)."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
 
 
 @contextlib.contextmanager
 def replacing(target: str | os.PathLike[str]) -> Iterator[Path]:
     """A fresh temporary path beside ``target``: renamed onto it when the block succeeds, removed otherwise."""
-    target = Path(target)
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    temp = temporary_beside(target)
     try:
         yield temp
         os.replace(temp, target)

@@ -267,8 +267,8 @@ def cmd_speak(args: argparse.Namespace) -> int:
             captions=_caption_writer(text, subtitles_file, timestamps_file, seed),
         )
         sink.close()
-    except BaseException:
-        if isinstance(sink, PlayerSink):
+    except BaseException:  # a file kept on Ctrl-C is already closed: abort leaves it
+        if isinstance(sink, PlayerSink | FileSink):
             sink.abort()
         raise
     if timeline is not None:

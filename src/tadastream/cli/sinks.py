@@ -7,6 +7,8 @@ finishes with ``close``; ``interrupted`` ends it on Ctrl-C, keeping what was mad
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import threading
 from collections import deque
@@ -24,25 +26,58 @@ def _concat(chunks: list[Any]):
 
 
 class FileSink:
-    """Collects the chunks and saves them once, atomically, at the end."""
+    """Encodes the chunks as they come into a temporary file beside the target, renamed onto it at the
+    end: memory stays flat over a book, and the target is never a half file. ``abort`` (a failed run)
+    removes the temporary file; ``interrupted`` (Ctrl-C) keeps what was made."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.chunks: list[Any] = []
+        self.samples = 0
+        self._temp: Path | None = None
+        self._handle: Any = None
+        self._encoder: Any = None
 
     def write(self, chunk) -> None:
-        self.chunks.append(chunk)
+        from ..audio import StreamEncoder
+        from ..files import temporary_beside
+
+        if self._handle is None:  # opened at the first audio: a run that fails before leaves nothing
+            self._encoder = StreamEncoder(SAMPLE_RATE, self.path.suffix.lstrip(".").lower())
+            self._temp = temporary_beside(self.path)
+            self._handle = open(self._temp, "xb")  # noqa: SIM115 - held open across writes, closed in close/abort
+        self._handle.write(self._encoder.encode(chunk))
+        self.samples += int(chunk.numel())
 
     def close(self) -> None:
-        from ..audio import save_audio
+        from ..audio import AudioError, wav_header
 
-        save_audio(self.path, _concat(self.chunks), SAMPLE_RATE)
+        if self._handle is None:  # no audio at all: still a valid, empty file
+            self.write(_concat([]))
+        handle = self._handle
+        handle.write(self._encoder.finish())
+        if self._encoder.format == "wav":  # a seekable file: the real length where the stream had "unknown"
+            with contextlib.suppress(AudioError):  # past 4 GiB a WAV keeps the "unknown" length
+                header = wav_header(SAMPLE_RATE, 1, self.samples)
+                handle.seek(0)
+                handle.write(header)
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        os.replace(self._temp, self.path)
+        self._handle = None
 
     def interrupted(self) -> None:
         """Save the audio made so far (a long narration stopped half-way keeps its first half)."""
-        if self.chunks:
+        if self._handle is not None:
             self.close()
-            say(f"interrupted: kept the first {sum(c.numel() for c in self.chunks) / SAMPLE_RATE:.1f} s in {self.path}")
+            say(f"interrupted: kept the first {self.samples / SAMPLE_RATE:.1f} s in {self.path}")
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._encoder.close()
+            self._temp.unlink(missing_ok=True)
+            self._handle = None
 
 
 class StdoutSink:
