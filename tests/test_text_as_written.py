@@ -122,18 +122,14 @@ def test_text_in_pieces_gives_the_ids_of_the_whole(tokenizer, text, rnd):
 
 
 # -- word timing ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model():
-    from tadastream.demo import build_demo_model
-
-    return build_demo_model()
+@pytest.fixture
+def model(demo_model):
+    return demo_model  # the session's demo model (conftest)
 
 
-@pytest.fixture(scope="module")
-def voice(model):
-    from tadastream.demo import demo_voice
-
-    return demo_voice(model)
+@pytest.fixture
+def voice(demo_voice):
+    return demo_voice
 
 
 def check_words(words, text: str, audio_seconds: float) -> None:
