@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import dataclasses
-import json
 import re
 from pathlib import Path
 
@@ -18,7 +17,7 @@ pytest.importorskip("uvicorn")
 
 from server_harness import demo_server  # noqa: E402
 from test_server import error_of, ws_speak  # noqa: E402
-from test_server_timestamps import sse_events  # noqa: E402
+from test_server_timestamps import sse_events, ws_session  # noqa: E402
 
 from tadastream.config import SAMPLE_RATE  # noqa: E402
 from tadastream.scripts import LANGUAGES  # noqa: E402
@@ -130,25 +129,11 @@ def test_sse_gives_the_json_endpoints_words_for_japanese(server, ja_words):
 
 
 def test_websocket_japanese_in_three_character_pieces_gives_the_whole_texts_words(server, ja_words):
-    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
-    pieces = [JA[i : i + 3] for i in range(0, len(JA), 3)]
-    words, finals = [], []
-    with ws_client.connect(server.url.replace("http", "ws") + "/v1/audio/stream", proxy=None) as ws:
-        ws.send(json.dumps({"seed": SEED, "timestamps": True}))
-        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
-        for piece in pieces:
-            ws.send(json.dumps({"type": "text", "text": piece}))
-        ws.send(json.dumps({"type": "end"}))
-        while not finals or finals[-1]["type"] not in ("result", "error"):
-            message = ws.recv(timeout=60)
-            if isinstance(message, str):
-                data = json.loads(message)
-                if data["type"] == "timestamps":
-                    words += data["words"]
-                else:
-                    finals.append(data)
-    assert [m["type"] for m in finals] == ["audio.done", "result"], finals
-    assert words == ja_words
+    received = ws_session(server, [JA[i : i + 3] for i in range(0, len(JA), 3)], SEED)
+    messages = [m for m in received if not isinstance(m, tuple)]
+    finals = [m["type"] for m in messages if m["type"] != "timestamps"]
+    assert finals == ["audio.done", "result"], messages[-1]
+    assert [w for m in messages if m["type"] == "timestamps" for w in m["words"]] == ja_words
 
 
 # -- nothing to say ------------------------------------------------------------------------------

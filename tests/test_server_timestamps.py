@@ -105,29 +105,32 @@ def test_timestamp_requests_that_cannot_work_are_400(server, path, extra, param)
     assert res.json()["error"]["param"] == param
 
 
-def test_websocket_timestamp_messages_interleave_with_the_audio(server, library_words):
+def ws_session(server, pieces: list[str], seed: int) -> list:
+    """A WebSocket session with timestamps: ``pieces`` sent, then ``end``; what came back in order,
+    ``("audio", samples)`` for audio and the parsed message otherwise, up to ``result`` or ``error``."""
     ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
-    words, samples = library_words
-    pieces = [TEXT[i : i + 7] for i in range(0, len(TEXT), 7)]
-    sequence, finals = [], []
+    received = []
     with ws_client.connect(server.url.replace("http", "ws") + "/v1/audio/stream", proxy=None) as ws:
-        ws.send(json.dumps({"seed": SEED, "timestamps": True}))
+        ws.send(json.dumps({"seed": seed, "timestamps": True}))
         assert json.loads(ws.recv(timeout=30))["type"] == "ready"
         for piece in pieces:
             ws.send(json.dumps({"type": "text", "text": piece}))
         ws.send(json.dumps({"type": "end"}))
-        while True:
+        while not received or isinstance(received[-1], tuple) or received[-1]["type"] not in ("result", "error"):
             message = ws.recv(timeout=60)
-            if isinstance(message, bytes):
-                sequence.append(("audio", len(message) // 2))
-                continue
-            data = json.loads(message)
-            if data["type"] == "timestamps":
-                sequence.append(("words", data["words"]))
-            else:
-                finals.append(data["type"])
-                if data["type"] == "result":
-                    break
+            received.append(("audio", len(message) // 2) if isinstance(message, bytes) else json.loads(message))
+    return received
+
+
+def test_websocket_timestamp_messages_interleave_with_the_audio(server, library_words):
+    words, samples = library_words
+    received = ws_session(server, [TEXT[i : i + 7] for i in range(0, len(TEXT), 7)], SEED)
+    sequence = [
+        m if isinstance(m, tuple) else ("words", m["words"])
+        for m in received
+        if isinstance(m, tuple) or m["type"] == "timestamps"
+    ]
+    finals = [m["type"] for m in received if not isinstance(m, tuple) and m["type"] != "timestamps"]
     assert finals == ["audio.done", "result"]
     check_before_their_audio(sequence, words)  # text in pieces: the same words as the whole text
     assert sum(n for kind, n in sequence if kind == "audio") == samples

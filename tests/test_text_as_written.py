@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -261,7 +262,8 @@ def test_a_six_sentence_chinese_text_gets_a_cue_per_sentence(model, voice):
     cues = caption_cues(out.words[0])
     assert len(cues) == 6 and all(cue[-1].word.endswith("。") for cue in cues)
     vtt = to_vtt(out.words[0])
-    assert "今天天气很好。" in vtt.replace("<", "\n<").replace(">", ">\n").replace("\n", "") or "今天" in vtt
+    first_cue = vtt.split("\n\n")[1].split("\n", 1)[1]
+    assert re.sub(r"<[^>]*>", "", first_cue).strip() == "今天天气很好。", "a cue's words joined without spaces"
 
 
 def test_nothing_to_say_is_refused_before_any_work(model, voice):
@@ -282,8 +284,7 @@ def test_emoji_are_left_out_of_what_the_model_reads_and_offsets_still_index_the_
     plain = "Great news ! We won , really."
     assert model_text(text) == model_text(plain)
     out = model.generate(voice, text, seed=2)
-    ref = model.generate(voice, "Great news! We won, really.", seed=2)
-    assert out.audio[0].numel() > 0 and ref.audio[0].numel() > 0
+    assert out.audio[0].numel() > 0
     words = out.words[0]
     check_words(words, text, out.audio[0].numel() / SAMPLE_RATE)
     assert [w.word for w in words][:2] == ["Great", "news \U0001f389\U0001f389!"]
@@ -293,9 +294,7 @@ def test_languages_and_script_warnings(model, voice, caplog):
     assert canonical_language("ch") == "zh" and canonical_language(" JA ") == "ja"
     with pytest.raises(ValueError, match="unknown language 'xx'"):
         canonical_language("xx")
-    assert unsupported_scripts(PARAGRAPHS["ja"], ["en"]) == ["Han", "Hiragana", "Katakana"] or unsupported_scripts(
-        PARAGRAPHS["ja"], ["en"]
-    ) == ["Han", "Hiragana"]
+    assert {"Han", "Hiragana"} <= set(unsupported_scripts(PARAGRAPHS["ja"], ["en"])) <= {"Han", "Hiragana", "Katakana"}
     assert all(unsupported_scripts(PARAGRAPHS[lang], LANGUAGES) == [] for lang in LANGUAGES)
     assert unsupported_scripts("Привет, мир", LANGUAGES) == ["Cyrillic"]
     assert script_warning("Hello there.", ["en"]) is None
