@@ -28,6 +28,7 @@ from .config import SAMPLE_RATE
 from .engine import Engine, engine_for
 from .generation import GenerationInputError, GenerationOutput, StreamRng, TextTooLongError, plan_generation
 from .generation.options import check_speakable
+from .playback import check_min_first_chunk_ms
 from .scripts import script_warning
 from .segments import Segment, split_text
 from .stream import AudioStream, ClosingStream
@@ -133,10 +134,12 @@ class LongFormStream(ClosingStream):
         engine: Engine | None = None,
         seed: int | None = None,
         rng: StreamRng | None = None,
+        min_first_chunk_ms: float | None = None,
         **plan_kwargs: Any,
     ):
         self.started_at = time.perf_counter()
         self.model, self.prompt, self.full_text = model, prompt, text
+        self._first_chunk_ms = check_min_first_chunk_ms(min_first_chunk_ms)
         # every segment is checked (and its length known) before any model work
         self.segments: list[Segment]
         self.segments, self.tokens_total = plan_long_form(model, prompt, text, segment_chars, **plan_kwargs)
@@ -177,6 +180,8 @@ class LongFormStream(ClosingStream):
             window_size=self._window_size,
             engine=self._engine,
             rng=self._rng.derive(index),
+            # a player is already playing once a later segment starts: holding back would only starve it
+            min_first_chunk_ms=self._first_chunk_ms if index == 0 else 0,
             **self._plan_kwargs,
         )
         stream.on_token = self._token
@@ -228,14 +233,14 @@ class LongFormStream(ClosingStream):
 
         out = GenerationOutput(text=[self.full_text], input_str=[self.full_text], time_before=cat("time_before"))
         out.words, out.characters = [list(self.words)], [list(self.characters)]
-        out.time_to_first_audio = self.time_to_first_audio
-        out.chunk_times, out.chunk_samples = self.chunk_times, self.chunk_samples
+        self._stamp(out)
         out.total_time = time.perf_counter() - self.started_at
         return out
 
     def _record(self, chunk: torch.Tensor) -> torch.Tensor:
         super()._record(chunk)
         if self._done and not self._ready and self.result is not None:
+            self._stamp(self.result)  # now with the last chunks, which were queued when it was made
             self.result.total_time = self.chunk_times[-1]  # the last chunk handed out
         return chunk
 

@@ -269,6 +269,7 @@ class TadaForCausalLM(nn.Module):
         engine: Any = None,
         long_form: bool | None = None,
         segment_chars: int = 400,
+        min_first_chunk_ms: float | None = None,
     ) -> Any:
         """Speak ``text`` in the voice of ``prompt``.
 
@@ -290,6 +291,11 @@ class TadaForCausalLM(nn.Module):
         memory (:mod:`tadastream.longform`). ``None`` (default) does so only for a text too long
         for one generation, ``True`` always, ``False`` never (such a text is then an error).
         Streaming and not give the same audio either way.
+
+        ``min_first_chunk_ms`` (``stream=True``): ``None`` (default) holds the first chunk until
+        playback that starts on it will not pause at the rate the stream is being made; ``0``
+        sends the first final samples at once (a few ms, then a wait: for clients that buffer);
+        a number holds that many milliseconds. The audio is the same either way.
         """
         kwargs = dict(
             num_transition_steps=num_transition_steps,
@@ -306,6 +312,8 @@ class TadaForCausalLM(nn.Module):
 
         if long_form is not None and not isinstance(long_form, bool):
             raise GenerationInputError(f"long_form must be True, False or None, got {long_form!r}")
+        if min_first_chunk_ms is not None and not stream:
+            raise GenerationInputError("min_first_chunk_ms sets a stream's first chunk: pass stream=True, or leave it out")
         if stream:
             if (
                 not isinstance(text, str | TextInput)
@@ -323,6 +331,7 @@ class TadaForCausalLM(nn.Module):
                 window_size=streaming_cnn_window_size,
                 engine=engine,
                 seed=seed,
+                min_first_chunk_ms=min_first_chunk_ms,
                 **kwargs,
             )
         texts = [text] if isinstance(text, str) else list(text)
@@ -368,6 +377,7 @@ class TadaForCausalLM(nn.Module):
                 segment_chars=segment_chars,
                 window_size=window_size,
                 engine=engine,
+                min_first_chunk_ms=0,  # nobody listens to the chunks: never hold them
                 **plan_kwargs,
             ) as stream:
                 chunks = [chunk for chunk, _ in stream]

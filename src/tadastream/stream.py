@@ -36,6 +36,7 @@ from .generation import (
     leading_trim_frames,
     plan_generation,
 )
+from .playback import FirstChunkHold, check_min_first_chunk_ms, playback_figures
 from .timestamps import WordClock, WordTiming
 
 _POLL = 0.5  # seconds between checks while waiting on another thread (a safety net, not the signal)
@@ -43,13 +44,15 @@ _POLL = 0.5  # seconds between checks while waiting on another thread (a safety 
 
 class _Delivery:
     """The engine's side of a stream, called on its ticking thread: settled frames go through the
-    StreamingDecoder, and the samples they make final are queued for the consumer."""
+    StreamingDecoder, and the samples they make final are queued for the consumer, the first of
+    them once :class:`~tadastream.playback.FirstChunkHold` lets them go."""
 
-    def __init__(self, model, plan, window_size: int):
-        self.model, self.plan = model, plan
+    def __init__(self, model, plan, window_size: int, hold: FirstChunkHold):
+        self.model, self.plan, self.hold = model, plan, hold
         self.decoder: StreamingDecoder | None = StreamingDecoder(model.require_decoder(), window_size)
         # (samples, words completed by then): a word always travels with or before its audio
         self.chunks: collections.deque[tuple[torch.Tensor, list[WordTiming]]] = collections.deque()
+        self.held: list[torch.Tensor] = []  # final samples the first chunk is still gathering
         self.clock = WordClock.of(plan, model.tokenizer)
         self.words: list[WordTiming] = []  # completed, not yet queued with a chunk
         self.samples = 0
@@ -74,7 +77,12 @@ class _Delivery:
         if self.clock is not None:
             self.words.extend(self.clock.add(step.index, before))
         vector = step.acoustic_features[0] * cfg.acoustic_std + cfg.acoustic_mean
-        self._deliver(self.decoder.decode_block(vector, before))
+        calls, started = self.decoder.calls, time.perf_counter()
+        samples = self.decoder.decode_block(vector, before)
+        if self.decoder.calls != calls:
+            self.hold.decoded(time.perf_counter() - started)
+        self.hold.produced(self.decoder.frames_in, self.tokens_done)
+        self._deliver(samples)
 
     def finish(self, raw: SyncTokGenerationOutput) -> None:
         tail = self.decoder.flush(int(raw.time_before[0, -1]))
@@ -90,11 +98,31 @@ class _Delivery:
     def cancelled(self) -> None:
         self._deliver(None, last=True)
 
+    def parked(self) -> None:
+        """The stream waits for more text, which no rate predicts: audio held back goes now."""
+        if self.held:
+            self.hold.release()
+            self._deliver(None)
+
+    def _ready_to_release(self) -> bool:
+        if self.hold.released:
+            return True
+        plan, decoder = self.plan, self.decoder
+        left = None if plan.tokens_spoken is None else max(0, plan.tokens_spoken - self.tokens_done)
+        seconds = sum(c.numel() for c in self.held) / SAMPLE_RATE
+        if decoder is not None and self.hold.should_release(seconds, decoder.upcoming_calls(), decoder.frames_in, left):
+            self.hold.release()
+        return self.hold.released
+
     def _deliver(self, chunk: torch.Tensor | None, last: bool = False) -> None:
         with self.cond:
             if chunk is not None and chunk.numel():
                 self.samples += chunk.numel()
-                self.chunks.append((chunk.detach().to("cpu", torch.float32), self.words))
+                self.held.append(chunk.detach().to("cpu", torch.float32))
+            if self.held and (last or self._ready_to_release()):
+                audio = torch.cat(self.held) if len(self.held) > 1 else self.held[0]
+                self.held = []
+                self.chunks.append((audio, self.words))
                 self.words = []
             elif last and self.words:
                 self.chunks.append((torch.zeros(0), self.words))
@@ -126,6 +154,14 @@ class ClosingStream:
         self.chunk_samples.append(int(chunk.numel()))
         return chunk
 
+    def _stamp(self, result: GenerationOutput) -> None:
+        """Put this stream's chunk timings and what a listener got into ``result``."""
+        figures = playback_figures(self.chunk_times, self.chunk_samples, SAMPLE_RATE)
+        result.time_to_first_audio = self.time_to_first_audio
+        result.time_to_playable_audio = figures.time_to_playable_audio
+        result.stall_count, result.stall_time = figures.stall_count, figures.stall_time
+        result.chunk_times, result.chunk_samples = self.chunk_times, self.chunk_samples
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -151,6 +187,12 @@ class AudioStream(ClosingStream):
 
     ``text`` is a string, an iterable or async iterable of pieces, or a :class:`TextInput` that
     any thread fills (``stream.text.put(piece)``, ``stream.text.end()``).
+
+    ``min_first_chunk_ms``: how much audio the first chunk holds. ``None`` (default) adapts to
+    the stream: the first chunk goes once it lasts until the next ones are expected, so playback
+    that starts on it does not pause (see :mod:`tadastream.playback`); ``0`` sends the first
+    final samples at once (earliest, but a crumb followed by a wait); a number holds that many
+    milliseconds. Only chunk boundaries change, never the audio.
     """
 
     def __init__(
@@ -163,11 +205,13 @@ class AudioStream(ClosingStream):
         engine: Engine | None = None,
         seed: int | None = None,
         rng: StreamRng | None = None,
+        min_first_chunk_ms: float | None = None,
         **plan_kwargs: Any,
     ):
         self.started_at = time.perf_counter()
         self.model = model
         self.window_size = window_size
+        first_chunk_ms = check_min_first_chunk_ms(min_first_chunk_ms)
         self.text: TextInput | None = None
         self._source: Any = None  # an iterable of pieces this stream pulls into self.text
         if isinstance(text, TextInput):
@@ -175,7 +219,8 @@ class AudioStream(ClosingStream):
         elif not isinstance(text, str):
             self.text, self._source = TextInput(), text
         self._plan = plan_generation(model, prompt, text, **plan_kwargs)
-        self._delivery = _Delivery(model, self._plan, window_size)
+        hold = FirstChunkHold(first_chunk_ms)
+        self._delivery = _Delivery(model, self._plan, window_size, hold)
         if rng is None:
             rng = StreamRng.from_seed(seed, model.device) if seed is not None else StreamRng.fork_global(model.device)
         self._engine = engine_for(model, engine)
@@ -285,9 +330,7 @@ class AudioStream(ClosingStream):
             raise
 
     def _finalise_result(self, result: GenerationOutput) -> None:
-        result.time_to_first_audio = self.time_to_first_audio
-        result.chunk_times = self.chunk_times
-        result.chunk_samples = self.chunk_samples
+        self._stamp(result)
         result.total_time = time.perf_counter() - self.started_at
 
     # -- async ---------------------------------------------------------------------------------

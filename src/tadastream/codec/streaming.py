@@ -41,6 +41,9 @@ class StreamingDecoder:
     """
 
     CNN_PIECE_FRAMES = 32  # frames per waveform-CNN call within a decode call
+    #: Frames of the call after the first audible one; calls double from there. Small, so that a
+    #: first chunk long enough to play through is ready soon after the first sample.
+    FIRST_FLOWING_CALL_FRAMES = 8
 
     def __init__(self, decoder: Decoder, window_size: int = 100, skip_leading_frames: int = 0):
         if window_size < 1:
@@ -156,7 +159,8 @@ class StreamingDecoder:
         pieces = [cnn.step(self._cnn, hidden[:, :, i : i + step]) for i in range(0, hidden.shape[2], step)]
         audio = torch.cat(pieces, dim=2)
         if audio.shape[2] > self._to_skip:  # audio is flowing: gather more per call from now on
-            self._next_call_frames = min(self.window_size, max(2 * frames, self._next_call_frames))
+            grown = 2 * frames if self._next_call_frames else self.FIRST_FLOWING_CALL_FRAMES
+            self._next_call_frames = min(self.window_size, max(grown, self._next_call_frames))
         return audio
 
     def decode(self, frames: torch.Tensor) -> torch.Tensor:
@@ -165,6 +169,25 @@ class StreamingDecoder:
         self._batch = True  # nobody is listening yet: never decode early
         head = self.push_frames(frames)
         return torch.cat((head, self.flush(0)))
+
+    def upcoming_calls(self, limit: int = 12) -> list[tuple[int, int]]:
+        """The decode calls ahead, by lengths alone: ``(frames pushed when the call runs, samples it
+        adds)``, until calls have reached ``window_size`` frames (or ``limit`` calls). Empty before
+        audio flows. A prediction for pacing, ignoring where blocks end."""
+        if not self._audio_flowing or self.finished:
+            return []
+        spf = self.decoder.samples_per_frame
+        size, at = self._next_call_frames, self._decoded_frames
+        calls: list[tuple[int, int]] = []
+        full_sized = 0  # calls of window_size: after two, every call is the same
+        while len(calls) < limit and full_sized < 2:
+            at += size
+            # the CNN's output trails its input by the frames before the first sample
+            added = max(0, (at - self._first_audio_frames()) * spf - self.samples_out) if not calls else size * spf
+            calls.append((at, added))
+            full_sized += size == self.window_size
+            size = min(self.window_size, 2 * size)
+        return calls
 
     def _should_decode(self) -> bool:
         if self._batch:

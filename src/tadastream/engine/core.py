@@ -41,9 +41,12 @@ QUEUED, RUNNING, DONE = "queued", "running", "done"
 class Sink(Protocol):
     """Where a stream's outcome goes; called on the engine's ticking thread.
 
-    The program's ``emit`` delivers settled frames as they come; exactly one of ``finish``,
-    ``fail`` and ``cancelled`` ends the stream.
+    The program's ``emit`` delivers settled frames as they come; ``parked`` says the stream now
+    waits for text that has not arrived; exactly one of ``finish``, ``fail`` and ``cancelled``
+    ends the stream.
     """
+
+    def parked(self) -> None: ...
 
     def finish(self, result: SyncTokGenerationOutput) -> None: ...
 
@@ -241,6 +244,8 @@ class Engine:
         start = time.perf_counter()
         try:
             stream.pending = stream._run.send(value)
+            if isinstance(stream.pending, NeedText) and not stream.text.has_news:
+                stream.sink.parked()
         except StopIteration as stop:
             self._retire(stream, functools.partial(stream.sink.finish, stop.value))
         except TextCancelled:

@@ -37,6 +37,9 @@ class _Collect:
     def fail(self, error: BaseException) -> None:
         self.error, self.stopped = error, True
 
+    def parked(self) -> None:
+        """Never called: a whole text never waits for more."""
+
     def cancelled(self) -> None:
         self.stopped = True
 

@@ -57,6 +57,12 @@ class GenerationOutput:
     step_logs: list[dict] | None = None
     sample_rate: int = SAMPLE_RATE
     time_to_first_audio: float | None = None
+    #: Streamed: the earliest moment a player could start and never run dry (see tadastream.playback);
+    #: its distance from time_to_first_audio is the buffering a player needs.
+    time_to_playable_audio: float | None = None
+    #: Streamed: pauses a player that starts on the first chunk would make, and their total seconds.
+    stall_count: int | None = None
+    stall_time: float | None = None
     chunk_times: list[float] | None = None
     chunk_samples: list[int] | None = None
     total_time: float | None = None
