@@ -160,7 +160,7 @@ def test_speak_to_file_with_timeline(tmp_path):
     audio, rate = sf.read(out)
     assert rate == 24000 and audio.ndim == 1 and len(audio) > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "first audio after" in proc.stderr and f"wrote {out}" in proc.stderr
+    assert "first audio after" in proc.stderr and "playable after" in proc.stderr and f"wrote {out}" in proc.stderr
     assert proc.stdout == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav", "timeline.png"]  # no temp files left
 
@@ -230,11 +230,25 @@ def test_demo_reports_timings_and_writes_wav(tmp_path):
     report = proc.stdout.decode()
     assert "noise-like" in report and "random weights" in report
     assert "time to first audio:" in report and "total time:" in report
+    assert "time to playable audio:" in report
     assert "real-time factor" in report and "audio seconds / wall seconds" in report
     import soundfile as sf
 
     audio, rate = sf.read(out)
     assert rate == 24000 and len(audio) > 0
+
+
+def test_demo_first_chunk_setting_moves_only_chunk_boundaries(tmp_path):
+    import soundfile as sf
+
+    audio = {}
+    for value in ("0", "adaptive", "500"):
+        out = tmp_path / f"demo-{value}.wav"
+        proc = run_cli("demo", "-o", out, "--text", "Hello there, how are you?", "--min-first-chunk-ms", value)
+        assert proc.returncode == 0, proc.stderr
+        assert "time to playable audio:" in proc.stdout.decode()
+        audio[value], _ = sf.read(out, dtype="int16")
+    assert len(audio["0"]) > 0 and (audio["0"] == audio["adaptive"]).all() and (audio["0"] == audio["500"]).all()
 
 
 def _tiny_codec(root: Path) -> Path:
@@ -431,6 +445,10 @@ def test_bad_options(tmp_path):
     assert_user_error(proc, 2, ".png")
     proc = run_cli("speak", "Hi.", "--model", "demo", "-o", tmp_path / "x.wav", "--device", "nonsense")
     assert_user_error(proc, 2, "--device")
+    for value in ("-5", "soon", "1e9", "nan"):
+        proc = run_cli("speak", "Hi.", "--model", "demo", "-o", tmp_path / "x.wav", "--min-first-chunk-ms", value)
+        assert_user_error(proc, 2, "--min-first-chunk-ms", "adaptive")
+    assert not (tmp_path / "x.wav").exists()
 
 
 def test_encode_voice_errors(tmp_path):

@@ -214,6 +214,9 @@ def test_queue_full_gives_429_and_waiting_too_long_503(tight):
         ({"input": "hi", "speed": "fast"}, 400, "invalid_request"),
         ({"input": "hi", "voice": {"x": 1}}, 400, "invalid_voice_name"),
         ({"input": 5}, 400, "invalid_request"),
+        ({"input": "hi", "min_first_chunk_ms": -5}, 400, "invalid_first_chunk"),
+        ({"input": "hi", "min_first_chunk_ms": 1e9}, 400, "invalid_first_chunk"),
+        ({"input": "hi", "min_first_chunk_ms": "soon"}, 400, "invalid_request"),
     ],
 )
 def test_bad_requests_get_clear_4xx(tight, body, status, code):
@@ -253,6 +256,16 @@ def test_websocket_refuses_a_lone_surrogate(server):
         ws.send('{"type": "text", "text": "hello \\ud800"}')
         reply = json.loads(ws.recv(timeout=30))
     assert reply["type"] == "error" and reply["error"]["code"] == "invalid_input"
+
+
+def test_websocket_refuses_a_bad_first_chunk_setting_before_ready(server):
+    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    url = server.url.replace("http", "ws") + "/v1/audio/stream"
+    with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
+        ws.send(json.dumps({"seed": 1, "min_first_chunk_ms": -1}))
+        reply = json.loads(ws.recv(timeout=30))
+    assert reply["type"] == "error" and reply["error"]["code"] == "invalid_first_chunk"
+    assert reply["error"]["param"] == "min_first_chunk_ms" and "between 0 and" in reply["error"]["message"]
 
 
 def test_api_key_and_body_limit(tight):
@@ -300,6 +313,26 @@ def test_sse_events(server):
     assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
     assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["input_tokens"] > 0
     assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == plain
+    timings = events[-1]["timings"]
+    assert 0 < timings["time_to_first_audio"] <= timings["time_to_playable_audio"] <= timings["total_time"]
+    assert timings["stall_count"] >= 0 and timings["stall_time"] >= 0
+
+
+def test_first_chunk_policy_moves_only_chunk_boundaries(server):
+    """0 sends the decoder's first samples at once (a crumb of a few ms); a fixed hold gathers at least
+    that much first; the audio is the same bytes either way."""
+
+    def deltas(**body) -> list[bytes]:
+        with server.client() as c:
+            res = c.post("/v1/audio/speech", json={"input": SHORT, "seed": 9, "stream_format": "sse", **body})
+        assert res.status_code == 200, res.text
+        events = [json.loads(line[6:]) for line in res.text.splitlines() if line.startswith("data: ")]
+        return [base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta"]
+
+    earliest, held, adaptive = deltas(min_first_chunk_ms=0), deltas(min_first_chunk_ms=400), deltas()
+    ms = [len(chunks[0]) / 2 / 24 for chunks in (earliest, held, adaptive)]  # PCM16 at 24 kHz
+    assert ms[0] < 20 and ms[1] >= 400, ms
+    assert b"".join(earliest) == b"".join(held) == b"".join(adaptive)
 
 
 def test_websocket_round_trip(server):
@@ -324,6 +357,8 @@ def test_websocket_round_trip(server):
     assert [m["type"] for m in messages] == ["audio.done", "result"]
     result = messages[-1]
     assert 0 < result["time_to_first_audio"] <= result["total_time"] and result["seed"] == 11
+    assert result["time_to_first_audio"] <= result["time_to_playable_audio"] <= result["total_time"]
+    assert isinstance(result["stall_count"], int) and result["stall_time"] >= 0
     assert len(frames) >= 2 and messages[0]["samples"] * 2 == sum(len(f) for f in frames)
     with server.client() as c:
         assert b"".join(frames) == speak(c, SHORT, 11), "WebSocket and HTTP give the same audio"

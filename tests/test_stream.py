@@ -39,6 +39,16 @@ def test_stream_equals_non_stream(demo_model, demo_voice, text, seed):
     assert result.time_to_first_audio < result.total_time
 
 
+def test_first_chunk_setting_is_checked_before_any_work(demo_model, demo_voice):
+    with pytest.raises(GenerationInputError, match="stream=True"):
+        demo_model.generate(prompt=demo_voice, text="Hello.", min_first_chunk_ms=100)
+    for bad in (-1, float("nan"), "100", True, 10**9):
+        with pytest.raises(GenerationInputError, match="min_first_chunk_ms"):
+            demo_model.generate(prompt=demo_voice, text="Hello.", stream=True, min_first_chunk_ms=bad)
+    with pytest.raises(GenerationInputError, match="min_first_chunk_ms"):  # long form checks it first too
+        demo_model.generate(prompt=demo_voice, text="Hello. " * 50, stream=True, long_form=True, min_first_chunk_ms=-1)
+
+
 def test_stream_equals_non_stream_with_options(demo_model, demo_voice):
     opts = InferenceOptions(
         text_do_sample=False,

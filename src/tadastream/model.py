@@ -313,7 +313,7 @@ class TadaForCausalLM(nn.Module):
         if long_form is not None and not isinstance(long_form, bool):
             raise GenerationInputError(f"long_form must be True, False or None, got {long_form!r}")
         if min_first_chunk_ms is not None and not stream:
-            raise GenerationInputError("min_first_chunk_ms sets a stream's first chunk: pass stream=True, or leave it out")
+            raise GenerationInputError("min_first_chunk_ms shapes a stream's first chunk: pass stream=True or drop it")
         if stream:
             if (
                 not isinstance(text, str | TextInput)

@@ -3,7 +3,8 @@
 :func:`plot_timeline` draws two panels from a streamed :class:`~tadastream.generation.GenerationOutput`:
 
 1. cumulative audio produced against wall time, next to the audio a player needs if it starts at
-   the first chunk and never pauses; where production falls behind, playback stalls (shaded);
+   the first chunk and never pauses; where production falls behind, playback stalls (shaded).
+   The time to playable audio is marked: a player starting then never pauses;
 2. the duration the model gave each token (``time_before``, in 50 Hz codec frames).
 
 matplotlib is optional (``pip install 'tadastream[plot]'``) and imported only here, through its
@@ -13,13 +14,12 @@ object-oriented Agg canvas, so plotting never changes the caller's pyplot backen
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import FRAME_RATE
 from .files import replacing
+from .playback import Playback, playable_start, simulate_playback
 
 __all__ = ["MissingMatplotlibError", "Playback", "plot_timeline", "require_matplotlib", "simulate_playback"]
 
@@ -36,45 +36,6 @@ def require_matplotlib() -> None:
         raise MissingMatplotlibError(
             "plotting a timeline needs matplotlib: pip install 'tadastream[plot]' (or pip install matplotlib)"
         ) from exc
-
-
-@dataclass
-class Playback:
-    """Where a player that starts at the first chunk would be: ``(wall, audio)`` points and its stalls."""
-
-    wall: list[float]
-    audio: list[float]
-    stalls: list[tuple[float, float]]
-
-    @property
-    def stall_time(self) -> float:
-        return sum(end - start for start, end in self.stalls)
-
-
-def simulate_playback(chunk_times: Sequence[float], chunk_seconds: Sequence[float]) -> Playback:
-    """Play chunks as they arrive, from the first one on, pausing whenever the buffer runs dry.
-
-    ``chunk_times[i]`` is when chunk ``i`` was ready (seconds since the call) and
-    ``chunk_seconds[i]`` how much audio it holds.
-    """
-    if not chunk_times:
-        return Playback([], [], [])
-    now, played, available = float(chunk_times[0]), 0.0, float(chunk_seconds[0])
-    wall, audio, stalls = [now], [0.0], []
-    for ready, seconds in zip(chunk_times[1:], chunk_seconds[1:]):
-        runs_dry = now + (available - played)
-        if runs_dry < ready:  # the buffer empties before this chunk arrives: a stall
-            wall += [runs_dry, ready]
-            audio += [available, available]
-            stalls.append((runs_dry, float(ready)))
-            now, played = float(ready), available
-        elif ready > now:
-            played += ready - now
-            now = float(ready)
-        available += float(seconds)
-    wall.append(now + (available - played))
-    audio.append(available)
-    return Playback(wall, audio, stalls)
 
 
 def _atomic_savefig(figure: Any, path: Path) -> None:
@@ -141,8 +102,14 @@ def _draw_chunks(ax: Any, result: Any, sample_rate: int) -> None:
         ax.axvspan(a, b, color="tab:red", alpha=0.2, label="stall (buffer empty)" if i == 0 else None)
     ax.axvline(start, color="tab:orange", lw=1, ls=":")
     ax.annotate(f"first audio {start:.2f} s", (start, 0), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    playable = playable_start(times, seconds)
+    if playable is not None and playable > start + 1e-3:
+        ax.axvline(playable, color="tab:green", lw=1, ls=":")
+        ax.annotate(f"playable {playable:.2f} s", (playable, 0), xytext=(4, 16), textcoords="offset points", fontsize=8)
     wall = getattr(result, "total_time", None) or times[-1]
     stalls = f", {len(play.stalls)} stall(s) totalling {play.stall_time:.2f} s" if play.stalls else ", no stalls"
+    if playable is not None and playable > start + 1e-3:
+        stalls += f"; playable from {playable:.2f} s"
     ax.set_title(
         f"{len(times)} chunks, {total:.2f} s of audio in {wall:.2f} s "
         f"({total / wall if wall > 0 else float('inf'):.2f}x real time){stalls}"

@@ -121,6 +121,7 @@ def _generate(
     transition_steps=5,
     normalize=True,
     long_form=None,
+    min_first_chunk_ms: float | None = None,
     captions: Callable[[list, list, float], None] | None = None,
 ):
     """Stream ``text`` into ``sink``; returns (result, audio seconds). ``captions(words, characters,
@@ -134,6 +135,7 @@ def _generate(
         num_transition_steps=transition_steps,
         normalize_text=normalize,
         long_form=long_form,
+        min_first_chunk_ms=min_first_chunk_ms,
     )
     progress.start = stream.started_at
     try:
@@ -181,6 +183,19 @@ def _timings(result, seconds: float) -> tuple[str, str, str]:
     speed = f"{seconds / wall:.2f}x real time" if wall > 0 else "n/a"
     rtf = f"{wall / seconds:.3f}" if seconds > 0 else "n/a"
     return first, speed, rtf
+
+
+def _playable(result) -> str:
+    """When a listener could start, and what starting on the first chunk would have cost."""
+    first, playable = result.time_to_first_audio, result.time_to_playable_audio
+    if first is None or playable is None:
+        return "n/a (no audio)"
+    if not result.stall_count:
+        return f"{playable:.3f} s (plays through from the first chunk)"
+    return (
+        f"{playable:.3f} s: a player needs {playable - first:.2f} s of buffering; starting on the first chunk "
+        f"it pauses {result.stall_count} time(s), {result.stall_time:.2f} s in all"
+    )
 
 
 def cmd_speak(args: argparse.Namespace) -> int:
@@ -264,6 +279,7 @@ def cmd_speak(args: argparse.Namespace) -> int:
             transition_steps=args.transition_steps,
             normalize=not args.no_normalize,
             long_form=True if args.long_form else None,
+            min_first_chunk_ms=args.min_first_chunk_ms,
             captions=_caption_writer(text, subtitles_file, timestamps_file, seed),
         )
         sink.close()
@@ -283,8 +299,8 @@ def cmd_speak(args: argparse.Namespace) -> int:
         if path is not None
     ]
     progress.note(
-        f"{where}: {seconds:.2f} s of audio in {result.total_time:.2f} s ({speed}); first audio after {first}; "
-        f"seed {seed}" + "".join(f"; {extra}" for extra in extras)
+        f"{where}: {seconds:.2f} s of audio in {result.total_time:.2f} s ({speed}); first audio after {first}, "
+        f"playable after {_playable(result)}; seed {seed}" + "".join(f"; {extra}" for extra in extras)
     )
     return 0
 
@@ -337,12 +353,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model, prompt = load_model(DEMO, device=device)
     torch.manual_seed(args.seed)
     sink = FileSink(output) if output is not None else NullSink()
-    result, seconds = _generate(model, prompt, text, InferenceOptions(), sink, Progress(enabled=False))
+    result, seconds = _generate(
+        model,
+        prompt,
+        text,
+        InferenceOptions(),
+        sink,
+        Progress(enabled=False),
+        min_first_chunk_ms=args.min_first_chunk_ms,
+    )
     sink.close()
     first, speed, rtf = _timings(result, seconds)
     show(f"text: {text!r}")
     show(f"audio: {seconds:.2f} s at {SAMPLE_RATE} Hz in {len(result.chunk_samples or [])} chunks")
     show(f"time to first audio: {first}")
+    show(f"time to playable audio: {_playable(result)}")
     show(f"total time: {result.total_time:.3f} s")
     show(
         f"speed: {speed} (audio seconds / wall seconds); real-time factor {rtf} "

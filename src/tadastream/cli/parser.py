@@ -69,6 +69,34 @@ _positive_int = _number(int, 1, True, "a whole number >= 1")
 _non_negative_int = _number(int, 0, True, "a whole number >= 0")
 
 
+def _first_chunk_ms(text: str) -> float | None:
+    """``--min-first-chunk-ms``: 'adaptive' (None) or milliseconds within the accepted range."""
+    from ..playback import MAX_FIRST_CHUNK_MS
+
+    if text.strip().lower() == "adaptive":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= MAX_FIRST_CHUNK_MS:
+        raise argparse.ArgumentTypeError(
+            f"expected 'adaptive' or milliseconds from 0 to {MAX_FIRST_CHUNK_MS:g}, got {text!r}"
+        )
+    return value
+
+
+def _add_first_chunk(g) -> None:
+    g.add_argument(
+        "--min-first-chunk-ms",
+        type=_first_chunk_ms,
+        default=None,
+        metavar="MS|adaptive",
+        help="audio the first chunk holds: adaptive (default) waits until playback that starts on it will not "
+        "pause; 0 sends the first samples at once (a few ms, then a wait); or a number of milliseconds",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback of any error")
 
@@ -193,6 +221,7 @@ def _add_speak(sub) -> None:
         choices=STDOUT_FORMATS,
         help="stdout encoding: wav (default; streaming header) or raw (16-bit little-endian PCM, 24 kHz mono)",
     )
+    _add_first_chunk(g)
     g.add_argument("--timeline", metavar="PNG", help="also draw chunk timings and token durations (tadastream[plot])")
     g.add_argument(
         "--subtitles",
@@ -258,6 +287,7 @@ def _add_demo(sub) -> None:
         "-o", "--output", metavar="FILE", help="save the audio (" + ", ".join(f".{e}" for e in FILE_EXTENSIONS) + ")"
     )
     demo.add_argument("--timeline", metavar="PNG", help="draw chunk timings and token durations (tadastream[plot])")
+    _add_first_chunk(demo)
     demo.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
     demo.add_argument("--device", metavar="DEV", help="cpu, cuda, ... (default: cpu)")
     demo.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")

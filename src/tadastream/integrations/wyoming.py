@@ -478,13 +478,16 @@ def _handler_class() -> type:
                 if job is not None and job.samples:
                     t = job.timings()
                     logger.info(
-                        "spoke %d chars (%s, voice %s, seed %d): %.2f s of audio, first after %s s, RTF %s",
+                        "spoke %d chars (%s, voice %s, seed %d): %.2f s of audio, first after %s s, playable after"
+                        " %s s (%d stall(s)), RTF %s",
                         text.chars if streamed else len(text),
                         "streamed" if streamed else "one-shot",
                         name or "default",
                         seed,
                         t["audio_seconds"],
                         t["time_to_first_audio"],
+                        t["time_to_playable_audio"],
+                        t["stall_count"],
                         t["real_time_factor"],
                     )
             finally:

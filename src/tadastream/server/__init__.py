@@ -8,7 +8,8 @@ Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is se
   ``speed`` (0.25-4, maps to ``speed_up_factor``: two LLM passes, so later first audio),
   ``stream_format`` ("audio" or "sse": ``speech.audio.delta`` events carrying the format's bytes
   in base64 (pcm when no format is named), then ``speech.audio.done`` with usage and timings),
-  plus ``seed`` and ``options`` (InferenceOptions fields), and ``timestamps`` (true: with SSE,
+  plus ``seed``, ``options`` (InferenceOptions fields), ``min_first_chunk_ms`` (null: adaptive, the
+  first chunk lasts until the next ones come; 0: at once), and ``timestamps`` (true: with SSE,
   ``speech.audio.timestamps`` events ``{"words": [{"word", "start", "end", "char_start",
   "char_end"}]}`` each before the delta that ends those words). Audio is 24 kHz mono; the ``x-seed``
   header gives the seed used. A client that reads nothing for ``--send-timeout`` seconds, or a
@@ -17,8 +18,9 @@ Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is se
   file, base64), ``"response_format", "sample_rate", "words", "characters"`` (``{"char", "start",
   "end", "index"}``), ``"timings"}``. Times are seconds of the audio; offsets index ``input``.
 * ``WS /v1/audio/stream`` (key as ``Authorization`` header or ``?api_key=``): send a config
-  ``{"voice", "seed", "speed", "options", "timestamps"}``; receive ``{"type": "ready", "sample_rate": 24000,
-  "encoding": "pcm_s16le", "seed"}``; send ``{"type": "text", "text": ...}`` any number of times,
+  ``{"voice", "seed", "speed", "options", "timestamps", "min_first_chunk_ms"}``; receive
+  ``{"type": "ready", "sample_rate": 24000, "encoding": "pcm_s16le", "seed"}``; send
+  ``{"type": "text", "text": ...}`` any number of times,
   then ``{"type": "end"}``. Generation starts on the first text message (that is when a stream
   slot is taken): each message is a piece of the text, spoken as soon as it is settled (a word is
   held back until the whitespace after it, or ``end``, arrives), so binary PCM16 frames can come
@@ -26,9 +28,10 @@ Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is se
   same seed. With ``"timestamps": true``, ``{"type": "timestamps", "words": [...]}`` messages (as
   in SSE; offsets index the text sent so far) come before the binary frame that ends those words.
   Then ``{"type": "audio.done", "samples"}`` and ``{"type": "result",
-  "time_to_first_audio", "total_time", "queue_time", "audio_seconds", "real_time_factor", "seed",
-  "cancelled"}``, and the server closes (1000). ``{"type": "cancel"}`` stops generation after the
-  current step (the two final messages still come; before any text it just closes); a disconnect
+  "time_to_first_audio", "time_to_playable_audio", "stall_count", "stall_time", "total_time",
+  "queue_time", "audio_seconds", "real_time_factor", "seed", "cancelled"}``, and the server closes
+  (1000). ``{"type": "cancel"}`` stops generation after the current step (the two final messages
+  still come; before any text it just closes); a disconnect
   stops it too. Errors (an empty or whitespace-only text, found at ``end``; text over the limit;
   no word for ``--ws-idle-timeout`` s (whitespace-only pieces do not count); audio left unread
   for ``--send-timeout`` s; a session past ``--max-session-seconds``): ``{"type": "error", "status"

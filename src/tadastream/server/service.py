@@ -34,6 +34,7 @@ from ..generation import EmptyTextError, GenerationInputError, InferenceOptions,
 from ..generation.options import check_encodable
 from ..generation.rng import MAX_SEED
 from ..longform import LongFormStream, open_stream
+from ..playback import check_min_first_chunk_ms, playback_figures
 from ..stream import AudioStream
 from ..text import is_blank, nothing_to_say
 from .errors import EngineError
@@ -65,6 +66,14 @@ def check_timestamps(model, wanted: Any, param: str = "timestamps") -> bool:
             400, "this model's tokenizer gives no character offsets, so no timestamps", "unsupported", param
         )
     return wanted
+
+
+def check_first_chunk(value: Any, param: str = "min_first_chunk_ms") -> float | None:
+    """A request's ``min_first_chunk_ms``: None (adaptive) or milliseconds; else EngineError 400."""
+    try:
+        return check_min_first_chunk_ms(value)
+    except GenerationInputError as exc:
+        raise EngineError(400, str(exc), "invalid_first_chunk", param) from None
 
 
 def check_text(text: str, param: str = "input") -> str:
@@ -221,6 +230,8 @@ class SpeechJob:
         self.first_audio: float | None = None
         self.samples = 0
         self.chunks = 0
+        self.chunk_times: list[float] = []  # seconds since the request arrived, as the client's side sees them
+        self.chunk_samples: list[int] = []
         self.cancelled = False
         self._finished = False
         self._words_sent = 0
@@ -247,10 +258,13 @@ class SpeechJob:
             raise input_error(exc) from None
         if chunk is None:
             return None
+        now = time.perf_counter()
         if self.first_audio is None:
-            self.first_audio = time.perf_counter()
+            self.first_audio = now
         self.samples += int(chunk.numel())
         self.chunks += 1
+        self.chunk_times.append(now - self.started)
+        self.chunk_samples.append(int(chunk.numel()))
         return chunk
 
     def cancel(self) -> None:
@@ -269,14 +283,20 @@ class SpeechJob:
         self.service.admission.release(time.perf_counter() - self.admitted)
 
     def timings(self) -> dict[str, Any]:
-        """Seconds: queue wait, time to first audio from the request, total; and the audio made."""
+        """Seconds: queue wait, time to first and to playable audio from the request (and the stalls of
+        a player starting on the first chunk), total; and the audio made."""
         now = time.perf_counter()
         audio_s = self.samples / SAMPLE_RATE
         total = now - self.started
+        heard = playback_figures(self.chunk_times, self.chunk_samples, SAMPLE_RATE)
+        playable = heard.time_to_playable_audio
         return {
             "seed": self.seed,
             "queue_time": round(self.admitted - self.started, 4),
             "time_to_first_audio": None if self.first_audio is None else round(self.first_audio - self.started, 4),
+            "time_to_playable_audio": None if playable is None else round(playable, 4),
+            "stall_count": heard.stall_count,
+            "stall_time": round(heard.stall_time, 4),
             "total_time": round(total, 4),
             "audio_seconds": round(audio_s, 4),
             "chunks": self.chunks,
@@ -303,18 +323,34 @@ class SpeechService:
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tadastream-encode")
 
     async def start(
-        self, prompt, text: str | TextInput, *, seed: int, options: InferenceOptions, started: float
+        self,
+        prompt,
+        text: str | TextInput,
+        *,
+        seed: int,
+        options: InferenceOptions,
+        started: float,
+        min_first_chunk_ms: float | None = None,
     ) -> SpeechJob:
         """Wait for a slot, then start a stream. Raises EngineError (400/429/503).
 
         ``text`` is the whole text, or a :class:`~tadastream.generation.TextInput` still being
         filled: generation starts at once and takes pieces as they come; the audio is the same.
+        ``min_first_chunk_ms``: see :class:`~tadastream.stream.AudioStream` (None: adaptive).
         """
         await self.admission.acquire()
 
         def create() -> AudioStream | LongFormStream:  # plans (tokenizes, checks) off the event loop
             # a text too long for one generation is spoken in segments (long form)
-            return open_stream(self.model, prompt, text, engine=self.engine, seed=seed, inference_options=options)
+            return open_stream(
+                self.model,
+                prompt,
+                text,
+                engine=self.engine,
+                seed=seed,
+                inference_options=options,
+                min_first_chunk_ms=min_first_chunk_ms,
+            )
 
         try:
             stream = await asyncio.to_thread(create)

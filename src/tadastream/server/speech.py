@@ -22,7 +22,15 @@ from ..audio import AudioError, StreamEncoder, available_formats
 from ..config import SAMPLE_RATE
 from ..generation import InferenceOptions
 from .errors import EngineError, engine_error_response, error_response
-from .service import SpeechJob, check_seed, check_text, check_timestamps, inference_options, new_seed
+from .service import (
+    SpeechJob,
+    check_first_chunk,
+    check_seed,
+    check_text,
+    check_timestamps,
+    inference_options,
+    new_seed,
+)
 from .settings import ServerSettings
 from .voices import check_voice_name
 
@@ -55,6 +63,7 @@ class SpeechRequest(BaseModel):
     instructions: str | None = None  # accepted and ignored: TADA takes no style instructions
     options: dict[str, Any] | None = None
     timestamps: bool = False  # SSE: speech.audio.timestamps events with the words' times
+    min_first_chunk_ms: float | None = None  # None: adaptive (playback that starts on it does not pause)
 
 
 def require_json(request: Request) -> None:
@@ -125,6 +134,7 @@ def speech_response(
     voice = _voice_name(body.voice)
     seed = check_seed(body.seed) if body.seed is not None else new_seed()
     options = inference_options(body.options, body.speed, app.state.service.model)
+    check_first_chunk(body.min_first_chunk_ms)
     log.update(voice=voice or "default", format=fmt, seed=seed)
     kind = CaptionedSpeechResponse if captioned else SpeechResponse
     return kind(app, body, fmt, seed, options, voice)
@@ -217,7 +227,12 @@ class SpeechResponse(Response):
         try:
             prompt = await asyncio.to_thread(state.voices.resolve, self.voice)
             self.job = await state.service.start(
-                prompt, self.request.input, seed=self.seed, options=self.options, started=started
+                prompt,
+                self.request.input,
+                seed=self.seed,
+                options=self.options,
+                started=started,
+                min_first_chunk_ms=self.request.min_first_chunk_ms,
             )
             return await self._encode(encoder, await self.job.next_chunk())
         except EngineError as exc:

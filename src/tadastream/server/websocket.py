@@ -26,6 +26,7 @@ from .middleware import authorized
 from .service import (
     SpeechJob,
     SpeechService,
+    check_first_chunk,
     check_piece,
     check_seed,
     check_timestamps,
@@ -76,6 +77,7 @@ class _Session:
         self.text: TextInput | None = None
         self.cancelled = False
         self.timestamps = False
+        self.first_chunk_ms: float | None = None
         self._idle_deadline = 0.0  # event-loop time, set at accept; whitespace-only pieces do not move it
 
     async def run(self) -> None:
@@ -113,6 +115,7 @@ class _Session:
         seed = check_seed(config["seed"]) if config.get("seed") is not None else new_seed()
         options = inference_options(config.get("options"), config.get("speed"), self.service.model)
         self.timestamps = check_timestamps(self.service.model, config.get("timestamps", False))
+        self.first_chunk_ms = check_first_chunk(config.get("min_first_chunk_ms"))
         if config.get("format", "pcm") != "pcm":
             raise EngineError(400, "the WebSocket streams raw PCM16: use format 'pcm'", "unsupported_format")
         prompt = await asyncio.to_thread(self.voices.resolve, voice)
@@ -171,7 +174,14 @@ class _Session:
             await self._finish()
 
     async def _generate_and_send(self, prompt, seed: int, options: InferenceOptions) -> None:
-        self.job = await self.service.start(prompt, self.text, seed=seed, options=options, started=self.started)
+        self.job = await self.service.start(
+            prompt,
+            self.text,
+            seed=seed,
+            options=options,
+            started=self.started,
+            min_first_chunk_ms=self.first_chunk_ms,
+        )
         if self.cancelled:
             self.job.cancel()
         while True:
