@@ -10,9 +10,11 @@ A TADA-1B-shaped checkpoint with random weights (and a codec decoder) is written
 once (``stream_format: sse``, one seed each) and the bench records, per request, time to first
 audio and total time from the client's side and the tokens spoken from the server's usage. It
 reports aggregate tokens/s (all tokens / wall time of the level) against one stream, each
-stream's real-time factor, mean and p95 time to first audio, the server's peak memory, and from
-the engine's own counters (``/health``) the seconds per tick: backbone, flow head, and programs
-(each stream's logic and its codec decoding).
+stream's real-time factor, mean and p95 time to first audio and time to playable audio (the
+earliest start from which a client's playback never pauses, from when the audio events arrived),
+the stalls of clients that start playing on the first chunk (count and seconds, summed over the
+level's streams), the server's peak memory, and from the engine's own counters (``/health``) the
+seconds per tick: backbone, flow head, and programs (each stream's logic and its codec decoding).
 
 As in bench_streaming.py the head's durations are replaced by a fixed 4-12 frame pattern (each
 stream from its start), so every request speaks the same frames whatever runs beside it. Weights
@@ -35,6 +37,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+try:
+    import tadastream  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(HERE.parent / "src"))
 
 LEVELS = (1, 2, 4, 8, 16)
 
@@ -147,12 +153,17 @@ def _status_kib(pid: int, field: str) -> int:
 
 # -- the clients --------------------------------------------------------------------------------
 def speak(url: str, text: str, seed: int) -> dict:
-    """One SSE request: client-side time to first audio and total, the server's usage and timings, and
-    the replica that served it (``x-replica`` behind Ray Serve; "serve" for one server)."""
+    """One SSE request: client-side time to first audio, time to playable audio, stalls (of a player
+    starting on the first audio) and total, the server's usage and timings, and the replica that
+    served it (``x-replica`` behind Ray Serve; "serve" for one server)."""
     import httpx
+
+    from tadastream.playback import playback_figures
 
     body = {"input": text, "seed": seed, "response_format": "pcm", "stream_format": "sse"}
     samples, first, done = 0, None, None
+    times: list[float] = []  # when each audio event with samples arrived, and its samples
+    sizes: list[int] = []
     start = time.perf_counter()
     with httpx.Client(timeout=None, trust_env=False) as client:
         with client.stream("POST", url + "/v1/audio/speech", json=body) as res:
@@ -164,17 +175,27 @@ def speak(url: str, text: str, seed: int) -> dict:
                     continue
                 event = json.loads(line[6:])
                 if event["type"] == "speech.audio.delta":
-                    samples += len(base64.b64decode(event["audio"])) // 2
+                    n = len(base64.b64decode(event["audio"])) // 2
+                    now = time.perf_counter() - start
+                    samples += n
                     if first is None:
-                        first = time.perf_counter() - start
+                        first = now
+                    if n:
+                        times.append(now)
+                        sizes.append(n)
                 elif event["type"] == "speech.audio.done":
                     done = event
     total = time.perf_counter() - start
     audio_s = samples / 24000
+    play = playback_figures(times, sizes, 24000)
     return {
         "seed": seed,
         "replica": replica,
         "ttfa_s": first,
+        "playable_s": play.time_to_playable_audio,
+        "stall_count": play.stall_count,
+        "stall_s": play.stall_time,
+        "chunks": len(times),
         "total_s": total,
         "audio_s": audio_s,
         "rtf": total / audio_s if audio_s else None,
@@ -219,7 +240,8 @@ def run_level(server: Server, text: str, n: int, seed0: int) -> dict:
     # per tick, the server's own split: backbone, flow head, lm_head, programs (incl. codec decoding)
     tick_s = {k: (after["seconds"][k] - before["seconds"][k]) / max(ticks, 1) for k in after["seconds"]}
     tokens = sum(r["tokens"] for r in results)
-    ttfa = sorted(r["ttfa_s"] for r in results)
+    ttfa = [r["ttfa_s"] for r in results]
+    playable = [r["playable_s"] for r in results]
     return {
         "streams": n,
         "wall_s": wall,
@@ -229,12 +251,23 @@ def run_level(server: Server, text: str, n: int, seed0: int) -> dict:
         "rtf_mean": statistics.mean(r["rtf"] for r in results),
         "rtf_max": max(r["rtf"] for r in results),
         "ttfa_mean_s": statistics.mean(ttfa),
-        "ttfa_p95_s": ttfa[min(len(ttfa) - 1, round(0.95 * (len(ttfa) - 1)))],
+        "ttfa_p95_s": p95(ttfa),
+        "playable_mean_s": statistics.mean(playable),
+        "playable_p95_s": p95(playable),
+        "stall_count": sum(r["stall_count"] for r in results),
+        "stall_s": sum(r["stall_s"] for r in results),
+        "stalled_streams": sum(1 for r in results if r["stall_count"]),
         "peak_rss_mb": max(max(peak_rss), server.peak_mb()),
         "ticks": ticks,
         "tick_s": tick_s,
         "requests": results,
     }
+
+
+def p95(values: list[float]) -> float:
+    """The 95th percentile (nearest rank of the sorted values)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 def make_text(tokens: int) -> str:
@@ -251,7 +284,8 @@ def print_table(rows: list[dict]) -> None:
     head = "".join(
         f"{h:>{w}}"
         for h, w in [("streams", 8), ("tok/s", 9), ("x one", 8), ("RTF mean", 10), ("RTF max", 9), ("TTFA s", 9)]
-        + [("p95 TTFA", 10), ("peak MB", 9), ("s/tick", 8), ("llm", 7), ("flow", 7), ("progs", 7)]
+        + [("p95 TTFA", 10), ("play s", 8), ("p95 play", 10), ("stalls", 8), ("stall s", 9)]
+        + [("peak MB", 9), ("s/tick", 8), ("llm", 7), ("flow", 7), ("progs", 7)]
     )
     print(head)
     print("-" * len(head))
@@ -259,7 +293,8 @@ def print_table(rows: list[dict]) -> None:
         gain = f"{r['tokens_per_s'] / base:8.2f}" if base else f"{'-':>8}"
         print(
             f"{r['streams']:>8}{r['tokens_per_s']:9.2f}{gain}{r['rtf_mean']:10.2f}{r['rtf_max']:9.2f}"
-            f"{r['ttfa_mean_s']:9.2f}{r['ttfa_p95_s']:10.2f}{r['peak_rss_mb']:9.0f}"
+            f"{r['ttfa_mean_s']:9.2f}{r['ttfa_p95_s']:10.2f}{r['playable_mean_s']:8.2f}{r['playable_p95_s']:10.2f}"
+            f"{r['stall_count']:8d}{r['stall_s']:9.2f}{r['peak_rss_mb']:9.0f}"
             f"{sum(r['tick_s'].values()):8.3f}{r['tick_s']['llm']:7.3f}{r['tick_s']['flow']:7.3f}"
             f"{r['tick_s']['programs']:7.3f}"
         )
@@ -288,6 +323,8 @@ def plot(result: dict, path: Path) -> bool:
     ax1.legend(fontsize=8)
     ax2.plot(n, [r["ttfa_mean_s"] for r in rows], "o-", label="mean TTFA")
     ax2.plot(n, [r["ttfa_p95_s"] for r in rows], "s--", label="p95 TTFA")
+    ax2.plot(n, [r["playable_mean_s"] for r in rows], "D:", label="mean time to playable audio")
+    ax2.plot(n, [r["playable_p95_s"] for r in rows], "v:", label="p95 time to playable audio")
     ax2.plot(n, [r["rtf_mean"] for r in rows], "^-", label="per-stream RTF (mean)")
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("concurrent streams")

@@ -2,11 +2,17 @@
 
     python bench/bench_streaming.py --mode tiny
     python bench/bench_streaming.py --mode 1b --dtype fp32 --texts short
+    python bench/bench_streaming.py --mode tiny --first-chunk-ms 0,adaptive,200
 
 Durations predicted by the flow head are replaced by a fixed 4-12 frame pattern (the bench
 patches ``SpeechProgram._predicted_durations``), so every run speaks the same number of frames
 and runs on different machines, dtypes or commits compare. Weights are random: audio is noise,
 timings are real.
+
+Each stream also reports what a listener gets (``tadastream.playback``): the time to playable audio
+(the earliest start from which playback never pauses) and the stalls of a player that starts on the
+first chunk. ``--first-chunk-ms`` streams each text once per first-chunk policy (``adaptive``: the
+default hold; ``0``: the first samples at once; N: at least N ms) and prints a row per policy.
 
 Writes a table to stdout and raw JSON to ``bench/results/<date>-<machine>-<mode>-<dtype>.json``.
 """
@@ -39,6 +45,12 @@ from tadastream.config import TADA_1B, tada_config  # noqa: E402
 from tadastream.demo import build_demo_model, demo_tokenizer, demo_voice  # noqa: E402
 from tadastream.engine import generate_steps  # noqa: E402
 from tadastream.model import TadaForCausalLM  # noqa: E402
+from tadastream.playback import (  # noqa: E402
+    MAX_FIRST_CHUNK_MS,
+    check_min_first_chunk_ms,
+    playable_start,
+    playback_figures,
+)
 from tadastream.timecode import decode_time  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -227,48 +239,99 @@ def timed(fn, device, repeat: int = 1):
     return best, out
 
 
-def run_stream(model, voice, text):
+def parse_first_chunk(spec: str) -> dict[str, float | None]:
+    """``--first-chunk-ms``: comma-separated ``adaptive`` or milliseconds -> {label: min_first_chunk_ms}."""
+    policies: dict[str, float | None] = {}
+    for part in (p.strip().lower() for p in spec.split(",")):
+        if not part:
+            continue
+        if part == "adaptive":
+            policies["adaptive"] = None
+            continue
+        try:
+            ms = check_min_first_chunk_ms(float(part.removesuffix("ms")))
+        except ValueError as exc:  # not a number, or out of range (GenerationInputError)
+            raise ValueError(
+                f"{part!r}: use 'adaptive' or milliseconds from 0 (the first samples at once) to {MAX_FIRST_CHUNK_MS:g}"
+            ) from exc
+        policies[f"{ms:g}ms"] = ms
+    if not policies:
+        raise ValueError("name at least one policy, e.g. 0,adaptive")
+    return policies
+
+
+def primary_policy(policies: dict[str, float | None]) -> str:
+    """The policy the main table reports: the library's default (adaptive) where it runs, else the first."""
+    return "adaptive" if "adaptive" in policies else next(iter(policies))
+
+
+def run_stream(model, voice, text, min_first_chunk_ms: float | None = None):
     reset_durations()
-    stream = model.generate(voice, text, stream=True)
+    stream = model.generate(voice, text, stream=True, min_first_chunk_ms=min_first_chunk_ms)
     samples = 0
     for chunk, _sr in stream:
         samples += chunk.numel()
     return stream, samples
 
 
-def bench_text(model, voice, text: str, repeat: int, gen_repeat: int = 1) -> dict:
+def stream_figures(total_s: float, res, samples: int) -> dict:
+    """One stream's wall time, chunk timeline and what a listener got (the result's playback figures)."""
+    ttfa, playable = res.time_to_first_audio, res.time_to_playable_audio
+    return {
+        "stream_total_s": total_s,
+        "stream_result_total_s": res.total_time,
+        "ttfa_s": ttfa,
+        "playable_s": playable,
+        "buffering_s": playable - ttfa if playable is not None and ttfa is not None else None,
+        "stall_count": res.stall_count,
+        "stall_s": res.stall_time,
+        "chunks": len(res.chunk_times),
+        "first_chunk_s": res.chunk_samples[0] / SAMPLE_RATE if res.chunk_samples else None,
+        "stream_audio_s": samples / SAMPLE_RATE,
+        "stream_samples": samples,
+        "stream_rtf": total_s / (samples / SAMPLE_RATE),
+        "chunk_times": res.chunk_times,
+        "chunk_samples": res.chunk_samples,
+    }
+
+
+def bench_text(
+    model, voice, text: str, repeat: int, gen_repeat: int = 1, policies: dict[str, float | None] | None = None
+) -> dict:
+    """``policies``: {label: min_first_chunk_ms} to stream with (default: the adaptive hold only); the
+    row's stream figures are the primary policy's (:func:`primary_policy`), every policy's are under
+    ``first_chunk_policies``."""
     dev = model.device
+    policies = policies or {"adaptive": None}
     row: dict = {"text_tokens": len(model.tokenizer.encode(text, add_special_tokens=False)), "text": text}
 
-    # 1-2. non-streaming generate() (steps + one-pass decode) and generate(stream=True), taken in
-    # turns so that drift on a shared machine hits both; the fastest of gen_repeat runs of each
+    # 1-2. non-streaming generate() (steps + one-pass decode) and generate(stream=True) under each
+    # first-chunk policy, taken in turns so that drift on a shared machine hits all; the fastest of
+    # gen_repeat runs of each
     def non_stream():
         reset_durations()
         return model.generate(voice, text)
 
-    t_ns = t_s = float("inf")
+    t_ns = float("inf")
+    best: dict[str, tuple] = {label: (float("inf"), None, 0) for label in policies}
     for _ in range(gen_repeat):
         t, out = timed(non_stream, dev)
         t_ns = min(t_ns, t)
-        _sync(dev)
-        t0 = time.perf_counter()
-        stream, samples = run_stream(model, voice, text)
-        _sync(dev)
-        if time.perf_counter() - t0 < t_s:
-            t_s, res = time.perf_counter() - t0, stream.result
+        for label, ms in policies.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            stream, samples = run_stream(model, voice, text, ms)
+            _sync(dev)
+            t_s = time.perf_counter() - t0
+            if t_s < best[label][0]:
+                best[label] = (t_s, stream.result, samples)
     audio_s = out.audio[0].numel() / SAMPLE_RATE
     row.update(nonstream_total_s=t_ns, audio_s=audio_s, nonstream_rtf=t_ns / audio_s)
-    row.update(
-        stream_total_s=t_s,
-        stream_result_total_s=res.total_time,
-        ttfa_s=res.time_to_first_audio,
-        stream_audio_s=samples / SAMPLE_RATE,
-        stream_samples=samples,
-        stream_rtf=t_s / (samples / SAMPLE_RATE),
-        chunk_times=res.chunk_times,
-        chunk_samples=res.chunk_samples,
-        stream_over_nonstream=t_s / t_ns,
-    )
+    by_policy = {label: {"min_first_chunk_ms": ms, **stream_figures(*best[label])} for label, ms in policies.items()}
+    primary = primary_policy(policies)
+    figures = {k: v for k, v in by_policy[primary].items() if k != "min_first_chunk_ms"}
+    row.update(figures, first_chunk_policy=primary, stream_over_nonstream=figures["stream_total_s"] / t_ns)
+    row["first_chunk_policies"] = by_policy
 
     # 3. per-token LLM / flow split from generate_steps
     reset_durations()
@@ -356,25 +419,41 @@ def paced(pieces: list[str], counts: list[int], rate: float, log: list):
         yield piece
 
 
-def bench_incremental(model, voice, text: str, rate: float, gen_repeat: int, full_ttfa: float, full_samples: int):
-    """Text as a generator of word pieces at ``rate`` tokens/s; time to first audio from the first piece."""
+def bench_incremental(
+    model,
+    voice,
+    text: str,
+    rate: float,
+    gen_repeat: int,
+    full_ttfa: float,
+    full_samples: int,
+    min_first_chunk_ms: float | None = None,
+):
+    """Text as a generator of word pieces at ``rate`` tokens/s; time to first audio, time to
+    playable audio and stalls from the first piece."""
     pieces, counts = word_pieces(model.tokenizer, text)
     best = None
     for _ in range(gen_repeat):
         log: list = []
         reset_durations()
-        stream = model.generate(voice, paced(pieces, counts, rate, log), stream=True)
-        first, samples = None, 0
+        stream = model.generate(
+            voice, paced(pieces, counts, rate, log), stream=True, min_first_chunk_ms=min_first_chunk_ms
+        )
+        arrivals: list[tuple[float, int]] = []  # (when, samples) per chunk that holds audio
         for chunk, _sr in stream:
-            if first is None and chunk.numel():
-                first = time.perf_counter()
-            samples += chunk.numel()
+            if chunk.numel():
+                arrivals.append((time.perf_counter(), chunk.numel()))
         end = time.perf_counter()
+        first, samples = arrivals[0][0], sum(n for _, n in arrivals)
         t0 = log[0][0]
         before = [(t, k) for t, k in log if t <= first]
         arrival, look_ahead = before[-1]
+        play = playback_figures([t - t0 for t, _ in arrivals], [n for _, n in arrivals], SAMPLE_RATE)
         run = {
             "ttfa_s": first - t0,
+            "playable_s": play.time_to_playable_audio,
+            "stall_count": play.stall_count,
+            "stall_s": play.stall_time,
             "total_s": end - t0,
             "look_ahead_tokens": look_ahead,
             "look_ahead_arrival_s": arrival - t0,
@@ -482,12 +561,13 @@ def save_result(out: Path, name: str, script: str, argv: list[str] | None, **fie
     return result, stem
 
 
-def _print_rows(cols: list[tuple[str, str, str]], rows: dict) -> None:
-    """One line per text; ``cols``: (header, key, format); missing values print as '-'."""
+def _print_rows(cols: list[tuple[str, str, str]], rows) -> None:
+    """One line per text (``rows``: {name: row} or (name, row) pairs); ``cols``: (header, key,
+    format); missing values print as '-'."""
     head = f"{'text':<7}" + "".join(f"{h:>12}" for h, _, _ in cols)
     print(head)
     print("-" * len(head))
-    for name, row in rows.items():
+    for name, row in rows.items() if isinstance(rows, dict) else rows:
         cells = [f"{fmt.format(row[key]):>12}" if row.get(key) is not None else f"{'-':>12}" for _, key, fmt in cols]
         print(f"{name:<7}" + "".join(cells))
 
@@ -500,6 +580,9 @@ def print_table(rows: dict) -> None:
         ("stream s", "stream_total_s", "{:.3f}"),
         ("str/non", "stream_over_nonstream", "{:.3f}"),
         ("TTFA s", "ttfa_s", "{:.3f}"),
+        ("playable s", "playable_s", "{:.3f}"),
+        ("stalls", "stall_count", "{:d}"),
+        ("stall s", "stall_s", "{:.3f}"),
         ("RTF str", "stream_rtf", "{:.3f}"),
         ("LLM s/tok", "llm_s_per_token", "{:.4f}"),
         ("flow s/tok", "flow_s_per_token", "{:.4f}"),
@@ -513,12 +596,36 @@ def print_table(rows: dict) -> None:
     _print_rows(cols, rows)
 
 
+def print_policies(rows: dict) -> None:
+    """One line per text and first-chunk policy."""
+    cols = [
+        ("policy", "policy", "{}"),
+        ("1st ms", "first_chunk_ms", "{:.0f}"),
+        ("chunks", "chunks", "{:d}"),
+        ("TTFA s", "ttfa_s", "{:.3f}"),
+        ("playable s", "playable_s", "{:.3f}"),
+        ("buffer s", "buffering_s", "{:.3f}"),
+        ("stalls", "stall_count", "{:d}"),
+        ("stall s", "stall_s", "{:.3f}"),
+        ("stream s", "stream_total_s", "{:.3f}"),
+    ]
+    lines = [
+        (name, {**fig, "policy": label, "first_chunk_ms": (fig["first_chunk_s"] or 0) * 1000})
+        for name, row in rows.items()
+        for label, fig in row["first_chunk_policies"].items()
+    ]
+    _print_rows(cols, lines)
+
+
 def print_incremental(rows: dict) -> None:
     cols = [
         ("tok", "text_tokens", "{:d}"),
         ("text in s", "text_arrival_s", "{:.2f}"),
         ("TTFA full", "chunk_s", "{:.3f}"),
         ("TTFA inc", "ttfa_s", "{:.3f}"),
+        ("playable s", "playable_s", "{:.3f}"),
+        ("stalls", "stall_count", "{:d}"),
+        ("stall s", "stall_s", "{:.3f}"),
         ("look-ahead", "look_ahead_tokens", "{:d}"),
         ("arrived s", "look_ahead_arrival_s", "{:.3f}"),
         ("after arr s", "after_arrival_s", "{:.3f}"),
@@ -540,15 +647,24 @@ def plot(result: dict, path: Path) -> bool:
         return False
     rows = result["texts"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    lim = max(max(r["chunk_times"]) for r in rows.values())
     for name, row in rows.items():
         t = row["chunk_times"]
         audio = [sum(row["chunk_samples"][: i + 1]) / SAMPLE_RATE for i in range(len(t))]
-        ax1.step(t, audio, where="post", label=f"{name} ({row['text_tokens']} tok)")
-    lim = max(max(r["chunk_times"]) for r in rows.values())
+        (line,) = ax1.step(t, audio, where="post", label=f"{name} ({row['text_tokens']} tok)")
+        # a player starting at the time to playable audio (never after the last chunk): its playhead
+        # stays under the delivered audio; drawn up to the last chunk of any text
+        start = playable_start(t, [n / SAMPLE_RATE for n in row["chunk_samples"]])
+        if start is not None:
+            end = min(start + audio[-1], lim)
+            ax1.plot([start, end], [0, end - start], ":", color=line.get_color(), lw=1)
+            ax1.plot([start], [0], "o", color=line.get_color(), ms=4)
     ax1.plot([0, lim], [0, lim], "k--", lw=0.8, label="real time")
+    ax1.plot([], [], "k:o", lw=1, ms=4, label="playback from time to playable audio")
     ax1.set_xlabel("wall clock s")
     ax1.set_ylabel("audio delivered s")
-    ax1.set_title("streaming chunk timeline")
+    policy = next(iter(rows.values())).get("first_chunk_policy", "adaptive")
+    ax1.set_title(f"streaming chunk timeline (first chunk: {policy})")
     ax1.legend()
     parts = ["llm_s_per_token", "flow_s_per_token", "dec_transformer_s_per_token", "dec_cnn_s_per_token"]
     names = list(rows)
@@ -599,6 +715,12 @@ def main(argv=None) -> int:
         "--reference-python",
         help="python of a venv with hume-tada 0.1.9: also run bench_reference.py and report ours / reference",
     )
+    ap.add_argument(
+        "--first-chunk-ms",
+        default=None,
+        help="first-chunk policies to stream with, comma-separated: 'adaptive' (the default hold), 0 (the "
+        "first samples at once) or milliseconds; a row each (default: 0,adaptive for tiny, adaptive for 1b)",
+    )
     ap.add_argument("--text-rate", type=float, default=20.0, help="incremental text rate, tokens/s (default 20)")
     ap.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -622,6 +744,11 @@ def main(argv=None) -> int:
     repeat = args.repeat or (3 if args.mode == "tiny" else 1)
     mem = args.mem if args.mem is not None else args.mode == "tiny"
     incremental = args.incremental if args.incremental is not None else args.mode == "tiny"
+    try:
+        policies = parse_first_chunk(args.first_chunk_ms or ("0,adaptive" if args.mode == "tiny" else "adaptive"))
+    except ValueError as exc:
+        ap.error(f"--first-chunk-ms: {exc}")
+    primary = primary_policy(policies)
 
     t0 = time.perf_counter()
     model, n_params = build_model(args)
@@ -642,12 +769,12 @@ def main(argv=None) -> int:
     rows = {}
     for name in texts:
         text = make_text(model.tokenizer, TEXT_TOKENS[name])
-        rows[name] = bench_text(model, voice, text, repeat, args.gen_repeat)
+        rows[name] = bench_text(model, voice, text, repeat, args.gen_repeat, policies)
         print(f"{name}: done ({rows[name]['stream_total_s']:.2f} s streaming)", flush=True)
         if incremental:
             r = rows[name]
             r["incremental"] = bench_incremental(
-                model, voice, text, args.text_rate, args.gen_repeat, r["ttfa_s"], r["stream_samples"]
+                model, voice, text, args.text_rate, args.gen_repeat, r["ttfa_s"], r["stream_samples"], policies[primary]
             )
             print(f"{name}: incremental TTFA {r['incremental']['ttfa_s']:.3f} s", flush=True)
         if mem:
@@ -682,6 +809,8 @@ def main(argv=None) -> int:
 
     print()
     print_table(rows)
+    print(f"\nfirst-chunk policies (the table above: {primary}); stalls: a player starting on the first chunk")
+    print_policies(rows)
     if incremental:
         print(f"\nincremental text: word pieces at {args.text_rate:g} tokens/s (times from the first piece)")
         print_incremental(rows)
@@ -721,6 +850,8 @@ def main(argv=None) -> int:
         "build_s": build_s,
         "duration_pattern_frames": list(_PATTERN),
         "incremental_text_rate_tok_s": args.text_rate if incremental else None,
+        "first_chunk_policies": policies,
+        "first_chunk_policy": primary,
         "texts": rows,
         "ratios": ratios,
         "reference": reference,

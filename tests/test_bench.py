@@ -9,12 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from tadastream.playback import playback_figures
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _assert_playback(row: dict) -> None:
+    """A stream's listener figures exist and agree with each other."""
+    assert row["playable_s"] >= row["ttfa_s"] > 0
+    assert isinstance(row["stall_count"], int) and row["stall_count"] >= 0
+    assert row["stall_s"] >= 0 and (row["stall_s"] > 0) == (row["stall_count"] > 0)
 
 
 def test_streaming_bench_tiny_writes_its_figures(tmp_path):
     cmd = [sys.executable, str(BENCH / "bench_streaming.py"), "--mode", "tiny", "--texts", "short"]
-    cmd += ["--no-mem", "--no-incremental", "--repeat", "1", "--out", str(tmp_path)]
+    cmd += ["--no-mem", "--no-incremental", "--repeat", "1", "--first-chunk-ms", "0,adaptive", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (path,) = tmp_path.glob("*-tiny-fp32-optimized.json")
@@ -25,6 +34,27 @@ def test_streaming_bench_tiny_writes_its_figures(tmp_path):
     assert row["llm_s_per_token"] > 0 and row["flow_s_per_token"] > 0
     assert result["ratios"]["stream_total_over_nonstream_total"]["short"] > 0
     assert result["layout"] == "optimized" and "bench_streaming.py" in result["command"]
+
+    # time to playable audio and stalls, for the main row (adaptive) and a row per first-chunk policy
+    assert result["first_chunk_policies"] == {"0ms": 0.0, "adaptive": None}
+    assert result["first_chunk_policy"] == row["first_chunk_policy"] == "adaptive"
+    policies = row["first_chunk_policies"]
+    assert list(policies) == ["0ms", "adaptive"]
+    assert {k: policies["adaptive"][k] for k in ("ttfa_s", "playable_s", "stall_count")} == {
+        k: row[k] for k in ("ttfa_s", "playable_s", "stall_count")
+    }
+    for fig in [row, *policies.values()]:
+        _assert_playback(fig)
+        assert fig["stream_samples"] == row["stream_samples"] == sum(fig["chunk_samples"])  # same audio
+        assert fig["chunks"] == len(fig["chunk_times"]) and fig["buffering_s"] >= 0
+        again = playback_figures(fig["chunk_times"], fig["chunk_samples"], 24000)
+        assert again.time_to_playable_audio == pytest.approx(fig["playable_s"])
+        assert (again.stall_count, again.stall_time) == (fig["stall_count"], pytest.approx(fig["stall_s"]))
+    # min_first_chunk_ms=0 sends the first final samples at once: a first chunk no longer than the held one
+    assert policies["0ms"]["first_chunk_s"] <= policies["adaptive"]["first_chunk_s"]
+    table = proc.stdout[proc.stdout.index("first-chunk policies") :]
+    assert "playable s" in proc.stdout and "stalls" in table
+    assert [line.split()[1] for line in table.splitlines()[3:5]] == ["0ms", "adaptive"]
 
 
 def _run(script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -54,6 +84,14 @@ def test_concurrency_bench_tiny_serves_concurrent_streams(tmp_path):
     assert two["tokens"] == 2 * one["tokens"] > 0  # same text, same fixed durations: same tokens each
     for level in levels:
         assert all(r["ttfa_s"] < r["total_s"] for r in level["requests"])
+        for r in level["requests"]:
+            _assert_playback(r)
+            assert r["chunks"] >= 1
+        # each stream's playable >= its first audio, so the mean and the p95 are too
+        assert level["playable_mean_s"] >= level["ttfa_mean_s"] and level["playable_p95_s"] >= level["ttfa_p95_s"]
+        assert level["stall_count"] == sum(r["stall_count"] for r in level["requests"])
+        assert level["stall_s"] == pytest.approx(sum(r["stall_s"] for r in level["requests"]))
+        assert 0 <= level["stalled_streams"] <= level["streams"]
         assert level["tokens_per_s"] > 0 and level["peak_rss_mb"] > 0
         assert level["ticks"] > 0 and level["tick_s"]["llm"] > 0 and level["tick_s"]["flow"] > 0
         assert {r["audio_s"] for r in level["requests"]} == {one["requests"][0]["audio_s"]}
