@@ -95,6 +95,7 @@ class Recorder(FrameProcessor):
         self.audio = bytearray()
         self.formats: set[tuple[int, int]] = set()
         self.words: list[tuple[str, int, int]] = []  # (text, pts, bytes of audio received before it)
+        self.word_clock: list[int] = []  # when each word reached this processor, on the pipeline's clock
         self.events: list[str] = []  # "audio", "word", "started", "stopped", "interruption"
         self.first_audio = asyncio.Event()
         self.first_audio_clock: int | None = None
@@ -111,6 +112,7 @@ class Recorder(FrameProcessor):
                 self.first_audio.set()
             elif isinstance(frame, TTSTextFrame):
                 self.words.append((frame.text, frame.pts, len(self.audio)))
+                self.word_clock.append(self.get_clock().get_time())
                 self.events.append("word")
             elif isinstance(frame, TTSStartedFrame):
                 self.events.append("started")
@@ -124,13 +126,17 @@ class Recorder(FrameProcessor):
 class Speaker(BaseOutputTransport):
     """An output transport that plays audio in real time, so words are released as they are heard."""
 
+    BUFFER = 0.06  # seconds a sound card holds ahead of what it plays
+
     def __init__(self):
         super().__init__(TransportParams(audio_out_enabled=True, audio_out_end_silence_secs=0))
         self.heard = bytearray()
         self.started_clock: int | None = None
+        self.plays_until = 0  # clock at which the audio written so far has all played
         self.heard_at_interruption: int | None = None
         self.clock_at_interruption: int | None = None
         self.lag = 0.0  # most seconds playback fell behind the clock (audio arriving slower than real time)
+        self.frames_played: list[tuple[int, int]] = []  # (clock when a frame started playing, its first byte)
 
     async def start(self, frame):
         await super().start(frame)
@@ -143,12 +149,17 @@ class Speaker(BaseOutputTransport):
         await super().process_frame(frame, direction)
 
     async def write_audio_frame(self, frame) -> bool:
+        # A sound card plays its buffer without gaps: a frame starts when the one before ends, or when it
+        # arrives if the buffer ran dry; a write returns once no more than BUFFER seconds are queued.
         now = self.get_clock().get_time()
         if self.started_clock is None:
-            self.started_clock = now
-        self.lag = max(self.lag, (now - self.started_clock) / 1e9 - len(self.heard) / 2 / frame.sample_rate)
-        await asyncio.sleep(len(frame.audio) / 2 / frame.sample_rate)
+            self.started_clock = self.plays_until = now
+        starts = max(now, self.plays_until)
+        self.lag = max(self.lag, (starts - self.started_clock) / 1e9 - len(self.heard) / 2 / frame.sample_rate)
+        self.frames_played.append((starts, len(self.heard)))
+        self.plays_until = starts + round(len(frame.audio) / 2 / frame.sample_rate * 1e9)
         self.heard += frame.audio
+        await asyncio.sleep(max(0.0, (self.plays_until - self.get_clock().get_time()) / 1e9 - self.BUFFER))
         return True
 
 
@@ -248,6 +259,44 @@ def test_streams_llm_tokens_and_speaks_them_as_a_plain_request_would(server, cap
     assert rec.events.index("word") < len(rec.events) - 1 - rec.events[::-1].index("audio"), "words come with audio"
     # Pipecat's context holds the reply as the words were spoken
     assert assistant.messages[-1] == {"role": "assistant", "content": TEXT}
+
+
+def played_at(speaker: Speaker, seconds: float) -> float:
+    """The clock (seconds) at which the sample ``seconds`` into the audio started playing."""
+    offset = int(seconds * RATE) * 2
+    clock, first = max(((c, b) for c, b in speaker.frames_played if b <= offset), key=lambda f: f[1])
+    return clock / 1e9 + (offset - first) / 2 / RATE
+
+
+@pytest.mark.parametrize("first_chunk_ms", [None, 0], ids=["adaptive", "at-once"])
+def test_words_are_shown_as_their_audio_plays(server, first_chunk_ms):
+    """Pipecat shows a word at its start time on a clock that runs from the first audio: if playback
+    pauses after a first chunk too short to last, every later word is shown that much before it is heard."""
+
+    async def speak():
+        tts = tts_service(server, seed=5, min_first_chunk_ms=first_chunk_ms)
+        speaker, rec = Speaker(), Recorder()
+        async with pipeline(tts, speaker, rec) as (worker, head):
+            await worker.queue_frames(
+                [LLMFullResponseStartFrame(), *(LLMTextFrame(t) for t in llm_tokens(TEXT)), LLMFullResponseEndFrame()]
+            )
+            async with asyncio.timeout(60):
+                while len(rec.words) < len(TEXT.split()):
+                    await asyncio.sleep(0.05)
+        return speaker, rec, head
+
+    speaker, rec, head = asyncio.run(speak())
+    assert not head.errors, [e.error for e in head.errors]
+    with server.client(headers={"Authorization": f"Bearer {KEY}"}) as c:
+        timed = c.post("/v1/audio/speech/with-timestamps", json={"input": TEXT, "seed": 5}).json()["words"]
+    assert [w for w, _, _ in rec.words] == [w["word"] for w in timed]
+    leads = [played_at(speaker, w["start"]) - shown / 1e9 for w, shown in zip(timed, rec.word_clock)]
+    print(
+        f"\nmin_first_chunk_ms={first_chunk_ms}: word-clock lead (heard minus shown) "
+        f"mean {sum(leads) / len(leads):.3f} s, max {max(leads):.3f} s, playback lag {speaker.lag:.3f} s"
+    )
+    if first_chunk_ms is None:
+        assert max(leads) <= 0.05, "a word was shown well before its audio played"
 
 
 def test_a_japanese_reply_reaches_the_context_as_written(server):

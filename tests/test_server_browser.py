@@ -84,6 +84,10 @@ def test_page_plays_the_stream(server_url, browser):
     # Web Audio: the chunks were decoded and scheduled one after another as they arrived.
     assert "no audio output" not in status.text
     assert int(browser.find_element(By.ID, "scheduled").text) > 1
+    # the first chunk lasts until the next comes: playback that starts on it never runs dry
+    playable, pauses = browser.find_element(By.ID, "playable").text, browser.find_element(By.ID, "pauses").text
+    print(f"browser: playable from {playable}, pauses while playing {pauses}")
+    assert playable.endswith(" ms") and pauses == "0"
     # the words came as timestamps: the text is shown word by word, and each lights up as it is heard
     with httpx.Client(base_url=server_url, trust_env=False, timeout=60) as client:
         timed = client.post("/v1/audio/speech/with-timestamps", json={"input": TEXT, "seed": 4}).json()["words"]

@@ -73,6 +73,7 @@ class _Options:
     speed: float | None
     options: dict[str, Any] | None = field(default=None)
     word_timestamps: bool = True
+    min_first_chunk_ms: float | None = None
 
     def config(self) -> dict[str, Any]:
         """The WebSocket config message (also the shared part of the HTTP body)."""
@@ -82,6 +83,7 @@ class _Options:
             "speed": self.speed,
             "options": dict(self.options) if self.options else None,
             "timestamps": self.word_timestamps,
+            "min_first_chunk_ms": self.min_first_chunk_ms,
         }
 
     def headers(self) -> dict[str, str]:
@@ -101,6 +103,7 @@ class TTS(tts.TTS):
         speed: float | None = None,
         options: dict[str, Any] | None = None,
         word_timestamps: bool = True,
+        min_first_chunk_ms: float | None = None,
         http_session: aiohttp.ClientSession | None = None,
     ) -> None:
         """Create the plugin.
@@ -115,6 +118,8 @@ class TTS(tts.TTS):
             options: extra ``InferenceOptions`` fields passed as is (e.g. ``{"num_flow_matching_steps": 8}``).
             word_timestamps: ask for word timings (an aligned transcript); turn off only for a server
                 whose model cannot give them (a tokenizer without character offsets refuses them).
+            min_first_chunk_ms: audio the first chunk holds: None (the server adapts it so that
+                playback starting on it does not pause), 0 for the first samples at once, or milliseconds.
             http_session: an aiohttp session to use; default LiveKit's job session, or one of our own
                 outside a job (closed by :meth:`aclose`).
         """
@@ -135,6 +140,7 @@ class TTS(tts.TTS):
             speed=speed,
             options=dict(options) if options else None,
             word_timestamps=word_timestamps,
+            min_first_chunk_ms=min_first_chunk_ms,
         )
         self._session = http_session
         self._owns_session = False

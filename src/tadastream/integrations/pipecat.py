@@ -103,11 +103,15 @@ class TadaTTSSettings(TTSSettings):
         seed: Sampling seed: the same seed and text give the same audio. None: the server picks one.
         speed: Speaking rate, 0.25-4 (1 = natural). Other than 1 it delays the first audio.
         options: Server ``InferenceOptions`` fields, e.g. ``{"num_flow_matching_steps": 8}``.
+        min_first_chunk_ms: Audio the first chunk holds: None (the server's adaptive default: it
+            lasts until the next chunk comes, so playback and the word clock do not run ahead of
+            the audio), 0 for the first samples at once, or milliseconds.
     """
 
     seed: int | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
     speed: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
     options: dict[str, Any] | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+    min_first_chunk_ms: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
 
 
 @dataclass(eq=False)
@@ -151,6 +155,7 @@ class TadaTTSService(WebsocketTTSService):
         seed: int | None = None,
         speed: float | None = None,
         options: dict[str, Any] | None = None,
+        min_first_chunk_ms: float | None = None,
         settings: TadaTTSSettings | None = None,
         sample_rate: int | None = None,
         text_aggregation_mode: TextAggregationMode = TextAggregationMode.TOKEN,
@@ -167,6 +172,7 @@ class TadaTTSService(WebsocketTTSService):
             seed: Sampling seed for reproducible audio; None lets the server pick one per utterance.
             speed: Speaking rate, 0.25-4; None leaves it natural.
             options: Extra server ``InferenceOptions``; None for the server's defaults.
+            min_first_chunk_ms: Audio the first chunk holds; None: adaptive (see the settings).
             settings: Settings that override the arguments above (Pipecat's usual way to pass them).
             sample_rate: Output rate; None follows the pipeline's ``audio_out_sample_rate``.
             text_aggregation_mode: ``TOKEN`` (default) streams LLM tokens as they come; ``SENTENCE``
@@ -175,7 +181,15 @@ class TadaTTSService(WebsocketTTSService):
             cancel_timeout: Seconds to wait for the server to wind down after ``cancel`` before closing.
             **kwargs: Passed to ``WebsocketTTSService`` (e.g. ``text_transforms``, ``skip_text_types``).
         """
-        store = self.Settings(model=None, voice=voice, language=None, seed=seed, speed=speed, options=options)
+        store = self.Settings(
+            model=None,
+            voice=voice,
+            language=None,
+            seed=seed,
+            speed=speed,
+            options=options,
+            min_first_chunk_ms=min_first_chunk_ms,
+        )
         if settings is not None:
             store.apply_update(settings)
         kwargs.setdefault("reconnect_on_error", False)  # the server closes after every utterance by design
@@ -238,6 +252,7 @@ class TadaTTSService(WebsocketTTSService):
             "speed": s.speed,
             "options": s.options,
             "timestamps": self._word_times,
+            "min_first_chunk_ms": s.min_first_chunk_ms,
         }
 
     async def _open(self, context_id: str) -> _Utterance:
