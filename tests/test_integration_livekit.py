@@ -238,8 +238,8 @@ def test_server_errors_surface_as_livekit_api_errors(server):
 
     async def run() -> list[APIStatusError]:
         errors = []
-        for key, voice in ((KEY, "no-such-voice"), ("wrong-key", None)):
-            tts = TTS(base_url=server.url, api_key=key, voice=voice)
+        for key, voice, first_chunk_ms in ((KEY, "no-such-voice", None), ("wrong-key", None, None), (KEY, None, -1)):
+            tts = TTS(base_url=server.url, api_key=key, voice=voice, min_first_chunk_ms=first_chunk_ms)
             try:
                 errors.append(await stream_error(tts))
                 with pytest.raises(APIStatusError) as caught:
@@ -249,9 +249,11 @@ def test_server_errors_surface_as_livekit_api_errors(server):
                 await tts.aclose()
         return errors
 
-    ws_voice, http_voice, ws_key, http_key = asyncio.run(asyncio.wait_for(run(), timeout=60))
+    ws_voice, http_voice, ws_key, http_key, ws_chunk, http_chunk = asyncio.run(asyncio.wait_for(run(), timeout=60))
     for error in (ws_voice, http_voice):
         assert error.status_code == 400 and not error.retryable and "no-such-voice" in error.message
+    for error in (ws_chunk, http_chunk):  # the setting reaches the server both ways
+        assert error.status_code == 400 and not error.retryable and "min_first_chunk_ms" in error.message
     for error in (ws_key, http_key):
         assert error.status_code == 401 and not error.retryable and "API key" in error.message
     server.wait_for(lambda s: s["active"] == 0, timeout=10)

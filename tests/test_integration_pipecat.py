@@ -372,10 +372,11 @@ def free_port() -> int:
     ("kw", "category", "says"),
     [
         ({"voice": "no_such_voice"}, ErrorCategory.INVALID_REQUEST, "voice_not_found"),
+        ({"min_first_chunk_ms": -1}, ErrorCategory.INVALID_REQUEST, "invalid_first_chunk"),
         ({"api_key": "wrong"}, ErrorCategory.AUTHENTICATION, "invalid_api_key"),
         ({"base_url": "closed port"}, ErrorCategory.CONNECTIVITY, "cannot speak through"),
     ],
-    ids=["unknown-voice", "wrong-key", "no-server"],
+    ids=["unknown-voice", "bad-first-chunk", "wrong-key", "no-server"],
 )
 def test_refusals_become_error_frames_and_the_pipeline_goes_on(server, kw, category, says):
     if kw.get("base_url") == "closed port":

@@ -60,6 +60,7 @@ _SETTINGS_CODES = {
     "invalid_seed",
     "invalid_speed",
     "invalid_option",
+    "invalid_first_chunk",
     "unsupported_format",
 }
 
