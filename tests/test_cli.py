@@ -728,3 +728,32 @@ def test_caption_file_names_are_checked_before_loading(tmp_path):
     proc = run_cli("speak", "Hi.", "--model", "demo", "-o", tmp_path / "x.wav", "--timestamps", tmp_path / "no/x.json")
     assert_user_error(proc, 2, "--timestamps")
     assert not list(tmp_path.iterdir())
+
+
+class _PlayingSink:
+    """Stands in for a sound card that plays chunks as they come."""
+
+    streaming = True
+
+    def __init__(self):
+        self.samples = 0
+
+    def write(self, chunk) -> None:
+        self.samples += chunk.numel()
+
+
+@pytest.mark.parametrize("speed, warned", [(0.4, True), (3.0, False)])
+def test_playing_slower_than_real_time_says_so(demo_model, demo_voice, monkeypatch, capsys, speed, warned):
+    from tadastream.cli.commands import _generate
+    from tadastream.cli.progress import Progress
+    from tadastream.generation import InferenceOptions
+    from tadastream.stream import AudioStream
+
+    monkeypatch.setattr(AudioStream, "realtime_factor", property(lambda self: speed))  # as a slow machine measures
+    sink = _PlayingSink()
+    result, _ = _generate(demo_model, demo_voice, "Hello there.", InferenceOptions(), sink, Progress(enabled=True))
+    err = capsys.readouterr().err
+    assert sink.samples > 0 and result is not None
+    assert ("playback will pause" in err) == warned, err
+    if warned:
+        assert f"{speed:.2f}x real time" in err and err.count("playback will pause") == 1

@@ -301,6 +301,11 @@ class LongFormStream(ClosingStream):
         return self._tokens_before + (self._current.tokens_done if self._current is not None else 0)
 
     @property
+    def realtime_factor(self) -> float | None:
+        """The segment being spoken's :attr:`AudioStream.realtime_factor`."""
+        return self._current.realtime_factor if self._current is not None else None
+
+    @property
     def finished(self) -> bool:
         return self._done
 

@@ -248,6 +248,13 @@ class AudioStream(ClosingStream):
         return self._delivery.tokens_done
 
     @property
+    def realtime_factor(self) -> float | None:
+        """Seconds of audio made per second since the first token, so far (None before two tokens):
+        below 1, a player that starts on the first chunk will pause, and the stream sends audio
+        as soon as it is final rather than hold a first chunk no rate can make last."""
+        return self._delivery.hold.realtime_factor
+
+    @property
     def on_token(self):
         """Optional callable(StepOutput), called for every spoken token (on the engine's thread)."""
         return self._delivery.on_token

@@ -138,11 +138,18 @@ def _generate(
         min_first_chunk_ms=min_first_chunk_ms,
     )
     progress.start = stream.started_at
+    warned = not getattr(sink, "streaming", False)  # only a player that plays as audio comes can run dry
     try:
         with stream:
             for chunk, _rate in stream:
                 sink.write(chunk)
                 progress.chunk(int(chunk.numel()))
+                if not warned and (speed := stream.realtime_factor) is not None and speed < 1:
+                    warned = True
+                    progress.note(
+                        f"note: audio is being made at {speed:.2f}x real time, so playback will pause; "
+                        "write a file with -o, or play without --stream (after generation)"
+                    )
     except KeyboardInterrupt:
         progress.clear()
         sink.interrupted()  # what was made so far stays a valid file
