@@ -232,7 +232,7 @@ class FirstChunkHold:
         frame_rate, token_rate, per_token = self.frame_rate, self.token_rate, self.frames_per_token
         if frame_rate is None or token_rate is None or per_token is None:
             return False  # one token so far: nothing to predict from; the next one will tell
-        if self.realtime_factor < 1:
+        if self._surely_slower_than_real_time():
             return True
         end_frames = None if tokens_left is None else frames_in + tokens_left * per_token
         arrivals = []
@@ -244,6 +244,14 @@ class FirstChunkHold:
             production = (frames_at + per_token / 2 - frames_in) / frame_rate
             arrivals.append((self._expected(production), samples / SAMPLE_RATE))
         return plays_through(held_seconds, arrivals)
+
+    def _surely_slower_than_real_time(self) -> bool:
+        """Below real time even if the frames per token so far were on the low side: the first few
+        tokens alone must not end the hold of a stream that is, in fact, fast enough."""
+        assert self._first is not None and self._last is not None
+        tokens = self._last[2] - self._first[2]
+        realtime = self.realtime_factor
+        return realtime is not None and realtime * (1 + FRAMES_PER_TOKEN_SPREAD / math.sqrt(tokens)) < 1
 
     def _expected(self, production_seconds: float) -> float:
         """Seconds until a call's audio is out: its frames' production, then the call, with a margin."""

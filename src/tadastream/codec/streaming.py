@@ -44,6 +44,7 @@ class StreamingDecoder:
     #: Frames of the call after the first audible one; calls double from there. Small, so that a
     #: first chunk long enough to play through is ready soon after the first sample.
     FIRST_FLOWING_CALL_FRAMES = 8
+    CALL_GROWTH = 2
 
     def __init__(self, decoder: Decoder, window_size: int = 100, skip_leading_frames: int = 0):
         if window_size < 1:
@@ -159,7 +160,7 @@ class StreamingDecoder:
         pieces = [cnn.step(self._cnn, hidden[:, :, i : i + step]) for i in range(0, hidden.shape[2], step)]
         audio = torch.cat(pieces, dim=2)
         if audio.shape[2] > self._to_skip:  # audio is flowing: gather more per call from now on
-            grown = 2 * frames if self._next_call_frames else self.FIRST_FLOWING_CALL_FRAMES
+            grown = round(self.CALL_GROWTH * frames) if self._next_call_frames else self.FIRST_FLOWING_CALL_FRAMES
             self._next_call_frames = min(self.window_size, max(grown, self._next_call_frames))
         return audio
 
@@ -186,7 +187,7 @@ class StreamingDecoder:
             added = max(0, (at - self._first_audio_frames()) * spf - self.samples_out) if not calls else size * spf
             calls.append((at, added))
             full_sized += size == self.window_size
-            size = min(self.window_size, 2 * size)
+            size = min(self.window_size, round(self.CALL_GROWTH * size))
         return calls
 
     def _should_decode(self) -> bool:
