@@ -11,12 +11,13 @@ Cost: each decode call reads all the decoder's weights (~0.5 GB in fp32), which 
 memory-bound machine is what a small call pays. So the first call comes exactly when the frames
 settled so far can yield the first audible sample (the CNN's look-ahead, about 17 frames, past the
 leading skip), and its waveform CNN runs on just the frames that sample needs (the block's later
-decoder states wait for the next call): time to first audio is what a listener waits for. After
-that, blocks are gathered into calls that double in size up to ``window_size`` frames, which
-keeps the total close to the one-pass decode. The schedule depends on the frames alone, never on timing, so the
-same inputs give the same chunks and bit-identical audio however busy the machine is. Doubling
-keeps a listener fed whenever generation runs at least twice as fast as real time; for a slower
-producer a smaller ``window_size`` keeps chunks near one token.
+decoder states wait for the next call). That call yields only a few milliseconds of audio; the
+next takes ``FIRST_FLOWING_CALL_FRAMES`` (8) more frames, so a first chunk long enough to play
+through is ready soon after, and calls then double up to ``window_size`` frames, which keeps the
+total close to the one-pass decode. The schedule depends on the frames alone, never on timing, so
+the same inputs give bit-identical audio however busy the machine is. When a stream lets its first
+chunk go is decided above this class (:class:`~tadastream.playback.FirstChunkHold`), from
+:meth:`StreamingDecoder.upcoming_calls`.
 """
 
 from __future__ import annotations
