@@ -17,6 +17,7 @@ is never kept back, since sending sooner can only help a player that is already 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ def check_min_first_chunk_ms(value: object) -> float | None:
     """``value`` as a number of milliseconds, or None (adaptive); GenerationInputError otherwise."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise GenerationInputError(f"min_first_chunk_ms must be a number of milliseconds or None, got {value!r}")
     if not 0 <= value <= MAX_FIRST_CHUNK_MS:
         raise GenerationInputError(
