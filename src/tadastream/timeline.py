@@ -115,6 +115,28 @@ def _draw_chunks(ax: Any, result: Any, sample_rate: int) -> None:
         f"({total / wall if wall > 0 else float('inf'):.2f}x real time){stalls}"
     )
     ax.legend(loc="upper left", fontsize=8)
+    _draw_start(ax, times, produced, play, max(start, playable or start))
+
+
+def _draw_start(ax: Any, times: list[float], produced: list[float], play: Any, playable: float) -> None:
+    """An inset on the first moments, where a short first chunk and the wait after it show; on the
+    whole stream's scale they are a few pixels wide."""
+    end = playable + max(0.25, playable)
+    if end >= 0.5 * (play.wall[-1] or 1.0):
+        return  # the whole stream is short: the main panel already shows its start
+    inset = ax.inset_axes([0.55, 0.08, 0.42, 0.42])
+    inset.step([0.0, *times], [0.0, *produced], where="post", color="tab:blue", lw=2)
+    inset.plot(play.wall, play.audio, color="tab:green", lw=1.5)
+    for a, b in play.stalls:
+        inset.axvspan(a, b, color="tab:red", alpha=0.2)
+    inset.axvline(times[0], color="tab:orange", lw=1, ls=":")
+    inset.axvline(playable, color="tab:green", lw=1, ls=":")
+    shown = [p for t, p in zip(times, produced) if t <= end]
+    inset.set_xlim(0.0, end)
+    inset.set_ylim(0.0, max(0.3, 1.2 * (shown[-1] if shown else produced[0])))
+    inset.set_title("the first moments", fontsize=8)
+    inset.tick_params(labelsize=7)
+    inset.grid(True, alpha=0.3)
 
 
 def _draw_durations(ax: Any, result: Any) -> None:
