@@ -246,36 +246,30 @@ def test_adaptive_decides_nothing_before_two_tokens():
     assert hold.token_rate is not None and hold.should_release(10.0, calls, 34, 0)
 
 
-def test_adaptive_releases_at_once_when_slower_than_real_time():
-    # 5 tokens of 6 frames, 0.24 s apart: 24 frames in 0.96 s = 25 frames/s = 0.5 x real time. No
-    # amount of holding keeps such a player fed, so even a crumb with the next call far off goes.
-    far = [(8, 3840), (1000, 480_000)]
+@pytest.mark.parametrize(
+    "tokens, dt, realtime, released",
+    [
+        # 5 tokens of 6 frames, 0.24 s apart: 24 frames in 0.96 s = 25 frames/s = 0.5 x real time. No
+        # amount of holding keeps such a player fed, so even a crumb with the next call far off goes.
+        (5, 0.24, 0.5, True),
+        # 0.8 x real time over 4 token intervals is thin evidence: had the frames per token been on
+        # the low side (0.8 * (1 + 0.5 / sqrt(4)) = 1.0), the stream could keep up, so the crumb waits...
+        (5, 0.15, 0.8, False),
+        # ...while over 100 intervals it is not (0.8 * 1.05 < 1): it goes
+        (101, 0.15, 0.8, True),
+        # 0.1 s apart (60 frames/s, 1.2 x real time): the crumb waits. The cautious frames per token
+        # is 6 * (1 - 0.5 / sqrt(4)) = 4.5, so 45 frames/s, and the call 8 frames away is expected
+        # after ((8 + 4.5 / 2) / 45) * 1.1 + 0.02 = 0.27 s, far beyond 0.011 s.
+        (5, 0.1, 1.2, False),
+    ],
+)
+def test_adaptive_releases_at_once_when_slower_than_real_time(tokens, dt, realtime, released):
     clock = FakeClock()
     hold = FirstChunkHold(None, clock=clock)
-    frames_in = settle(hold, clock, 5, 6, 0.24)
-    assert hold.realtime_factor == pytest.approx(0.5)
-    assert hold.should_release(CRUMB, [(frames_in + a, n) for a, n in far], frames_in, None)
-    # 0.8 x real time over 4 token intervals is thin evidence: had the frames per token been on the
-    # low side (0.8 * (1 + 0.5 / sqrt(4)) = 1.0), the stream could keep up, so the crumb waits...
-    clock = FakeClock()
-    hold = FirstChunkHold(None, clock=clock)
-    frames_in = settle(hold, clock, 5, 6, 0.15)
-    assert hold.realtime_factor == pytest.approx(0.8)
-    assert not hold.should_release(CRUMB, [(frames_in + a, n) for a, n in far], frames_in, None)
-    # ...while over 100 intervals it is not (0.8 * 1.05 < 1): it goes
-    clock = FakeClock()
-    hold = FirstChunkHold(None, clock=clock)
-    frames_in = settle(hold, clock, 101, 6, 0.15)
-    assert hold.realtime_factor == pytest.approx(0.8)
-    assert hold.should_release(CRUMB, [(frames_in + a, n) for a, n in far], frames_in, None)
-    # the same tokens 0.1 s apart (60 frames/s, 1.2 x real time): the crumb waits. The cautious
-    # frames per token is 6 * (1 - 0.5 / sqrt(4)) = 4.5, so 45 frames/s, and the call 8 frames
-    # away is expected after ((8 + 4.5 / 2) / 45) * 1.1 + 0.02 = 0.27 s, far beyond 0.011 s.
-    clock = FakeClock()
-    hold = FirstChunkHold(None, clock=clock)
-    frames_in = settle(hold, clock, 5, 6, 0.1)
-    assert hold.realtime_factor == pytest.approx(1.2)
-    assert not hold.should_release(CRUMB, [(frames_in + 8, 3840)], frames_in, None)
+    frames_in = settle(hold, clock, tokens, 6, dt)
+    assert hold.realtime_factor == pytest.approx(realtime)
+    calls = [(frames_in + 8, 3840), (frames_in + 1000, 480_000)]
+    assert hold.should_release(CRUMB, calls, frames_in, None) == released
 
 
 def fast_hold(decode_seconds: float = 0.0) -> tuple[FirstChunkHold, int]:
