@@ -181,21 +181,28 @@ class FirstChunkHold:
         """One decoder call took ``seconds``."""
         self.decode_seconds = max(self.decode_seconds, seconds)
 
+    def _since_first(self) -> tuple[float, int, int] | None:
+        """(seconds, frames, tokens) settled after the first token; None until a second one has, a
+        moment later."""
+        if self._first is None or self._last is None or self._last[2] <= self._first[2]:
+            return None
+        elapsed, frames, tokens = (last - first for last, first in zip(self._last, self._first))
+        return (elapsed, frames, tokens) if elapsed > 0 else None
+
     @property
     def token_rate(self) -> float | None:
         """Tokens settled per second of wall time since the first one; None before two."""
-        if self._first is None or self._last is None or self._last[2] <= self._first[2]:
-            return None
-        elapsed = self._last[0] - self._first[0]
-        return (self._last[2] - self._first[2]) / elapsed if elapsed > 0 else None
+        span = self._since_first()
+        return None if span is None else span[2] / span[0]
 
     @property
     def frames_per_token(self) -> float | None:
         """Frames a token brings, at the low end of what the tokens so far suggest (few tokens say
         little), so that waits are not underestimated. None before two tokens."""
-        if self._first is None or self._last is None or self._last[2] <= self._first[2]:
+        span = self._since_first()
+        if span is None:
             return None
-        frames, tokens = self._last[1] - self._first[1], self._last[2] - self._first[2]
+        _, frames, tokens = span
         return frames / tokens * max(0.0, 1 - FRAMES_PER_TOKEN_SPREAD / math.sqrt(tokens))
 
     @property
@@ -207,10 +214,8 @@ class FirstChunkHold:
     @property
     def realtime_factor(self) -> float | None:
         """Seconds of audio made per second of wall time so far; None before two tokens."""
-        if self._first is None or self._last is None or self._last[2] <= self._first[2]:
-            return None
-        elapsed = self._last[0] - self._first[0]
-        return (self._last[1] - self._first[1]) / elapsed / FRAME_RATE if elapsed > 0 else None
+        span = self._since_first()
+        return None if span is None else span[1] / span[0] / FRAME_RATE
 
     def should_release(
         self, held_seconds: float, calls: Sequence[tuple[int, int]], frames_in: int, tokens_left: int | None
@@ -230,10 +235,15 @@ class FirstChunkHold:
             return True
         if self.fixed is not None:
             return held_seconds >= self.fixed
-        frame_rate, token_rate, per_token = self.frame_rate, self.token_rate, self.frames_per_token
-        if frame_rate is None or token_rate is None or per_token is None:
+        span = self._since_first()
+        if span is None:
             return False  # one token so far: nothing to predict from; the next one will tell
-        if self._surely_slower_than_real_time():
+        frame_rate, token_rate, per_token = self.frame_rate, self.token_rate, self.frames_per_token
+        assert frame_rate is not None and token_rate is not None and per_token is not None
+        realtime = span[1] / span[0] / FRAME_RATE
+        # below real time even if the frames per token so far were on the low side: a few short
+        # first tokens alone must not end the hold of a stream that is, in fact, fast enough
+        if realtime * (1 + FRAMES_PER_TOKEN_SPREAD / math.sqrt(span[2])) < 1:
             return True
         end_frames = None if tokens_left is None else frames_in + tokens_left * per_token
         arrivals = []
@@ -245,14 +255,6 @@ class FirstChunkHold:
             production = (frames_at + per_token / 2 - frames_in) / frame_rate
             arrivals.append((self._expected(production), samples / SAMPLE_RATE))
         return plays_through(held_seconds, arrivals)
-
-    def _surely_slower_than_real_time(self) -> bool:
-        """Below real time even if the frames per token so far were on the low side: the first few
-        tokens alone must not end the hold of a stream that is, in fact, fast enough."""
-        assert self._first is not None and self._last is not None
-        tokens = self._last[2] - self._first[2]
-        realtime = self.realtime_factor
-        return realtime is not None and realtime * (1 + FRAMES_PER_TOKEN_SPREAD / math.sqrt(tokens)) < 1
 
     def _expected(self, production_seconds: float) -> float:
         """Seconds until a call's audio is out: its frames' production, then the call, with a margin."""
