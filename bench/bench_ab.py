@@ -8,7 +8,9 @@ The earlier commit's package is extracted (``git archive``) as ``tadastream_ab``
 dir and loaded beside this checkout's; both get the same random TADA-1B-shaped (or demo) weights, voice,
 text, seed and fixed durations. Each round runs non-streaming ``generate()`` and a streaming one
 on each model, the order flipping every round, so drift on a shared machine hits both; the
-report gives medians of wall and CPU time and new / old ratios. Works for commits whose
+report gives medians of wall and CPU time and new / old ratios, and for the streams what a
+listener got (``tadastream.playback``, from when each chunk reached the loop): time to first
+audio, the first chunk's length, time to playable audio and stalls. Works for commits whose
 ``generation.decode_time`` (before the engine) or ``SpeechProgram._predicted_durations`` (after)
 gives the durations.
 """
@@ -32,6 +34,7 @@ sys.path.insert(0, str(HERE))
 import bench_streaming as bs  # noqa: E402  (puts src/ on the path when not installed)
 
 from tadastream.demo import demo_tokenizer, demo_voice  # noqa: E402
+from tadastream.playback import playback_figures  # noqa: E402
 
 
 def extract(rev: str, into: Path) -> None:
@@ -113,16 +116,28 @@ def main(argv=None) -> int:
     voice = demo_voice(new)
     text = bs.make_text(new.tokenizer, args.tokens)
 
-    def run(model, stream: bool) -> tuple[float, float]:
+    heard: dict[str, list] = {}  # per model: (first audio, first chunk, playable, stalls) of each stream
+
+    def run(model, stream: bool, name: str = "") -> tuple[float, float]:
         getattr(fix_old_durations, "reset", lambda: None)()
         torch.manual_seed(0)
         wall, cpu = time.perf_counter(), time.process_time()
         if stream:
-            for _ in model.generate(voice, text, stream=True):
-                pass
+            times, sizes = [], []
+            for chunk, _sr in model.generate(voice, text, stream=True):
+                if chunk.numel():
+                    times.append(time.perf_counter() - wall)
+                    sizes.append(chunk.numel())
         else:
             model.generate(voice, text)
-        return time.perf_counter() - wall, time.process_time() - cpu
+        spent = time.perf_counter() - wall, time.process_time() - cpu
+        if stream and name:
+            figures = playback_figures(times, sizes)
+            first_chunk = sizes[0] / bs.SAMPLE_RATE
+            heard.setdefault(name, []).append(
+                (figures.time_to_first_audio, first_chunk, figures.time_to_playable_audio, figures.stall_time)
+            )
+        return spent
 
     run(new, False)
     run(old, False)  # warm-up
@@ -132,7 +147,7 @@ def main(argv=None) -> int:
         for name, model in order:
             for stream in (False, True):
                 key = f"{name}-{'stream' if stream else 'nonstream'}"
-                times.setdefault(key, []).append(run(model, stream))
+                times.setdefault(key, []).append(run(model, stream, name))
                 print(key, *(f"{t:.2f}" for t in times[key][-1]), file=sys.stderr)
     summary = {}
     for kind in ("nonstream", "stream"):
@@ -144,9 +159,15 @@ def main(argv=None) -> int:
         summary[kind] = row
         print(f"{kind:>9}: wall {row['wall_old_s']:.2f} -> {row['wall_new_s']:.2f} s ({row['wall_new_over_old']:.3f}),"
               f" cpu {row['cpu_old_s']:.2f} -> {row['cpu_new_s']:.2f} s ({row['cpu_new_over_old']:.3f})")  # fmt: skip
+    listener = {}
+    for name in ("old", "new"):
+        first, chunk, playable, stalled = (statistics.median(run[j] for run in heard[name]) for j in range(4))
+        listener[name] = {"first_audio_s": first, "first_chunk_s": chunk, "playable_s": playable, "stall_s": stalled}
+        print(f"{name} stream: first audio {first:.3f} s (first chunk {chunk * 1000:.0f} ms),"
+              f" playable {playable:.3f} s, stalls {stalled:.3f} s (medians)")  # fmt: skip
     bs.save_result(
         args.out,
-        f"ab-{args.rev}-{args.mode}-{args.dtype}" + (f"-{args.quantize}" if args.quantize else ""),
+        f"ab-{args.rev}-{args.mode}-{args.dtype}{f'-{args.quantize}' if args.quantize else ''}-{args.tokens}tok",
         "bench_ab.py",
         argv,
         rev_old=args.rev,
@@ -156,7 +177,9 @@ def main(argv=None) -> int:
         text_tokens=args.tokens,
         rounds=args.rounds,
         summary=summary,
+        listener=listener,
         runs=times,
+        heard=heard,
     )
     return 0
 

@@ -102,11 +102,16 @@ def test_ab_bench_tiny_compares_against_a_commit(tmp_path):
     if subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
         pytest.skip("bench_ab.py extracts a commit: needs the git checkout")
     _run("bench_ab.py", "--rev", "HEAD", "--mode", "tiny", "--rounds", "1", "--tokens", "6", "--out", str(tmp_path))
-    (path,) = tmp_path.glob("*-ab-HEAD-tiny-fp32.json")
+    (path,) = tmp_path.glob("*-ab-HEAD-tiny-fp32-6tok.json")
     result = json.loads(path.read_text())
     for kind in ("nonstream", "stream"):
         assert result["summary"][kind]["wall_new_s"] > 0 and result["summary"][kind]["wall_old_s"] > 0
     assert len(result["runs"]["old-stream"]) == len(result["runs"]["new-stream"]) == 1
+    # what a listener got, per side: medians of the streams in runs
+    for name in ("old", "new"):
+        side, (run,) = result["listener"][name], result["heard"][name]
+        assert side == dict(zip(("first_audio_s", "first_chunk_s", "playable_s", "stall_s"), run))
+        assert 0 < side["first_audio_s"] <= side["playable_s"] and side["first_chunk_s"] > 0 and side["stall_s"] >= 0
 
 
 def test_longform_bench_tiny_reports_first_audio_and_memory(tmp_path):
