@@ -217,6 +217,7 @@ def test_queue_full_gives_429_and_waiting_too_long_503(tight):
         ({"input": "hi", "min_first_chunk_ms": -5}, 400, "invalid_first_chunk"),
         ({"input": "hi", "min_first_chunk_ms": 1e9}, 400, "invalid_first_chunk"),
         ({"input": "hi", "min_first_chunk_ms": "soon"}, 400, "invalid_request"),
+        ({"input": "hi", "min_first_chunk_ms": 10**400}, 400, "invalid_request"),  # no float holds it
     ],
 )
 def test_bad_requests_get_clear_4xx(tight, body, status, code):
@@ -225,6 +226,14 @@ def test_bad_requests_get_clear_4xx(tight, body, status, code):
     assert res.status_code == status and error_of(res)["code"] == code
     message = error_of(res)["message"]
     assert "\n" not in message and "Traceback" not in message and "not supported between" not in message
+
+
+@pytest.mark.parametrize("number", ["1e999", "NaN", "-Infinity"])
+def test_non_finite_first_chunk_settings_are_a_400(tight, number):
+    raw = ('{"input": "hi", "min_first_chunk_ms": ' + number + "}").encode()  # Python's JSON reads these
+    with tight.client(headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"}) as c:
+        res = c.post("/v1/audio/speech", content=raw)
+    assert res.status_code == 400 and error_of(res)["code"] == "invalid_first_chunk"
 
 
 def test_a_lone_surrogate_is_a_400(tight):
@@ -266,6 +275,11 @@ def test_websocket_refuses_a_bad_first_chunk_setting_before_ready(server):
         reply = json.loads(ws.recv(timeout=30))
     assert reply["type"] == "error" and reply["error"]["code"] == "invalid_first_chunk"
     assert reply["error"]["param"] == "min_first_chunk_ms" and "between 0 and" in reply["error"]["message"]
+    for hostile in ("1e999", str(10**400), "NaN"):  # JSON that Python reads as inf, a huge int, NaN
+        with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
+            ws.send('{"seed": 1, "min_first_chunk_ms": ' + hostile + "}")
+            reply = json.loads(ws.recv(timeout=30))
+        assert reply["type"] == "error" and reply["error"]["code"] == "invalid_first_chunk", (hostile, reply)
 
 
 def test_api_key_and_body_limit(tight):

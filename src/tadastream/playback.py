@@ -144,11 +144,11 @@ def check_min_first_chunk_ms(value: object) -> float | None:
     """``value`` as a number of milliseconds, or None (adaptive); GenerationInputError otherwise."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise GenerationInputError(f"min_first_chunk_ms must be a number of milliseconds or None, got {value!r}")
-    if not 0 <= value <= MAX_FIRST_CHUNK_MS:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise GenerationInputError(f"min_first_chunk_ms must be a number of milliseconds or None, got {value!r:.40}")
+    if not 0 <= value <= MAX_FIRST_CHUNK_MS:  # compared as given: NaN fails, and no int is too large to float
         raise GenerationInputError(
-            f"min_first_chunk_ms must be between 0 and {MAX_FIRST_CHUNK_MS:g} (or None: adaptive), got {value:g}"
+            f"min_first_chunk_ms must be between 0 and {MAX_FIRST_CHUNK_MS:g} (or None: adaptive), got {value!r:.40}"
         )
     return float(value)
 
