@@ -83,7 +83,25 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ORIGIN",
         help="let web pages from ORIGIN (e.g. https://app.example.com, or *) call the API; repeatable",
     )
+    add(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a further host name clients may reach the server by (besides --host and loopback names); repeatable",
+    )
+    add(
+        "--metrics-public",
+        action="store_true",
+        help="serve /metrics without the API key (for a scraper inside a trusted network)",
+    )
     add("--max-input-chars", type=int, default=4096, help="longest input text (default 4096)")
+    add(
+        "--body-timeout",
+        type=float,
+        default=15.0,
+        help="seconds a request body may take to arrive; slower ones get 408 (default 15)",
+    )
     add(
         "--send-timeout",
         type=float,
@@ -143,6 +161,10 @@ def build_app(opts: argparse.Namespace):
         max_voice_seconds=opts.max_voice_seconds,
         voices_dir=opts.voices,
         cors_origins=tuple(opts.cors_origin or ()),
+        bind_host=opts.host,
+        allowed_hosts=tuple(opts.allowed_host or ()),
+        body_timeout=opts.body_timeout,
+        metrics_public=opts.metrics_public,
         send_timeout=opts.send_timeout,
         max_session_seconds=opts.max_session_seconds,
         ws_idle_timeout=opts.ws_idle_timeout,

@@ -11,23 +11,24 @@ reaches a client. One JSON log line per request goes to ``tadastream.server``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from importlib import resources
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import SAMPLE_RATE
 from .errors import EngineError, engine_error_response, error_response, validation_message
+from .metrics import ServerMetrics, add_metrics_route
 from .middleware import RequestGuard
 from .service import SpeechService
 from .settings import ServerSettings
 from .speech import SpeechRequest, require_json, speech_formats, speech_response
-from .voices import VoiceStore, save_voice_upload
+from .voice_routes import add_voice_routes
+from .voices import VoiceStore
 from .websocket import websocket_session
 
 __all__ = ["ServerSettings", "create_app"]
@@ -68,7 +69,8 @@ def create_app(
     app.state.voices = VoiceStore(settings.voices_dir, default_voice, model)
     app.state.encoder = encoder
     formats = speech_formats()
-    app.add_middleware(RequestGuard, settings=settings)
+    app.state.metrics = ServerMetrics(service, app.state.voices)
+    app.add_middleware(RequestGuard, settings=settings, observe=app.state.metrics.observe_request)
     if settings.cors_origins:  # outermost: a preflight is answered before the key is asked for
         from starlette.middleware.cors import CORSMiddleware
 
@@ -115,10 +117,6 @@ def create_app(
             "data": [{"id": settings.model_id, "object": "model", "created": 0, "owned_by": "tadastream"}],
         }
 
-    @app.get("/v1/voices")
-    async def list_voices() -> dict[str, Any]:
-        return {"object": "list", "data": await asyncio.to_thread(app.state.voices.list)}
-
     @app.post("/v1/audio/speech", dependencies=[Depends(require_json)])
     async def speech(body: SpeechRequest, request: Request) -> Response:
         return speech_response(app, body, request, formats)
@@ -127,9 +125,8 @@ def create_app(
     async def speech_with_timestamps(body: SpeechRequest, request: Request) -> Response:
         return speech_response(app, body, request, formats, captioned=True)
 
-    @app.post("/v1/voices", status_code=201)
-    async def upload_voice(request: Request) -> JSONResponse:
-        return await save_voice_upload(app, request)
+    add_voice_routes(app)
+    add_metrics_route(app)
 
     @app.websocket("/v1/audio/stream")
     async def stream_ws(websocket: WebSocket) -> None:

@@ -8,6 +8,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
@@ -85,8 +86,8 @@ def _proxy_request_id(scope) -> str | None:
 class RequestGuard:
     """API key for /v1 HTTP routes, request body limits, and one JSON log line per request."""
 
-    def __init__(self, app, settings: ServerSettings):
-        self.app, self.settings = app, settings
+    def __init__(self, app, settings: ServerSettings, observe: Callable[[dict[str, Any]], None] | None = None):
+        self.app, self.settings, self.observe = app, settings, observe
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
@@ -118,6 +119,8 @@ class RequestGuard:
                 **log,
             }
             logger.info(json.dumps(record, default=str))
+            if self.observe is not None:
+                self.observe(record)
 
     async def _http(self, scope, receive, sent: _Sent) -> None:
         """Refuse a missing key (401) or a body over the limit (413, declared or counted), else run the app."""

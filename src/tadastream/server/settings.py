@@ -23,6 +23,10 @@ class ServerSettings:
     send_timeout: float = 30.0  # seconds one write may wait for a client that stopped reading
     max_session_seconds: float = 1800.0  # longest a request or WebSocket may hold a stream slot; 0 = no cap
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*" for any)
+    bind_host: str = "127.0.0.1"  # the address served; with allowed_hosts, what a Host header may name
+    allowed_hosts: tuple[str, ...] = ()  # further names clients may reach the server by (DNS rebinding guard)
+    body_timeout: float = 15.0  # seconds a request body may take to arrive before a 408
+    metrics_public: bool = False  # serve /metrics without the API key
 
     def __post_init__(self) -> None:
         # name -> whether 0 is allowed (no queue wait; no session cap)
@@ -31,6 +35,7 @@ class ServerSettings:
             ("ws_idle_timeout", False),
             ("send_timeout", False),
             ("max_session_seconds", True),
+            ("body_timeout", False),
         ):
             value = getattr(self, name)
             number = not isinstance(value, bool) and isinstance(value, int | float)
