@@ -318,7 +318,7 @@ def test_encode_opus_resamples_unsupported_rates() -> None:
 
 def test_encode_rejects_bad_input() -> None:
     with pytest.raises(AudioError, match="not supported") as info:
-        encode_audio(torch.zeros(100), 24000, "aac")
+        encode_audio(torch.zeros(100), 24000, "aiff")
     assert "wav" in str(info.value)
     with pytest.raises(AudioError, match="NaN"):
         encode_audio(torch.tensor([0.0, float("nan")] * 50), 24000, "wav")
@@ -389,7 +389,7 @@ def test_stream_encoder_lossy_formats_arrive_progressively_and_decode_alike(fmt:
 
 def test_stream_encoder_refuses_bad_use() -> None:
     with pytest.raises(AudioError, match="not supported"):
-        StreamEncoder(24000, "aac")
+        StreamEncoder(24000, "aiff")
     with pytest.raises(AudioError, match="positive integer"):
         StreamEncoder(0, "wav")
     encoder = StreamEncoder(24000, "flac")

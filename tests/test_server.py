@@ -196,8 +196,8 @@ def test_queue_full_gives_429_and_waiting_too_long_503(tight):
         ({"input": "   "}, 400, "empty_input"),
         ({"input": "hi", "voice": "../../etc/passwd"}, 400, "invalid_voice_name"),
         ({"input": "hi", "voice": "nobody"}, 400, "voice_not_found"),
-        ({"input": "hi", "response_format": "aac"}, 400, "unsupported_format"),
-        ({"input": "hi", "stream_format": "sse", "response_format": "aac"}, 400, "unsupported_format"),
+        ({"input": "hi", "response_format": "aiff"}, 400, "unsupported_format"),
+        ({"input": "hi", "stream_format": "sse", "response_format": "aiff"}, 400, "unsupported_format"),
         ({"input": "hi", "stream_format": "chunks"}, 400, "invalid_request"),
         ({"input": "hi", "speed": 9}, 400, "invalid_speed"),
         ({"input": "hi", "seed": -1}, 400, "invalid_seed"),
@@ -750,7 +750,7 @@ def server_records(caplog) -> list[dict]:
 def test_a_client_that_stops_reading_loses_its_slot(guarded, caplog):
     caplog.set_level(logging.INFO, logger="tadastream.server")
     body = json.dumps({"input": LONG, "response_format": "pcm"}).encode()
-    head = f"POST /v1/audio/speech HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    head = f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
     stalled = unread_connection(guarded, head.encode() + b"\r\n\r\n" + body)
     try:
         guarded.wait_for(lambda s: s["active"] == 1)
@@ -776,7 +776,7 @@ def test_a_websocket_that_stops_reading_loses_its_slot(guarded, caplog):
     caplog.set_level(logging.INFO, logger="tadastream.server")
     key = base64.b64encode(b"0123456789abcdef").decode()
     handshake = (
-        "GET /v1/audio/stream HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "GET /v1/audio/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
     text = LONG[:2000]

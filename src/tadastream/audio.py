@@ -52,7 +52,9 @@ _ENCODINGS: dict[str, tuple[str, str, tuple[int, ...] | None]] = {
     "opus": ("OGG", "OPUS", (8000, 12000, 16000, 24000, 48000)),
     "mp3": ("MP3", "MPEG_LAYER_III", None),
 }
-_SAVE_EXTENSIONS = ("wav", "flac", "ogg", "opus", "mp3")
+#: Formats encoded through PyAV (FFmpeg) rather than libsndfile, which has no AAC encoder.
+_AV_ENCODINGS = ("aac",)
+_SAVE_EXTENSIONS = ("wav", "flac", "ogg", "opus", "mp3", "aac")
 _WAV_MAX_SAMPLES = (0xFFFFFFFF - 36) // 2  # 16-bit samples (all channels) a RIFF size field can count
 
 
@@ -307,6 +309,17 @@ def wav_header(sample_rate: int, num_channels: int = 1, num_samples: int | None 
     )
 
 
+def complete_wav(data: bytes) -> bytes:
+    """``data``, a whole stream from :func:`wav_header` with unknown length, with its RIFF and data
+    sizes filled in (readers such as libsndfile refuse the 0xFFFFFFFF form for a file they hold whole)."""
+    if len(data) < 44 or data[:4] != b"RIFF" or data[36:40] != b"data" or data[40:44] != b"\xff\xff\xff\xff":
+        return data
+    size = len(data) - 44
+    if 36 + size > 0xFFFFFFFF:
+        return data
+    return b"RIFF" + struct.pack("<I", 36 + size) + data[8:40] + struct.pack("<I", size) + data[44:]
+
+
 class _ForwardBuffer:
     """The file libsndfile writes into, handed out piece by piece as it grows.
 
@@ -371,6 +384,61 @@ def _sf_command(handle: sf.SoundFile, command: int, ctype: str, value: float) ->
     lib.sf_command(handle._file, command, ffi.new(f"{ctype}*", value), ffi.sizeof(ctype))
 
 
+class _AacWriter:
+    """AAC-LC in ADTS frames through PyAV (FFmpeg's native encoder).
+
+    ADTS repeats its header on every frame (about 43 ms at 24 kHz), so a player can start from
+    any byte, as with MP3. The encoder takes exactly ``frame_size`` samples a call, so audio is
+    queued in a FIFO; every encoded frame is written to the buffer as soon as FFmpeg returns it.
+    """
+
+    BIT_RATE = 64000
+
+    def __init__(self, out: _ForwardBuffer, sample_rate: int, channels: int):
+        try:
+            import av
+        except ImportError as err:
+            raise AudioError("audio format 'aac' needs PyAV: pip install av") from err
+        self._av = av
+        self._layout = "mono" if channels == 1 else "stereo" if channels == 2 else None
+        if self._layout is None:
+            raise AudioError(f"aac takes mono or stereo audio, not {channels} channels")
+        self._rate = sample_rate
+        self._container = av.open(out, mode="w", format="adts", options={"flush_packets": "1"})
+        self._stream = self._container.add_stream("aac", rate=sample_rate)
+        self._stream.bit_rate = self.BIT_RATE
+        self._stream.layout = self._layout
+        self._frame_size = 1024  # AAC-LC's frame; the codec context reports 0 until it is opened
+        self._fifo = av.AudioFifo()
+        self._queued = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        planar = np.ascontiguousarray(frames.T, dtype=np.float32)
+        frame = self._av.AudioFrame.from_ndarray(planar, format="fltp", layout=self._layout)
+        frame.sample_rate, frame.pts = self._rate, self._queued
+        self._queued += planar.shape[1]
+        self._fifo.write(frame)
+        while self._fifo.samples >= self._frame_size:
+            self._encode(self._fifo.read(self._frame_size))
+
+    def _encode(self, frame) -> None:
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        """Encode what is queued (the last frame padded by the encoder), flush, and end the stream."""
+        if self._container is None:
+            return
+        try:
+            rest = self._fifo.read()
+            if rest is not None and rest.samples:
+                self._encode(rest)
+            self._encode(None)
+        finally:
+            self._container.close()
+            self._container = None
+
+
 class StreamEncoder:
     """Encode audio chunk by chunk as it is made: each call returns the bytes ready to send.
 
@@ -382,13 +450,18 @@ class StreamEncoder:
     WAV and FLAC headers give no length, and MP3 starts with one silent frame (24 ms) where the
     whole file has its LAME tag. Calls may come from different threads (one at a time is
     enforced), so a server can encode off its event loop and close from it.
+
+    With ``whole_file`` the bytes are kept until :meth:`finish`, which then returns a complete
+    file with its lengths filled in (WAV sizes, FLAC's sample count): for a response sent whole.
+    "aac" (AAC-LC in ADTS frames, 64 kbit/s) is encoded with PyAV where it is installed.
     """
 
-    def __init__(self, sample_rate: int, format: str, channels: int = 1):
+    def __init__(self, sample_rate: int, format: str, channels: int = 1, *, whole_file: bool = False):
         self.sample_rate = _check_rate(sample_rate, "sample_rate")
         self.format = format.lower().lstrip(".")
-        if self.format != "pcm" and self.format not in _ENCODINGS:
-            known = ", ".join(["pcm", *_ENCODINGS])
+        self.whole_file = whole_file
+        if self.format != "pcm" and self.format not in _ENCODINGS and self.format not in _AV_ENCODINGS:
+            known = ", ".join(["pcm", *_ENCODINGS, *_AV_ENCODINGS])
             raise AudioError(f"audio format {format!r} is not supported; choose one of: {known}")
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise AudioError(f"channels must be a positive integer, got {channels!r}")
@@ -404,7 +477,9 @@ class StreamEncoder:
         elif self.format != "pcm":
             self._file = self._open()
 
-    def _open(self) -> sf.SoundFile:
+    def _open(self) -> sf.SoundFile | _AacWriter:
+        if self.format == "aac":
+            return _AacWriter(self._buffer, self.sample_rate, self.channels)
         container, subtype, rates = _ENCODINGS[self.format]
         rate = self.sample_rate
         if rates is not None and rate not in rates:
@@ -423,7 +498,8 @@ class StreamEncoder:
         return handle
 
     def encode(self, audio: torch.Tensor | np.ndarray) -> bytes:
-        """Add 1-D or ``(channels, samples)`` float audio; returns the bytes now ready (maybe none)."""
+        """Add 1-D or ``(channels, samples)`` float audio; returns the bytes now ready (maybe none;
+        always none for a ``whole_file`` encoder, whose :meth:`finish` returns the complete file)."""
         frames = _to_numpy_frames(audio, "audio")
         if frames.shape[1] != self.channels:
             raise AudioError(f"audio has {frames.shape[1]} channel(s); this encoder takes {self.channels}")
@@ -433,7 +509,7 @@ class StreamEncoder:
             if self._closed:
                 raise AudioError("this encoder is finished; start a new StreamEncoder for more audio")
             self._write(frames, last=False)
-            return self._buffer.take()
+            return b"" if self.whole_file else self._buffer.take()
 
     def finish(self) -> bytes:
         """Flush the encoder and close the file; returns the last bytes (trailers, last pages)."""
@@ -472,6 +548,9 @@ class StreamEncoder:
             frames = self._resampler.resample_chunk(frames, last=last)
         if not len(frames):
             return
+        if isinstance(self._file, _AacWriter):
+            self._file.write(np.clip(frames, -1.0, 1.0))
+            return
         _, subtype, _ = _ENCODINGS[self.format]
         # 16-bit formats get our own quantization (libsndfile's differs by one step on some values).
         self._file.write(_quantize16(frames) if subtype == "PCM_16" else np.clip(frames, -1.0, 1.0))
@@ -504,7 +583,7 @@ def available_formats() -> set[str]:
 def _probe_formats() -> frozenset[str]:
     found = {"pcm"}
     tone = (0.1 * np.sin(np.arange(4800, dtype=np.float32) * 0.05)).reshape(-1, 1)
-    for fmt in _ENCODINGS:
+    for fmt in (*_ENCODINGS, *_AV_ENCODINGS):
         try:
             _encode(tone, 48000, fmt)
         except Exception:  # any failure means "not available with this libsndfile"

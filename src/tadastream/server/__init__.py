@@ -4,7 +4,8 @@ Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is se
 
 * ``POST /v1/audio/speech``: OpenAI-compatible JSON body ``model`` (ignored), ``input``, ``voice``
   (name, OpenAI name = default voice, or omitted), ``response_format`` (pcm, wav, flac, opus,
-  ogg, mp3, all encoded chunk by chunk as the audio is made; default mp3 as OpenAI, else wav),
+  ogg, mp3, aac (ADTS), all encoded chunk by chunk as the audio is made; default mp3 as OpenAI, else
+  wav),
   ``speed`` (0.25-4, maps to ``speed_up_factor``: two LLM passes, so later first audio),
   ``stream_format`` ("audio" or "sse": ``speech.audio.delta`` events carrying the format's bytes
   in base64 (pcm when no format is named), then ``speech.audio.done`` with usage and timings),

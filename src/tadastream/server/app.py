@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import SAMPLE_RATE
+from .docs import add_docs_routes
 from .errors import EngineError, engine_error_response, error_response, validation_message
 from .metrics import ServerMetrics, add_metrics_route
 from .middleware import RequestGuard
@@ -63,7 +64,7 @@ def create_app(
         yield
         service.shutdown()
 
-    app = FastAPI(title="tadastream", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="tadastream", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.service = service
     app.state.voices = VoiceStore(settings.voices_dir, default_voice, model)
@@ -77,7 +78,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "HEAD", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "HEAD", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["X-Seed", "X-Request-Id"],
             max_age=600,
@@ -126,6 +127,7 @@ def create_app(
         return speech_response(app, body, request, formats, captioned=True)
 
     add_voice_routes(app)
+    add_docs_routes(app, settings.api_key)
     add_metrics_route(app)
 
     @app.websocket("/v1/audio/stream")

@@ -1,7 +1,9 @@
-"""Auth, body limits and request logs, as pure ASGI middleware so streaming and disconnects pass through."""
+"""Access (key, or Origin and Host), body limits and deadlines, and request logs, as pure ASGI middleware
+so streaming and disconnects pass through."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -13,13 +15,17 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, Response
 
-from .errors import error_response
+from ..audio import complete_wav
+from .access import AccessRules
+from .docs import DOCS_PAGES, cookie_authorized, login_page
+from .errors import error_body, error_response
 from .settings import ServerSettings
 
 logger = logging.getLogger("tadastream.server")
 
-#: Beyond /v1/*, what needs the key when one is set: the API's schema and its docs page.
-GUARDED_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect"})
+#: Beyond /v1/*, what needs the key when one is set: the API's schema and its docs pages (and
+#: /metrics, unless --metrics-public).
+GUARDED_PATHS = frozenset({"/openapi.json", "/docs", "/redoc"})
 
 
 def authorized(api_key: str | None, header: str | None, query_key: str | None = None) -> bool:
@@ -37,7 +43,7 @@ def authorized(api_key: str | None, header: str | None, query_key: str | None = 
 class _Sent:
     """What one request sent (status, bytes, time of the first byte), for its log line.
 
-    After the body limit is hit, ``send_app`` mutes the app so that only our 413 goes out.
+    After the body limit or deadline is hit, ``send_app`` mutes the app so that only our error goes out.
     """
 
     def __init__(self, send, request_id: str, echo_id: bool = True):
@@ -45,7 +51,8 @@ class _Sent:
         self.status: int | None = None
         self.bytes = 0
         self.first_byte: float | None = None
-        self.too_large = False
+        self.too_large = self.too_slow = False
+        self.muted = False  # set with too_large / too_slow: only our 413 / 408 goes out
 
     async def send(self, message) -> None:
         kind = message["type"]
@@ -66,7 +73,7 @@ class _Sent:
         await self._send(message)
 
     async def send_app(self, message) -> None:
-        if not self.too_large:
+        if not self.muted:
             await self.send(message)
 
 
@@ -84,10 +91,15 @@ def _proxy_request_id(scope) -> str | None:
 
 
 class RequestGuard:
-    """API key for /v1 HTTP routes, request body limits, and one JSON log line per request."""
+    """Who may call (key, or Origin and Host without one), body limits and deadlines, and one JSON
+    log line per request."""
 
     def __init__(self, app, settings: ServerSettings, observe: Callable[[dict[str, Any]], None] | None = None):
         self.app, self.settings, self.observe = app, settings, observe
+        self.rules = (
+            None if settings.api_key else AccessRules(settings.bind_host, settings.allowed_hosts, settings.cors_origins)
+        )
+        self.guarded = GUARDED_PATHS if settings.metrics_public else GUARDED_PATHS | {"/metrics"}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
@@ -97,9 +109,17 @@ class RequestGuard:
         log: dict[str, Any] = {"request_id": given or secrets.token_hex(6)}
         scope["tadastream.log"], scope["tadastream.start"] = log, start
         sent = _Sent(send, log["request_id"], echo_id=given is None)  # a proxy that named it, answers it
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
-            if scope["type"] == "http":
-                await self._http(scope, receive, sent)
+            refusal = self.rules.refusal(headers) if self.rules is not None else None
+            if refusal is not None:
+                log["outcome"] = refusal.code
+                if scope["type"] == "http":
+                    await error_response(403, refusal.message, refusal.code)(scope, receive, sent.send)
+                else:
+                    await _refuse_websocket(receive, sent, 403, refusal.message, refusal.code)
+            elif scope["type"] == "http":
+                await self._http(scope, receive, sent, headers)
             else:
                 await self.app(scope, receive, sent.send_app)
         except Exception:
@@ -122,19 +142,31 @@ class RequestGuard:
             if self.observe is not None:
                 self.observe(record)
 
-    async def _http(self, scope, receive, sent: _Sent) -> None:
-        """Refuse a missing key (401) or a body over the limit (413, declared or counted), else run the app."""
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        path, method = scope.get("path", ""), scope.get("method", "WS")
+    def _authorized(self, path: str, headers: dict[str, str]) -> bool:
+        if not (path.startswith("/v1/") or path in self.guarded):
+            return True
+        if authorized(self.settings.api_key, headers.get("authorization")):
+            return True
+        return path in DOCS_PAGES and cookie_authorized(self.settings.api_key or "", headers.get("cookie"))
+
+    async def _http(self, scope, receive, sent: _Sent, headers: dict[str, str]) -> None:
+        """Refuse a missing key (401), a body over the limit (413, declared or counted) or one too
+        slow to arrive (408), else run the app."""
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        send = sent.send
+        if scope.get("http_version") == "1.0":
+            send = _WholeBody(send).send  # HTTP/1.0 has no chunked framing: send a Content-Length
 
         async def reply(response: Response) -> None:
-            await response(scope, receive, sent.send)
+            await response(scope, receive, send)
 
-        guarded = path.startswith("/v1/") or path in GUARDED_PATHS
-        if guarded and not authorized(self.settings.api_key, headers.get("authorization")):
-            await reply(
-                error_response(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", "invalid_api_key")
-            )
+        if not self._authorized(path, headers):
+            if path in ("/docs", "/redoc") and method == "GET":
+                await reply(login_page(path))
+            else:
+                await reply(
+                    error_response(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", "invalid_api_key")
+                )
             return
         limit = self.settings.max_body_bytes
         if path == "/v1/voices" and method == "POST":
@@ -143,25 +175,109 @@ class RequestGuard:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await reply(_too_large(limit))
             return
-        received = 0
+        size = int(declared) if declared is not None and declared.isdigit() else limit
+        deadline = time.monotonic() + self.settings.body_timeout + size / BODY_MIN_RATE
+        received, body_done = 0, False
+        app_send = sent.send_app if send is sent.send else _muted(sent, send)
 
         async def receive_limited():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body, receive() waits for a disconnect: no deadline then
+                return await receive()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    message = await receive()
+            except TimeoutError:
+                sent.muted = sent.too_slow = True
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
-                    sent.too_large = True
+                    sent.muted = sent.too_large = True
                     return {"type": "http.disconnect"}
             return message
 
         try:
-            await self.app(scope, receive_limited, sent.send_app)
+            await self.app(scope, receive_limited, app_send)
         except Exception:
-            if not sent.too_large:
+            if not sent.muted:
                 raise
-        if sent.too_large and sent.status is None:
+        if sent.status is None and sent.too_large:
             await reply(_too_large(limit))
+        elif sent.status is None and sent.too_slow:
+            scope["tadastream.log"]["outcome"] = "body_timeout"
+            response = error_response(
+                408, f"the request body did not arrive within {self.settings.body_timeout:g} s", "body_timeout"
+            )
+            response.headers["connection"] = "close"
+            await reply(response)
+
+
+#: Bytes per second a large body must keep up, beyond --body-timeout: a 16 MiB voice upload gets
+#: 256 s more, a trickle of a few bytes a second is cut off.
+BODY_MIN_RATE = 64 * 1024
+
+
+def _muted(sent: _Sent, send):
+    async def send_unless_muted(message) -> None:
+        if not sent.muted:
+            await send(message)
+
+    return send_unless_muted
+
+
+class _WholeBody:
+    """Sends a response as one body with ``Content-Length`` and ``Connection: close``: an HTTP/1.0
+    client cannot read the chunked framing a streamed response would otherwise get."""
+
+    def __init__(self, send):
+        self._send = send
+        self.start: dict[str, Any] | None = None
+        self.parts: list[bytes] = []
+
+    async def send(self, message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            has_length = any(name.lower() == b"content-length" for name, _ in message.get("headers", []))
+            if has_length:
+                headers = [(n, v) for n, v in message.get("headers", []) if n.lower() != b"connection"]
+                await self._send({**message, "headers": [*headers, (b"connection", b"close")]})
+            else:
+                self.start = message
+            return
+        if kind != "http.response.body" or self.start is None:
+            await self._send(message)
+            return
+        self.parts.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(self.parts)
+        if (b"content-type", b"audio/wav") in self.start.get("headers", []):
+            body = complete_wav(body)
+        headers = [
+            (n, v) for n, v in self.start.get("headers", []) if n.lower() not in (b"transfer-encoding", b"connection")
+        ]
+        headers += [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        await self._send({**self.start, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body})
+
+
+async def _refuse_websocket(receive, sent: _Sent, status: int, message: str, code: str) -> None:
+    """Refuse a handshake so that any client sees why: accept, send the ``error`` message the
+    session's own refusals send, and close with 1008 and the message as the close reason."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await sent.send({"type": "websocket.accept"})
+    await sent.send(
+        {
+            "type": "websocket.send",
+            "text": json.dumps({"type": "error", "status": status, **error_body(status, message, code)}),
+        }
+    )
+    reason = message.encode()[:123].decode("utf-8", "ignore")  # a close frame holds 123 bytes of reason
+    await sent.send({"type": "websocket.close", "code": 1008, "reason": reason})
+    sent.status = status
 
 
 def _too_large(limit: int) -> JSONResponse:

@@ -36,7 +36,7 @@ from .voices import check_voice_name
 
 logger = logging.getLogger("tadastream.server")
 
-SPEECH_FORMATS = ("pcm", "wav", "flac", "opus", "mp3", "ogg")
+SPEECH_FORMATS = ("pcm", "wav", "flac", "opus", "mp3", "ogg", "aac")
 MEDIA_TYPES = {
     "pcm": "audio/pcm",
     "wav": "audio/wav",
@@ -44,6 +44,7 @@ MEDIA_TYPES = {
     "opus": "audio/ogg",
     "ogg": "audio/ogg",
     "mp3": "audio/mpeg",
+    "aac": "audio/aac",
 }
 
 
@@ -211,8 +212,11 @@ class SpeechResponse(Response):
             if self.disconnected:
                 log["outcome"] = "disconnected"
 
+    #: Whether the response is the whole file at once, so its header can give the real length.
+    whole_file = False
+
     async def _run(self, scope, send, log: dict[str, Any]) -> None:
-        encoder = StreamEncoder(SAMPLE_RATE, self.fmt)
+        encoder = StreamEncoder(SAMPLE_RATE, self.fmt, whole_file=self.whole_file)
         try:
             head = await self._first_audio(scope, send, log, encoder)
             if head is not None:
@@ -352,7 +356,10 @@ def _sse(event: dict[str, Any]) -> bytes:
 class CaptionedSpeechResponse(SpeechResponse):
     """``POST /v1/audio/speech/with-timestamps``: the whole file (base64) and every word's and
     character's time in one JSON object, as captioned-speech APIs answer. Same checks, limits and
-    disconnect handling as the streamed response; nothing is sent until the audio is complete."""
+    disconnect handling as the streamed response; nothing is sent until the audio is complete,
+    so the file is complete too (WAV and FLAC headers give its length)."""
+
+    whole_file = True
 
     async def _stream(self, send, encoder: StreamEncoder, head: bytes) -> None:
         parts = [head]
