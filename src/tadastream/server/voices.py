@@ -2,6 +2,12 @@
 
 An upload is a ``.voice`` file, or a WAV and its transcript that the server's codec encoder (when
 it has one) turns into a voice; either is checked against the model before it is stored.
+
+Names ignore case, as they would on a Windows or macOS disk: ``QA1`` and ``qa1`` are one voice, so
+an upload of one when the other exists is a conflict (or, with ``overwrite``, a replacement that
+leaves one file). A folder filled by hand on Linux may still hold both; then the exact name picks
+one, and any other spelling is refused as ambiguous (409) rather than guessed. ``default`` (any
+case) always means the built-in voice; OpenAI's other voice names mean it unless a file is named so.
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import datetime
+import json
 import os
 import re
 import tempfile
@@ -35,16 +43,28 @@ OPENAI_VOICES = frozenset(
 )
 
 
-def check_voice_name(name: str) -> str:
+def check_voice_name(name: str, param: str = "voice") -> str:
     """``name`` if it is a plain voice name (so it can never be a path); else EngineError 400."""
     if not isinstance(name, str) or not VOICE_NAME.fullmatch(name):
         raise EngineError(
             400,
             "voice names use 1-64 letters, digits, '-' or '_' (no paths or extensions)",
             "invalid_voice_name",
-            "voice",
+            param,
         )
     return name
+
+
+def _is_default_name(name: str) -> bool:
+    return name.lower() == "default"
+
+
+def _is_builtin_name(name: str) -> bool:
+    return name.lower() in OPENAI_VOICES
+
+
+def _not_found(name: str) -> EngineError:
+    return EngineError(404, f"voice {name!r} not found", "voice_not_found", "name")
 
 
 def _encoder_output_class():
@@ -62,12 +82,41 @@ class VoiceStore:
         self.model = model
         self._cache: collections.OrderedDict[str, tuple[tuple[int, int], Any]] = collections.OrderedDict()
         self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the cache
+        # Saves and deletes: a check-then-write (conflict, case variants) is one step for this process.
+        self._write_lock = threading.Lock()
+        self._default_bytes: bytes | None = None
 
-    def _path(self, name: str) -> Path | None:
-        if self.directory is None:
-            return None
-        return self.directory / f"{check_voice_name(name)}.voice"
+    def _file(self, stem: str) -> Path:
+        return self.directory / f"{stem}.voice"
+
+    def _stems(self, name: str) -> list[str]:
+        """The stored names of the files that answer to ``name`` in any case (``default`` never does)."""
+        if self.directory is None or _is_default_name(name):
+            return []
+        key = name.lower()
+        try:
+            entries = os.listdir(self.directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        stems = [entry[: -len(".voice")] for entry in entries if entry.lower() == f"{key}.voice"]
+        return sorted(stem for stem in stems if VOICE_NAME.fullmatch(stem))
+
+    def find(self, name: str, param: str = "name") -> str | None:
+        """The stored name of the file voice ``name`` (any case), or None; the exact spelling wins when
+        files differ only by case, any other spelling is then ambiguous (EngineError 409)."""
+        stems = self._stems(name)
+        if name in stems:
+            return name
+        if len(stems) <= 1:
+            return stems[0] if stems else None
+        raise EngineError(
+            409,
+            f"voice name {name!r} is ambiguous: the voices folder holds {', '.join(stems)} (names differ only "
+            "by case); ask for one by its exact name, or delete the others",
+            "ambiguous_voice_name",
+            param,
+        )
 
     def list(self) -> list[dict[str, Any]]:
         """The ``GET /v1/voices`` entries: the default voice (if any), then the files by name, each with the
@@ -82,7 +131,7 @@ class VoiceStore:
             )
         if self.directory is not None and self.directory.is_dir():
             for path in sorted(self.directory.glob("*.voice")):
-                if VOICE_NAME.fullmatch(path.stem) and path.stem != "default":
+                if VOICE_NAME.fullmatch(path.stem) and not _is_default_name(path.stem):
                     voices.append(
                         {
                             "id": path.stem,
@@ -98,10 +147,13 @@ class VoiceStore:
         """The prompt for ``name`` (blocking: may read a file). None means "no prompt" (model default)."""
         if name is None or name == "":
             return self.default
-        path = self._path(name)
-        if path is not None and path.is_file():
-            return self._load(name, path)
-        if name in OPENAI_VOICES:
+        stem = self.find(check_voice_name(name), "voice")
+        if stem is not None:
+            try:
+                return self._load(stem, self._file(stem))
+            except FileNotFoundError:  # deleted since it was found: as if it never was
+                pass
+        if _is_builtin_name(name):
             return self.default
         raise EngineError(
             400,
@@ -109,6 +161,93 @@ class VoiceStore:
             "voice_not_found",
             "voice",
         )
+
+    def info(self, name: str) -> dict[str, Any]:
+        """The ``GET /v1/voices/{name}`` answer (blocking: reads a file's header): where the voice comes
+        from, its language, length, size in bytes and when it was stored (ISO-8601 UTC; the file's
+        modification time, which an upload or replacement sets; None for the built-in voice, which has no file)."""
+        check_voice_name(name, "name")
+        stem = self.find(name)
+        if stem is None:
+            if not _is_builtin_name(name) or self.default is None:
+                raise _not_found(name)
+            voice = self.default
+            data = self.default_bytes()
+            return {
+                "id": "default",
+                "object": "voice",
+                "source": "builtin",
+                "default": True,
+                "language": getattr(voice, "language", None),
+                "seconds": round(voice_seconds(voice), 3),
+                "bytes": len(data) if data is not None else None,
+                "created": None,
+            }
+        path = self._file(stem)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise _not_found(name) from None
+        language, seconds = _voice_header(path)
+        created = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.UTC)
+        return {
+            "id": stem,
+            "object": "voice",
+            "source": "file",
+            "default": False,
+            "language": language,
+            "seconds": round(seconds, 3) if seconds is not None else None,
+            "bytes": stat.st_size,
+            "created": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        }
+
+    def read(self, name: str) -> tuple[str, bytes]:
+        """(stored name, bytes of its ``.voice`` file) for a download; the built-in voice is serialised."""
+        check_voice_name(name, "name")
+        stem = self.find(name)
+        if stem is None:
+            data = self.default_bytes() if _is_builtin_name(name) else None
+            if data is None:
+                raise _not_found(name)
+            return "default", data
+        try:
+            return stem, self._file(stem).read_bytes()
+        except FileNotFoundError:
+            raise _not_found(name) from None
+
+    def default_bytes(self) -> bytes | None:
+        """The built-in voice as a ``.voice`` file (made once), or None without one."""
+        if self.default is None or not hasattr(self.default, "save"):
+            return None
+        if self._default_bytes is None:
+            self._default_bytes = _voice_bytes(self.default)
+        return self._default_bytes
+
+    def delete(self, name: str) -> str:
+        """Remove the file voice ``name`` (any case) and its cached copy; its stored name.
+
+        The built-in voice, and OpenAI's names while they mean it, cannot be deleted (403)."""
+        check_voice_name(name, "name")
+        builtin = EngineError(
+            403, f"{name!r} is the built-in default voice; it cannot be deleted", "builtin_voice", "name"
+        )
+        if _is_default_name(name):
+            raise builtin
+        with self._write_lock:
+            stem = self.find(name)
+            if stem is None:
+                if _is_builtin_name(name):
+                    raise builtin
+                if self.directory is None:
+                    raise _voices_disabled("deleted")
+                raise _not_found(name)
+            try:
+                self._file(stem).unlink()
+            except FileNotFoundError:  # removed by hand or another replica meanwhile
+                raise _not_found(name) from None
+            with self._lock:
+                self._cache.pop(stem, None)
+        return stem
 
     def _load(self, name: str, path: Path):
         stat = path.stat()
@@ -183,18 +322,36 @@ class VoiceStore:
             raise EngineError(400, f"the voice cannot be used with this model: {exc}", "voice_mismatch") from None
 
     def save(self, name: str, voice_bytes: bytes, *, overwrite: bool) -> Path:
-        """Store an already checked voice atomically as ``NAME.voice``."""
-        path = self._path(name)
-        if path is None:
+        """Store an already checked voice atomically as ``NAME.voice``. With ``overwrite`` it replaces the
+        voice of that name in any case, leaving one file spelt as ``name``; without, any case is a 409."""
+        if self.directory is None:
             raise _uploads_disabled()
-        if name in OPENAI_VOICES:
+        check_voice_name(name, "name")
+        if _is_builtin_name(name):
             raise EngineError(400, f"{name!r} is reserved for the built-in voice", "invalid_voice_name", "name")
-        if path.exists() and not overwrite:
-            raise EngineError(409, f"voice {name!r} exists; send overwrite=true to replace it", "voice_exists", "name")
         self.directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, voice_bytes)
-        with self._lock:
-            self._cache.pop(name, None)
+        path = self._file(name)
+        with self._write_lock:
+            stems = self._stems(name)
+            if stems and not overwrite:
+                spelt = "" if stems == [name] else f" as {', '.join(stems)} (names ignore case)"
+                raise EngineError(
+                    409, f"voice {name!r} exists{spelt}; send overwrite=true to replace it", "voice_exists", "name"
+                )
+            if stems:
+                # New bytes into the existing file, then its new spelling: one file answers to the name throughout.
+                first = name if name in stems else stems[0]
+                write_atomic(self._file(first), voice_bytes)
+                if first != name:
+                    os.rename(self._file(first), path)
+                for other in stems:
+                    if other not in (first, name):
+                        self._file(other).unlink(missing_ok=True)
+            else:
+                write_atomic(path, voice_bytes)
+            with self._lock:
+                for stem in {*stems, name}:
+                    self._cache.pop(stem, None)
         return path
 
 
@@ -210,6 +367,41 @@ def voice_seconds(voice) -> float:
 
 def _uploads_disabled() -> EngineError:
     return EngineError(403, "voice uploads are disabled: start the server with --voices DIR", "uploads_disabled")
+
+
+def _voices_disabled(what: str) -> EngineError:
+    """The error for changing voices on a server without a voices folder (the upload error's code)."""
+    return EngineError(
+        403,
+        f"voices cannot be {what}: this server has no voices folder (start it with --voices DIR)",
+        "uploads_disabled",
+    )
+
+
+def _voice_header(path: Path) -> tuple[str | None, float | None]:
+    """(language, seconds) of a ``.voice`` file from its header and its tiny ``audio_len`` tensor, without
+    loading or checking the voice; (None, None) for what cannot be read, so its facts can still be shown."""
+    from safetensors import safe_open
+
+    from ..scripts import LANGUAGES
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            keys = set(handle.keys())
+            if "audio_len" in keys:
+                lengths = handle.get_tensor("audio_len").reshape(-1)
+                samples = float(lengths[0]) if lengths.numel() else None
+            else:
+                samples = float(handle.get_slice("audio").get_shape()[-1]) if "audio" in keys else None
+        rate = json.loads(metadata.get("sample_rate", "null"))
+    except Exception:  # noqa: BLE001 - an unreadable file simply has no known facts
+        return None, None
+    language = metadata.get("language")
+    language = language if language in LANGUAGES else None
+    if samples is None or isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+        return language, None
+    return language, samples / rate
 
 
 @dataclasses.dataclass
@@ -268,7 +460,7 @@ async def save_voice_upload(app: FastAPI, request: Request) -> JSONResponse:
     if store.directory is None:
         raise _uploads_disabled()
     upload = await _read_upload(request)
-    check_voice_name(upload.name)
+    check_voice_name(upload.name, "name")
     if upload.voice_bytes is None and upload.audio_bytes is None:
         raise EngineError(
             400, "send a .voice file as 'file', or a WAV as 'audio' with its 'transcript'", "missing_file", "file"
