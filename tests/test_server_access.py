@@ -221,6 +221,11 @@ def test_docs_pages_open_offline(open_server):
             for name in assets:
                 asset = c.get(f"/docs/assets/{name}")
                 assert asset.status_code == 200 and len(asset.content) > 50_000
+        responses = [
+            op["responses"] for path in c.get("/openapi.json").json()["paths"].values() for op in path.values()
+        ]
+        assert all("422" not in r for r in responses), "a refused body is a 400 here, as the schema says"
+        assert "400" in c.get("/openapi.json").json()["paths"]["/v1/audio/speech"]["post"]["responses"]
         assert c.get("/docs/assets/../../etc/passwd").status_code == 404
         assert c.get("/docs/assets/secrets.py").status_code == 404
 

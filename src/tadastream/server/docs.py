@@ -113,7 +113,7 @@ def add_docs_routes(app: FastAPI, api_key: str | None) -> None:
 
     if api_key:
         _add_login(app, api_key)
-        _add_bearer_scheme(app)
+    _shape_schema(app, api_key)
 
 
 def _add_login(app: FastAPI, api_key: str) -> None:
@@ -140,20 +140,47 @@ def _add_login(app: FastAPI, api_key: str) -> None:
         return response
 
 
-def _add_bearer_scheme(app: FastAPI) -> None:
-    """Declare the key in the schema, so Swagger UI offers "Authorize" and "Try it out" works."""
+def _shape_schema(app: FastAPI, api_key: str | None) -> None:
+    """The schema as the server behaves: a refused body is a 400 with the OpenAI error object (not
+    FastAPI's 422), and with a key the key is declared, so Swagger UI offers "Authorize"."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "the server's --api-key",
-            }
-            schema["security"] = [{"bearer": []}]
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses.setdefault("400", _ERROR_RESPONSE)
+            components = schema.setdefault("components", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.get("schemas", {}).pop(name, None)
+            if api_key:
+                components.setdefault("securitySchemes", {})["bearer"] = {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the server's --api-key",
+                }
+                schema["security"] = [{"bearer": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+_ERROR_RESPONSE = {
+    "description": "The request is invalid: the OpenAI error object says which field and why.",
+    "content": {
+        "application/json": {
+            "example": {
+                "error": {
+                    "message": "speed: Input should be a valid number",
+                    "type": "invalid_request_error",
+                    "code": "invalid_request",
+                    "param": "speed",
+                }
+            }
+        }
+    },
+}
