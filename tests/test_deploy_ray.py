@@ -445,6 +445,67 @@ def test_voices_are_shared_by_the_replicas(cluster, voices_dir, tmp_path):
     assert len(served) == 2, f"the uploaded voice works on every replica: {served}"
 
 
+def test_metrics_of_every_replica(cluster):
+    """/metrics through the proxy answers from one replica at a time; Ray's metrics endpoint (one per node)
+    has every replica's figures, published by each replica under the same names with a ``ray_`` prefix."""
+    parser = pytest.importorskip("prometheus_client.parser")
+
+    def samples(text: str) -> list:
+        return [s for family in parser.text_string_to_metric_families(text) for s in family.samples]
+
+    cluster.wait_idle()
+    spoke: set[str] = set()
+    deadline = time.monotonic() + 30
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        while len(spoke) < 2 and time.monotonic() < deadline:
+
+            def one(seed: int) -> httpx.Response:
+                with cluster.client() as c:
+                    return speak(c, SHORT, seed)
+
+            for res in pool.map(one, (1, 2)):  # two at once: the second goes to the less busy replica
+                assert res.status_code == 200, res.text
+                spoke.add(res.headers[REPLICA_HEADER])
+    assert len(spoke) == 2, "each replica spoke"
+
+    replicas: dict[str, list] = {}
+    deadline = time.monotonic() + 30
+    with cluster.client() as c:
+        while len(replicas) < 2 and time.monotonic() < deadline:
+            res = c.get("/metrics")
+            assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
+            replicas[res.headers[REPLICA_HEADER]] = samples(res.text)
+    assert len(replicas) == 2, f"both replicas answered /metrics: {sorted(replicas)}"
+    for found in replicas.values():
+        slots = [s.value for s in found if s.name == "tadastream_stream_slots"]
+        assert slots == [OPTIONS["max_streams"]], "each replica's own engine"
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    want = set(replicas)
+    deadline = time.monotonic() + 30  # Ray exports every few seconds: earlier tests' requests are there already
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, trust_env=False).text
+        exported = [
+            s for s in samples(text) if s.name.startswith("ray_tadastream_") and s.labels.get("application") == APP
+        ]
+        by_replica: dict[str, set[str]] = collections.defaultdict(set)
+        for s in exported:
+            if s.name == "ray_tadastream_requests_total" and s.labels["route"] == "/v1/audio/speech" and s.value > 0:
+                by_replica[s.labels["replica"]].add("speech")
+            elif s.name == "ray_tadastream_time_to_first_audio_seconds_count" and s.value > 0:
+                by_replica[s.labels["replica"]].add("first_audio")
+            elif s.name == "ray_tadastream_stream_slots" and s.value == OPTIONS["max_streams"]:
+                by_replica[s.labels["replica"]].add("slots")
+            elif s.name == "ray_tadastream_engine_ticks_total" and s.value > 0:
+                by_replica[s.labels["replica"]].add("ticks")
+        complete = {r for r, kinds in by_replica.items() if kinds == {"speech", "first_audio", "slots", "ticks"}}
+        if want <= complete:
+            break
+        assert time.monotonic() < deadline, f"Ray's endpoint lacks replicas' metrics: {dict(by_replica)}, want {want}"
+        time.sleep(0.5)
+    assert all(s.labels["deployment"] == DEPLOYMENT_NAME for s in exported)
+
+
 def test_killing_a_replica_mid_stream(cluster, reference):
     """Runs last: the killed replica's client gets an error at once, the other replica's stream goes on,
     new requests are served meanwhile, and Ray starts a replacement."""

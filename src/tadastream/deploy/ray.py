@@ -22,6 +22,11 @@ Why the limits are what they are:
   one replica is an atomic rename that the others see on their next request (the store checks the
   file's mtime and size each time).
 * Every HTTP response and WebSocket handshake names its replica in ``x-replica``.
+* Metrics: ``GET /metrics`` through the proxy answers from whichever replica the router picks, so
+  each replica also publishes the same figures (:mod:`tadastream.server.metrics`) through Ray's own
+  metrics (:class:`RayMetrics`): every node's Ray metrics endpoint (``ray start --metrics-export-port``,
+  the port scraped for Ray's dashboards) serves them as ``ray_tadastream_...``, tagged with
+  ``deployment``, ``replica`` and ``application``.
 
 A replica whose engine thread died fails Ray's health check and is replaced; a killed replica's
 in-flight streams end with a broken response (clients see an error, never a short file passed off
@@ -34,6 +39,7 @@ Importing this module imports no Ray; :func:`build_app`, :func:`tada_deployment`
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import re
 import signal
@@ -46,9 +52,12 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from ray.serve import Application, Deployment
 
+    from ..server.metrics import Observation, ServerMetrics
+
 __all__ = [
     "DEPLOYMENT_NAME",
     "REPLICA_HEADER",
+    "RayMetrics",
     "ReplicaHeader",
     "add_ray_arguments",
     "application",
@@ -68,6 +77,8 @@ MIN_RAY = (2, 58)
 INSTALL_HINT = 'Ray Serve deployments need ray[serve] >= 2.58: pip install "tadastream[ray]"'
 DEPLOYMENT_NAME = "TadaSpeech"
 REPLICA_HEADER = "x-replica"
+#: Seconds between a replica's publications of its scrape-time figures (Ray exports every 10 s by default).
+METRICS_PERIOD = 5.0
 
 
 # -- options ------------------------------------------------------------------------------------
@@ -256,8 +267,83 @@ class ReplicaHeader:
         await self.app(scope, receive, send_named)
 
 
+class RayMetrics:
+    """A replica's ``/metrics`` figures, also published as Ray Serve metrics.
+
+    Through the proxy, ``/metrics`` answers from whichever replica the router picks; Ray's metrics
+    reach every replica's figures from one endpoint per node. Requests are recorded as they finish
+    (the same observations ``/metrics`` counts); the scrape-time figures (slots, engine, KV cache,
+    voices) are read every ``period`` seconds on the replica's event loop: gauges are set, and the
+    engine's running totals added as increments. Names and help are :mod:`tadastream.server.metrics`'s;
+    Ray exports them with its ``ray_`` prefix.
+    """
+
+    def __init__(self, metrics: ServerMetrics, period: float = METRICS_PERIOD):
+        from ray.serve import metrics as serve_metrics
+
+        from ..server.metrics import LIVE_METRICS, REQUEST_METRICS
+
+        self.metrics, self.period = metrics, period
+        self._instruments: dict[str, Any] = {}
+        for spec in REQUEST_METRICS + LIVE_METRICS:
+            tags = spec.labels or None
+            if spec.kind == "histogram":
+                instrument = serve_metrics.Histogram(spec.name, spec.help, list(spec.buckets), tags)
+            elif spec.kind == "counter":
+                instrument = serve_metrics.Counter(spec.name, spec.help, tags)
+            else:
+                instrument = serve_metrics.Gauge(spec.name, spec.help, tags)
+            self._instruments[spec.name] = instrument
+        self._totals: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._task: asyncio.Task | None = None
+        metrics.listeners.append(self.record)
+
+    def record(self, observations: list[Observation]) -> None:
+        """One finished request's observations (a ServerMetrics listener)."""
+        for spec, labels, value in observations:
+            instrument = self._instruments[spec.name]
+            if spec.kind == "histogram":
+                instrument.observe(value, dict(labels))
+            elif value > 0:  # Ray's counters take positive increments only
+                instrument.inc(value, dict(labels))
+
+    def publish(self) -> None:
+        """Set the gauges to the replica's figures now; add what the engine's totals grew by since the last call."""
+        for spec, labels, value in self.metrics.live():
+            instrument = self._instruments[spec.name]
+            if spec.kind == "gauge":
+                instrument.set(value, dict(labels))
+                continue
+            key = (spec.name, tuple(sorted(labels.items())))
+            grown = value - self._totals.get(key, 0.0)
+            self._totals[key] = value
+            if grown > 0:
+                instrument.inc(grown, dict(labels))
+
+    async def run(self) -> None:
+        """Publish every ``period`` seconds, until cancelled."""
+        while True:
+            try:
+                await self.metrics.refresh()
+                self.publish()
+            except Exception:  # a failed publication must not end the next ones
+                logger.exception("publishing the replica's metrics to Ray failed")
+            await asyncio.sleep(self.period)
+
+    def start(self) -> RayMetrics:
+        """Publish from now on, on the running event loop (the replica's, where its requests run)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a Ray that builds ingress apps off the replica's loop: requests are still recorded
+            logger.warning("no event loop while the replica starts: Ray gets its request metrics, not its gauges")
+            return self
+        self._task = loop.create_task(self.run(), name="tadastream-ray-metrics")
+        return self
+
+
 def _replica_app(opts: argparse.Namespace) -> FastAPI:
-    """Runs in each replica's constructor: the app ``tadastream serve`` builds for ``opts``, named after its replica."""
+    """Runs in each replica's constructor (on its event loop): the app ``tadastream serve`` builds for ``opts``,
+    named after its replica, publishing its metrics to Ray."""
     from ray import serve
 
     from ..server import build_app as build_server_app
@@ -266,6 +352,7 @@ def _replica_app(opts: argparse.Namespace) -> FastAPI:
     replica = serve.get_replica_context().replica_id.unique_id
     app = build_server_app(opts)
     app.add_middleware(ReplicaHeader, replica=replica)
+    app.state.ray_metrics = RayMetrics(app.state.metrics).start()
     model = app.state.service.model
     logger.info("replica %s: %s on %s, %d streams", replica, opts.model, model.device, opts.max_streams)
     return app

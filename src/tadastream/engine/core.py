@@ -169,6 +169,13 @@ class Engine:
         return len(self._queued)
 
     @property
+    def kv_cache_bytes_in_use(self) -> int:
+        """Bytes of the KV slots running streams hold; ``pool.nbytes`` also counts the free slots kept for
+        reuse (a compiled engine: its whole arena). Reads a copy of the running list: safe from any thread."""
+        slots = [s.slot for s in list(self._running)]
+        return sum(slot.nbytes for slot in slots if slot is not None)
+
+    @property
     def has_worker(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
 
@@ -418,6 +425,7 @@ class Engine:
             "max_streams": self.max_streams,
             "ticks": self.ticks,
             "kv_cache_bytes": self.pool.nbytes,
+            "kv_cache_bytes_in_use": self.kv_cache_bytes_in_use,
             "compiled": self.graphs is not None,
             "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
         }

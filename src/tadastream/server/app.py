@@ -140,12 +140,17 @@ def create_app(
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error as OpenAI's JSON body; an unexpected one names the request id instead of a trace."""
 
+    def outcome(request: Request, code: str) -> None:  # the log line's and the metrics' outcome
+        request.scope.get("tadastream.log", {}).setdefault("outcome", code)
+
     @app.exception_handler(EngineError)
-    async def _engine_error(_request, exc: EngineError):
+    async def _engine_error(request: Request, exc: EngineError):
+        outcome(request, exc.code)
         return engine_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request, exc: RequestValidationError):
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        outcome(request, "invalid_request")
         message, param = validation_message(exc)
         return error_response(400, message, "invalid_request", param)
 

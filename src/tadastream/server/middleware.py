@@ -161,6 +161,7 @@ class RequestGuard:
             await response(scope, receive, send)
 
         if not self._authorized(path, headers):
+            scope["tadastream.log"]["outcome"] = "invalid_api_key"
             if path in ("/docs", "/redoc") and method == "GET":
                 await reply(login_page(path))
             else:
@@ -173,6 +174,7 @@ class RequestGuard:
             limit = self.settings.max_voice_bytes + 64 * 1024
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            scope["tadastream.log"]["outcome"] = "body_too_large"
             await reply(_too_large(limit))
             return
         size = int(declared) if declared is not None and declared.isdigit() else limit
@@ -204,6 +206,7 @@ class RequestGuard:
             if not sent.muted:
                 raise
         if sent.status is None and sent.too_large:
+            scope["tadastream.log"]["outcome"] = "body_too_large"
             await reply(_too_large(limit))
         elif sent.status is None and sent.too_slow:
             scope["tadastream.log"]["outcome"] = "body_timeout"
