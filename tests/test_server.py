@@ -750,7 +750,10 @@ def server_records(caplog) -> list[dict]:
 def test_a_client_that_stops_reading_loses_its_slot(guarded, caplog):
     caplog.set_level(logging.INFO, logger="tadastream.server")
     body = json.dumps({"input": LONG, "response_format": "pcm"}).encode()
-    head = f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    head = (
+        "POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}"
+    )
     stalled = unread_connection(guarded, head.encode() + b"\r\n\r\n" + body)
     try:
         guarded.wait_for(lambda s: s["active"] == 1)
