@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import socket
+import struct
 
 import pytest
 
@@ -44,6 +46,7 @@ from pipecat.transports.base_transport import TransportParams  # noqa: E402
 from pipecat.utils.errors import ErrorCategory  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 from server_harness import demo_server, logged_requests  # noqa: E402
+from websockets.asyncio.server import serve  # noqa: E402
 
 from tadastream.integrations.pipecat import TadaTTSService, stream_url  # noqa: E402
 
@@ -362,6 +365,11 @@ def test_interruption_stops_the_server_and_keeps_only_spoken_words(server, caplo
     assert not tts._utterances, "the service let go of the interrupted connection"
 
 
+def said(assistant: LLMAssistantAggregator) -> list[str]:
+    """What the conversation context records the assistant as having said, one entry a message."""
+    return [m["content"] for m in assistant.messages if m.get("role") == "assistant" and m.get("content")]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -384,7 +392,8 @@ def test_refusals_become_error_frames_and_the_pipeline_goes_on(server, kw, categ
 
     async def speak():
         tts, rec = TadaTTSService(**{"base_url": server.url, "api_key": KEY, **kw}), Recorder()
-        async with pipeline(tts, rec) as (worker, head):
+        assistant = LLMAssistantAggregator(LLMContext())
+        async with pipeline(tts, rec, assistant) as (worker, head):
             await worker.queue_frames(
                 [
                     LLMFullResponseStartFrame(),
@@ -393,10 +402,13 @@ def test_refusals_become_error_frames_and_the_pipeline_goes_on(server, kw, categ
                     LLMFullResponseEndFrame(),
                 ]
             )
-        return rec, head
+        return rec, assistant, head
 
-    rec, head = asyncio.run(asyncio.wait_for(speak(), timeout=30))
+    rec, assistant, head = asyncio.run(asyncio.wait_for(speak(), timeout=30))
     assert not rec.audio
+    # nothing was spoken, so nothing is recorded as said: the agent must not believe the user heard it
+    assert rec.words == []
+    assert said(assistant) == []
     refusals = [e for e in head.errors if says in e.error]
     assert len(refusals) == 1, [e.error for e in head.errors]
     assert refusals[0].category == category
@@ -444,3 +456,85 @@ def test_a_model_that_cannot_time_words_still_speaks(server, monkeypatch):
     assert bytes(rec.audio) == bytes(plain_request(server, text, seed=3).to(torch.int16).numpy().tobytes())
     assert " ".join(w for w, _, _ in rec.words) == text, "the reply reaches the context when its audio ends"
     assert rec.events.index("word") > rec.events.index("audio")
+
+
+class FailingServer:
+    """A server speaking the tadastream WebSocket protocol that fails part-way through a reply.
+
+    After ``ready`` and the first text it sends the times of four words and one chunk of audio that
+    holds the first three of them whole and only the start of the fourth, then the time of a fifth
+    word whose audio never comes, then fails: an ``error`` message (as the real server reports an
+    engine failure) or a connection dropped without a close frame (a crash, a network cut).
+    """
+
+    WORDS = [("Hello", 0.0, 0.3), ("from", 0.3, 0.55), ("a", 0.55, 0.65), ("voice", 0.65, 1.0)]
+    LATER = ("agent", 1.0, 1.4)
+    AUDIO_SECONDS = 0.7
+
+    def __init__(self, failure: str):
+        self.failure = failure
+        self.configs: list[dict] = []
+
+    @staticmethod
+    def timed(words) -> str:
+        chars = [TEXT.index(w) for w, _, _ in words]
+        return json.dumps(
+            {
+                "type": "timestamps",
+                "words": [
+                    {"word": w, "start": s, "end": e, "char_start": c, "char_end": c + len(w)}
+                    for (w, s, e), c in zip(words, chars)
+                ],
+            }
+        )
+
+    async def speak(self, ws) -> None:
+        self.configs.append(json.loads(await ws.recv()))
+        await ws.send(json.dumps({"type": "ready", "sample_rate": RATE, "encoding": "pcm_s16le", "channels": 1}))
+        await ws.recv()  # the reply's first text
+        await ws.send(self.timed(self.WORDS))
+        await ws.send(struct.pack("<h", 1000) * int(self.AUDIO_SECONDS * RATE))
+        await ws.send(self.timed([self.LATER]))
+        if self.failure == "error":
+            error = {"message": "the engine failed", "type": "server_error", "code": "internal_error"}
+            await ws.send(json.dumps({"type": "error", "error": error}))
+            await ws.close(1011)
+        else:
+            ws.transport.abort()
+
+    async def __aenter__(self) -> str:
+        # max_queue=None: the handler reads only the first text, and a full queue would stop the
+        # connection from reading the client's close frame (a 10 s close timeout)
+        self.server = await serve(self.speak, "127.0.0.1", 0, max_queue=None)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.mark.parametrize(("failure", "says"), [("error", "internal_error"), ("drop", "lost the tadastream server")])
+def test_a_reply_failing_part_way_records_only_the_words_whose_audio_came(failure, says):
+    """The context gets the words whose audio arrived whole before the failure: not the word cut off by
+    it, not a word timed whose audio never came, nor the rest of the reply."""
+
+    async def speak():
+        fake = FailingServer(failure)
+        async with fake as url:
+            tts, rec, assistant = TadaTTSService(base_url=url), Recorder(), LLMAssistantAggregator(LLMContext())
+            async with pipeline(tts, rec, assistant) as (worker, head):
+                await worker.queue_frames(
+                    [
+                        LLMFullResponseStartFrame(),
+                        *(LLMTextFrame(t) for t in llm_tokens(TEXT)),
+                        LLMFullResponseEndFrame(),
+                    ]
+                )
+        return fake, rec, assistant, head
+
+    fake, rec, assistant, head = asyncio.run(asyncio.wait_for(speak(), timeout=30))
+    assert len(fake.configs) == 1 and fake.configs[0]["timestamps"] is True
+    assert len(rec.audio) == int(FailingServer.AUDIO_SECONDS * RATE) * 2, "the audio that came is played"
+    assert [w for w, _, _ in rec.words] == ["Hello", "from", "a"]
+    assert said(assistant) == ["Hello from a"]
+    assert [e.error for e in head.errors if says in e.error], [e.error for e in head.errors]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import json
+import logging
 import os
 import socket
 import subprocess
@@ -20,7 +23,7 @@ pytest.importorskip("wyoming", reason="pip install 'tadastream[wyoming]'")
 from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
 from wyoming.client import AsyncTcpClient  # noqa: E402
 from wyoming.error import Error  # noqa: E402
-from wyoming.event import Event  # noqa: E402
+from wyoming.event import Event, async_read_event  # noqa: E402
 from wyoming.info import Describe, Info  # noqa: E402
 from wyoming.tts import (  # noqa: E402
     Synthesize,
@@ -33,7 +36,13 @@ from wyoming.tts import (  # noqa: E402
 
 from tadastream.audio import float_to_pcm16  # noqa: E402
 from tadastream.cli import main as cli_main  # noqa: E402
-from tadastream.integrations.wyoming import build_wyoming, run_wyoming, wyoming_options  # noqa: E402
+from tadastream.integrations.wyoming import (  # noqa: E402
+    DEFAULT_EVENT_TIMEOUT,
+    DEFAULT_MAX_EVENT_BYTES,
+    build_wyoming,
+    run_wyoming,
+    wyoming_options,
+)
 from tadastream.optionsets import OptionError  # noqa: E402
 
 
@@ -310,6 +319,150 @@ def test_a_stream_without_new_text_times_out(server):
     server.wait_idle()
 
 
+# -- reading events: size cap, unfinished events, clients that leave ------------------------------
+def header(kind: str, **fields) -> bytes:
+    """A raw event header line, as a client (well-behaved or not) writes it."""
+    return json.dumps({"type": kind, **fields}).encode() + b"\n"
+
+
+@contextlib.contextmanager
+def limits(server, **values):
+    """Set the server's per-connection limits (read as each event is read) for one test."""
+    before = {name: getattr(server.tts, name) for name in values}
+    for name, value in values.items():
+        setattr(server.tts, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(server.tts, name, value)
+
+
+async def refusal(server, sent: bytes, pause: float = 0.0) -> tuple[Error, bool, float]:
+    """Write ``sent`` over a raw TCP connection (then wait ``pause`` s, still connected); returns the
+    ``error`` event the server answers with, whether it then closed the connection, and the seconds
+    from the write to the close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(sent)
+        await writer.drain()
+        started = time.monotonic()
+        event = await asyncio.wait_for(async_read_event(reader), 5 + pause)
+        assert event is not None and Error.is_type(event.type), event
+        closed = await asyncio.wait_for(reader.read(1), 5) == b""
+        return Error.from_event(event), closed, time.monotonic() - started
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "sent, code",
+    [
+        (header("synthesize", data_length=999_999_999), "event_too_large"),
+        (header("synthesize", data_length=20, payload_length=DEFAULT_MAX_EVENT_BYTES), "event_too_large"),
+        (b"this is not json\n", "bad_event"),
+        (header("synthesize", data_length=-5), "bad_event"),
+        (header("synthesize", data_length=2) + b"{}", "bad_event"),  # no text
+        (header("synthesize", data_length=6) + b"[1, 2]", "bad_event"),
+    ],
+    ids=["huge-data", "huge-payload", "not-json", "negative-length", "no-text", "data-not-an-object"],
+)
+def test_a_bad_event_is_refused_from_its_header_and_the_connection_closed(server, sent, code):
+    error, closed, seconds = run(refusal(server, sent))
+    assert error.code == code
+    assert closed and seconds < 2  # refused at once: nothing of a declared body was waited for
+    if code == "event_too_large":
+        assert "--max-event-bytes" in error.text and str(DEFAULT_MAX_EVENT_BYTES) in error.text
+    server.wait_idle()
+
+
+def test_the_cap_counts_header_data_and_payload(server):
+    data, payload = json.dumps({"pad": "x" * 300}).encode(), b"\0" * 200
+    event = header("describe", data_length=len(data), payload_length=len(payload)) + data + payload
+
+    async def describe() -> Event | None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(event)
+            await writer.drain()
+            return await asyncio.wait_for(async_read_event(reader), 5)
+        finally:
+            writer.close()
+
+    with limits(server, max_event_bytes=len(event)):  # exactly at the cap: served
+        assert Info.is_type(run(describe()).type)
+    with limits(server, max_event_bytes=len(event) - 1):  # one byte over: refused
+        answer = run(describe())
+    assert Error.is_type(answer.type) and Error.from_event(answer).code == "event_too_large"
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b'{"type": "synth', header("synthesize", data_length=100) + b'{"text": "Hel'],
+    ids=["header", "body"],
+)
+def test_an_event_left_unfinished_is_dropped_after_the_event_timeout(server, sent):
+    with limits(server, event_timeout=0.3):
+        error, closed, seconds = run(refusal(server, sent, pause=0.3))
+    assert error.code == "timeout" and "--event-timeout" in error.text
+    assert closed and 0.25 < seconds < 3
+    server.wait_idle()
+
+
+def test_an_idle_connection_is_not_an_unfinished_event(server):
+    async def go():
+        async with server.client() as client:
+            await asyncio.sleep(0.6)  # twice the event timeout, between events: allowed
+            await client.write_event(Describe().event())
+            return await client.read_event()
+
+    with limits(server, event_timeout=0.3):
+        assert Info.is_type(run(go()).type)
+
+
+@pytest.mark.parametrize("moment", ["mid-event", "mid-synthesis"])
+def test_a_client_leaving_is_one_line_in_the_log_and_no_task_error(server, caplog, moment):
+    caplog.set_level(logging.INFO)
+    unhandled: list[dict] = []  # what asyncio reports on the server's loop ("Task exception was never retrieved")
+    server.loop.set_exception_handler(lambda loop, context: unhandled.append(context))
+
+    async def leave():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        if moment == "mid-event":  # half of a declared body, then gone
+            writer.write(header("synthesize", data_length=200) + b'{"text": "Hello')
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.close()
+        else:  # audio is streaming when the connection is reset
+            data = json.dumps({"text": LONG_TEXT}).encode()
+            writer.write(header("synthesize", data_length=len(data)) + data)
+            await writer.drain()
+            while not AudioChunk.is_type((await asyncio.wait_for(async_read_event(reader), 30)).type):
+                pass
+            writer.transport.abort()
+
+    expected = f"client left {moment}"
+    try:
+        run(leave())
+        server.wait_idle()
+        deadline = time.monotonic() + 5
+        while expected not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        gc.collect()  # a task holding an exception reports it when collected
+    finally:
+        server.loop.set_exception_handler(None)
+    left = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tadastream.wyoming" and "; connection closed" in r.getMessage()
+    ]
+    assert len(left) == 1 and expected in left[0], left  # one line, said once
+    assert unhandled == []
+    assert "Traceback" not in caplog.text and "never retrieved" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
 def test_cli_without_wyoming_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wyoming.server", None)  # as if the extra were not installed
     with pytest.raises(ImportError, match=r'pip install "tadastream\[wyoming\]"'):
@@ -326,6 +479,12 @@ def test_bad_options_fail_before_loading(capsys):
     assert "--uri" in capsys.readouterr().err
     assert main(["--model", "demo", "--samples-per-chunk", "0"]) == 2
     assert "--samples-per-chunk" in capsys.readouterr().err
+    for flag, value in (("--max-event-bytes", "100"), ("--max-event-bytes", "-1"), ("--event-timeout", "0")):
+        assert main(["--model", "demo", flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and flag in err, err
+    opts = wyoming_options()
+    assert (opts.max_event_bytes, opts.event_timeout) == (DEFAULT_MAX_EVENT_BYTES, DEFAULT_EVENT_TIMEOUT) == (2**20, 15)
 
 
 def test_module_runs_and_imports_no_wyoming_until_served():

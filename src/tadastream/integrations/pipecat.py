@@ -9,6 +9,11 @@ with ``end`` when the reply ends, and closed by the server once the audio is out
 the server go to Pipecat's word-timestamp machinery, so the conversation context receives only the
 words that were played; an interruption sends ``cancel``, which stops generation on the server.
 
+A word is handed to Pipecat only with the audio chunk that completes it. So when a reply fails
+(a refused key or voice, an unreachable server, an error or a lost connection part-way), the
+context receives the words whose audio arrived before the failure and nothing of the rest, instead
+of Pipecat's usual end-of-reply fill-in of every untimed word.
+
 Usage::
 
     tts = TadaTTSService(base_url="http://127.0.0.1:8000", voice="alice", seed=1234)
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -31,12 +37,14 @@ try:
     from loguru import logger
     from pipecat.audio.utils import create_stream_resampler
     from pipecat.frames.frames import (
+        AggregatedTextProgressFrame,
         EndFrame,
         ErrorFrame,
         Frame,
         InterruptionFrame,
         TTSAudioRawFrame,
         TTSStoppedFrame,
+        TTSTextFrame,
     )
     from pipecat.processors.frame_processor import FrameDirection
     from pipecat.services.settings import TTSSettings
@@ -44,13 +52,15 @@ try:
     from pipecat.utils.errors import ErrorCategory
     from pipecat.utils.types import NOT_GIVEN, NotGiven
     from websockets.asyncio.client import ClientConnection
-    from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, WebSocketException
+    from websockets.exceptions import ConnectionClosed, WebSocketException
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('tadastream.integrations.pipecat needs Pipecat: pip install "tadastream[pipecat]"') from exc
 
 __all__ = ["TadaTTSService", "TadaTTSSettings", "stream_url"]
 
 SERVER_SAMPLE_RATE = 24000
+# Slack when matching a word's end (seconds, rounded by the server) against the audio received.
+_WORD_END_SLACK = 0.005
 
 # Refusals caused by the service's settings: they recur on every utterance until the settings change.
 _SETTINGS_CODES = {
@@ -115,6 +125,16 @@ class TadaTTSSettings(TTSSettings):
     min_first_chunk_ms: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
 
 
+@dataclass(frozen=True)
+class _TimedWord:
+    """A word from a ``timestamps`` message, held until the audio that completes it has arrived."""
+
+    text: str  # with its leading space when ``spaced``
+    start: float  # seconds from the utterance's first sample
+    end: float
+    spaced: bool  # the text carries its own spacing (Pipecat must not add a space before it)
+
+
 @dataclass(eq=False)
 class _Utterance:
     """One connection: the audio context it feeds and where it stands."""
@@ -130,6 +150,8 @@ class _Utterance:
     give_up_at: float = 0.0  # loop time at which a cancelled connection is closed if the server has not
     finished: bool = False  # the audio context was ended (or dropped) and the utterance forgotten
     words_end: int | None = None  # char_end of the last word timed: a word starting there follows it unspaced
+    received: int = 0  # samples of audio received from the server (at ``in_rate``)
+    unheard: list[_TimedWord] = field(default_factory=list)  # words timed whose audio has not all come yet
 
 
 class TadaTTSService(WebsocketTTSService):
@@ -213,6 +235,8 @@ class TadaTTSService(WebsocketTTSService):
         self._cancel_timeout = cancel_timeout
         self._utterances: dict[str, _Utterance] = {}
         self._word_times = True  # asked of the server until it says its model cannot time words
+        # Contexts whose reply failed: the text not timed by then was never spoken (see _apply_force_complete).
+        self._failed: set[str] = set()
 
     def can_generate_metrics(self) -> bool:
         """TTFB and usage metrics are meaningful: audio arrives per context."""
@@ -260,6 +284,7 @@ class TadaTTSService(WebsocketTTSService):
         """Connect, send the config and wait for ``ready``; a failure is reported and leaves a closed utterance."""
         utterance = _Utterance(context_id)
         self._utterances[context_id] = utterance
+        self._forget_failures()
         try:
             await self._connect_websocket()
             utterance.ws = self._websocket
@@ -298,6 +323,8 @@ class TadaTTSService(WebsocketTTSService):
             )
             utterance.closed = True
         if utterance.closed or utterance.cancelled:  # refused, failed, or interrupted while connecting
+            if not utterance.cancelled:
+                self._fail(utterance)
             utterance.closed = True
             await self._close(utterance)
         else:
@@ -349,19 +376,20 @@ class TadaTTSService(WebsocketTTSService):
                 kind = data.get("type") if isinstance(data, dict) else None
                 if kind == "timestamps":
                     if self._live(utterance):
-                        starts, spaced = self._word_starts(data, utterance)
-                        await self.add_word_timestamps(starts, context_id, includes_inter_frame_spaces=spaced)
+                        utterance.unheard += self._timed_words(data, utterance)
                 elif kind == "result":
                     done = True
                     logger.debug(f"{self}: utterance {context_id} done: {data}")
+                    if self._live(utterance):  # the audio is all out: every word timed was spoken
+                        await self._release_words(utterance, None)
                 elif kind == "error":
                     done = True
                     if not utterance.cancelled:
+                        self._fail(utterance)
                         await self._refused(data.get("error") or {})
-        except ConnectionClosedOK:
-            pass
         except ConnectionClosed as exc:
-            if not done and not utterance.cancelled:
+            if not done and not utterance.cancelled:  # closed (even cleanly) before its result: a failure
+                self._fail(utterance)
                 await self._report_error(
                     ErrorFrame(f"{self}: lost the tadastream server mid-utterance: {exc}", exception=exc)
                 )
@@ -370,33 +398,52 @@ class TadaTTSService(WebsocketTTSService):
             await self._close(utterance)
             await self._finish(utterance)
 
-    def _word_starts(self, message: dict[str, Any], utterance: _Utterance) -> tuple[list[tuple[str, float]], bool]:
-        """(word, start in seconds from the utterance's first sample) for each word of a timestamps
-        message, and whether the words carry their own spacing.
+    def _timed_words(self, message: dict[str, Any], utterance: _Utterance) -> list[_TimedWord]:
+        """The words of a timestamps message, each with its start and end (seconds from the utterance's
+        first sample) and whether it carries its own spacing.
 
         Pipecat puts a space between words; for Chinese or Japanese words, or where the text had no
         space between two words, the message's words come with the spacing written before each instead,
         so Pipecat's context holds the text as written.
         """
-        words: list[tuple[str, float, bool]] = []  # (word, start, follows the previous one unspaced)
+        words: list[tuple[str, float, float, bool]] = []  # (word, start, end, follows the previous one unspaced)
         for word in message.get("words") or ():
             try:
                 text, start = " ".join(str(word["word"]).split()), float(word["start"])
-            except (KeyError, TypeError, ValueError):
+                end = float(word.get("end", start))
+            except (KeyError, TypeError, ValueError, AttributeError):
                 logger.warning(f"{self}: ignoring a malformed word time: {word!r}")
                 continue
             glued = utterance.words_end is not None and word.get("char_start") == utterance.words_end
             char_end = word.get("char_end")
             utterance.words_end = char_end if isinstance(char_end, int) else None
-            words.append((text, start, glued))
-        if not any(glued or spaceless(text) for text, _, glued in words):
-            return [(text, start) for text, start, _ in words], False
-        spaced = [(("" if glued or k == 0 else " ") + text, start) for k, (text, start, glued) in enumerate(words)]
-        return spaced, True
+            words.append((text, start, max(start, end), glued))
+        if not any(glued or spaceless(text) for text, _, _, glued in words):
+            return [_TimedWord(text, start, end, False) for text, start, end, _ in words]
+        return [
+            _TimedWord(("" if glued or k == 0 else " ") + text, start, end, True)
+            for k, (text, start, end, glued) in enumerate(words)
+        ]
+
+    async def _release_words(self, utterance: _Utterance, heard_until: float | None) -> None:
+        """Hand Pipecat the held words whose audio ends by ``heard_until`` seconds (None: all of them)."""
+        ready = 0
+        for word in utterance.unheard:
+            if heard_until is not None and word.end > heard_until + _WORD_END_SLACK:
+                break
+            ready += 1
+        released, utterance.unheard = utterance.unheard[:ready], utterance.unheard[ready:]
+        for spaced, run in itertools.groupby(released, key=lambda w: w.spaced):  # one call per spacing
+            await self.add_word_timestamps(
+                [(w.text, w.start) for w in run], utterance.context_id, includes_inter_frame_spaces=spaced
+            )
 
     async def _audio(self, utterance: _Utterance, pcm: bytes) -> None:
         if not self._live(utterance):
             return
+        # The words this chunk completes go first, as the server sent them: ahead of their sound.
+        utterance.received += len(pcm) // 2
+        await self._release_words(utterance, utterance.received / utterance.in_rate)
         if utterance.resampler is not None:
             pcm = await utterance.resampler.resample(pcm, utterance.in_rate, self.sample_rate)
         if pcm:
@@ -414,6 +461,21 @@ class TadaTTSService(WebsocketTTSService):
                 await self.append_to_audio_context(context_id, TTSAudioRawFrame(tail, self.sample_rate, 1, context_id))
             await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
             await self.remove_audio_context(context_id)
+
+    def _fail(self, utterance: _Utterance) -> None:
+        """The reply failed: words whose audio never came are dropped, and the context keeps what was heard."""
+        if utterance.unheard:
+            logger.debug(f"{self}: {len(utterance.unheard)} word(s) timed but never heard in {utterance.context_id}")
+        utterance.unheard.clear()
+        self._failed.add(utterance.context_id)
+
+    def _forget_failures(self) -> None:
+        """Forget failed contexts that are over: no connection, no audio context, not the current turn."""
+        self._failed = {
+            c
+            for c in self._failed
+            if c in self._utterances or c == self._turn_context_id or self.audio_context_available(c)
+        }
 
     def _forget(self, utterance: _Utterance) -> None:
         utterance.finished = True
@@ -485,6 +547,20 @@ class TadaTTSService(WebsocketTTSService):
             else:
                 await self._cancel(utterance)
         await super().stop(frame)
+
+    async def _apply_force_complete(self, context_id: str) -> None:
+        """At a context's end Pipecat sends every word not yet timed into the context, for services that
+        drop word times. Here every word is timed once its audio arrives, so after a failure those words
+        were never spoken: they are left out, and only what follows them (skipped text) goes on."""
+        if context_id not in self._failed:
+            await super()._apply_force_complete(context_id)
+            return
+        frames = self._aggregated_frame_sequencer.force_complete(context_id, self._word_timestamp_tracker.last_pts)
+        unspoken = (TTSTextFrame, AggregatedTextProgressFrame)
+        kept = [f for f in frames if not (isinstance(f, unspoken) and f.context_id == context_id)]
+        if len(kept) < len(frames):
+            logger.debug(f"{self}: the failed reply {context_id} left its unspoken words out of the context")
+        await self._push_word_frames(kept)
 
     async def on_turn_context_created(self, context_id: str) -> None:
         """Open the turn's connection now, so the handshake overlaps the LLM's time to first token."""

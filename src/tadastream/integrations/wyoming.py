@@ -21,6 +21,14 @@ per-request seeds), so several clients are served at once. Events, per connectio
 * Errors (unknown voice, text too long, all streams busy, no new text for ``--idle-timeout`` s in
   a stream, audio left unread for ``--send-timeout`` s): an ``error`` event (``text``, ``code``),
   then the server closes the connection, so a client waiting for audio is not left hanging.
+* Events are read with limits of their own (``tcp://`` and ``unix://``): an event whose header
+  declares more than ``--max-event-bytes`` in all (header line, ``data_length``,
+  ``payload_length``) is refused from its header, before any of its body is read (``error``,
+  code ``event_too_large``); one begun but not finished within ``--event-timeout`` s is dropped
+  (``error``, code ``timeout``); a header that is not a Wyoming event is ``bad_event``. Each
+  closes the connection. A client that leaves mid-event or mid-synthesis is one line in the log.
+  (``stdio://`` is read by the ``wyoming`` package itself: its peer is the process that started
+  this one.)
 
 Requests on one connection run in order, in a task of their own, while the connection is read: a
 client that disconnects (its end of the socket closes) stops its generation at once and frees the
@@ -35,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import logging
 import os
 import time
@@ -66,6 +75,13 @@ logger = logging.getLogger("tadastream.wyoming")
 DEFAULT_URI = "tcp://127.0.0.1:10200"
 SAMPLE_WIDTH = 2  # bytes: PCM16
 CHANNELS = 1
+#: The largest event a client may send. A TTS client sends text only (``synthesize`` with at most
+#: ``--max-input-chars`` characters, ~16 KiB of UTF-8 at 4096) and no audio payload: 1 MiB leaves
+#: room for any legitimate event while a declared gigabyte is refused before it is buffered.
+DEFAULT_MAX_EVENT_BYTES = 1 << 20
+#: Seconds a client has to finish an event once its first byte has come.
+DEFAULT_EVENT_TIMEOUT = 15.0
+MIN_MAX_EVENT_BYTES = 1024  # below this even a describe with its header could be refused
 INSTALL_HINT = 'the Wyoming server needs the wyoming package: pip install "tadastream[wyoming]"'
 
 
@@ -115,6 +131,22 @@ def add_wyoming_arguments(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds a streamed synthesis may wait for more text or synthesize-stop before it is stopped (default 60)",
     )
+    add(
+        "--max-event-bytes",
+        type=int,
+        default=DEFAULT_MAX_EVENT_BYTES,
+        metavar="BYTES",
+        help="largest event a client may send (header, data and payload together); a larger declared size is"
+        f" refused before it is read and the connection closed (default {DEFAULT_MAX_EVENT_BYTES}, 1 MiB)",
+    )
+    add(
+        "--event-timeout",
+        type=float,
+        default=DEFAULT_EVENT_TIMEOUT,
+        metavar="SECONDS",
+        help="seconds a client has to finish sending an event it has begun; a stalled one is dropped and the"
+        f" connection closed (default {DEFAULT_EVENT_TIMEOUT:g})",
+    )
     add_process_arguments(parser)
 
 
@@ -130,11 +162,18 @@ def check_options(opts: argparse.Namespace) -> None:
         raise ValueError(f"--uri {opts.uri}: use tcp://HOST:PORT, unix://PATH or stdio://")
     if uri.scheme == "tcp" and (uri.hostname is None or uri.port is None):
         raise ValueError(f"--uri {opts.uri}: a tcp:// address needs a host and a port, e.g. tcp://0.0.0.0:10200")
-    for name, low in (("max_streams", 1), ("queue", 0), ("max_input_chars", 1), ("samples_per_chunk", 1)):
+    integers = (
+        ("max_streams", 1),
+        ("queue", 0),
+        ("max_input_chars", 1),
+        ("samples_per_chunk", 1),
+        ("max_event_bytes", MIN_MAX_EVENT_BYTES),
+    )
+    for name, low in integers:
         value = getattr(opts, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
-    for name in ("send_timeout", "idle_timeout", "queue_timeout"):
+    for name in ("send_timeout", "idle_timeout", "queue_timeout", "event_timeout"):
         value = getattr(opts, name)
         zero_ok = name == "queue_timeout"
         if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0 or zero_ok and value == 0):
@@ -185,6 +224,8 @@ class WyomingTTS:
         max_input_chars: int = 4096,
         send_timeout: float = 30.0,
         idle_timeout: float = 60.0,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        event_timeout: float = DEFAULT_EVENT_TIMEOUT,
     ):
         from ..server.service import inference_options
 
@@ -197,6 +238,8 @@ class WyomingTTS:
         self.max_input_chars = max_input_chars
         self.send_timeout = send_timeout
         self.idle_timeout = idle_timeout
+        self.max_event_bytes = max_event_bytes
+        self.event_timeout = event_timeout
         self.options = inference_options(None, None, service.model)  # the defaults, validated once
 
     def voice_names(self) -> list[str]:
@@ -285,6 +328,8 @@ def build_wyoming(args: argparse.Namespace | None = None, **kwargs: Any) -> Wyom
         max_input_chars=opts.max_input_chars,
         send_timeout=opts.send_timeout,
         idle_timeout=opts.idle_timeout,
+        max_event_bytes=opts.max_event_bytes,
+        event_timeout=opts.event_timeout,
     )
 
 
@@ -324,6 +369,49 @@ def run_wyoming(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- reading events ------------------------------------------------------------------------------
+def _declared_length(header: dict, key: str) -> int:
+    """``data_length`` or ``payload_length`` of an event header: a count of bytes, 0 when absent."""
+    from ..server.errors import EngineError
+
+    value = header.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise EngineError(400, f"the event header's {key} must be a count of bytes, got {value!r}", "bad_event")
+    return value
+
+
+def _parse_header(line: bytes, max_event_bytes: int) -> tuple[dict, int, int]:
+    """An event header line: (header, data_length, payload_length); EngineError when it is not a Wyoming
+    header (``bad_event``) or declares more than ``max_event_bytes`` in all (``event_too_large``)."""
+    from ..server.errors import EngineError
+
+    try:
+        header = json.loads(line)
+    except ValueError:
+        raise EngineError(400, "an event header must be one line of JSON", "bad_event") from None
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise EngineError(400, 'an event header must be a JSON object with a "type"', "bad_event")
+    if not isinstance(header.get("data", {}), dict):
+        raise EngineError(400, "an event's data must be a JSON object", "bad_event")
+    data_length, payload_length = _declared_length(header, "data_length"), _declared_length(header, "payload_length")
+    total = len(line) + data_length + payload_length
+    if total > max_event_bytes:
+        raise EngineError(
+            413,
+            f"a {header['type'][:64]!r} event of {total} bytes exceeds the server's limit of {max_event_bytes}"
+            " (--max-event-bytes)",
+            "event_too_large",
+        )
+    return header, data_length, payload_length
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS error in a few words for the log (``[Errno 104] Connection reset by peer``)."""
+    return str(exc) or type(exc).__name__
+
+
 # -- one connection -----------------------------------------------------------------------------
 @functools.cache
 def _handler_class() -> type:
@@ -353,22 +441,104 @@ def _handler_class() -> type:
             self.streamed = False  # a synthesize-start came: plain synthesize events are its compat copy
             self.last_words = 0.0  # event-loop time of the last piece with a word in it (the idle clock)
             self.speaking = False  # an utterance is under way (for the log when the client leaves)
+            self.gone = False  # the client's leaving has been logged (once per connection)
 
         # -- reading (the run loop) ---------------------------------------------------------
+        async def run(self) -> None:
+            """Read and handle events until the client leaves, an event is refused or handle_event says stop.
+
+            Replaces ``AsyncEventHandler.run`` so events are read by :meth:`_read_event`, with limits,
+            and so nothing escapes: the ``wyoming`` server never awaits this task, and an exception
+            left in it would surface later as "Task exception was never retrieved"."""
+            self._is_running = True
+            try:
+                while self._is_running:
+                    event = await self._read_event()
+                    if event is None or not await self.handle_event(event):
+                        break
+            except OSError as exc:  # the client left while an answer (info) was being written
+                self._left(f"connection lost ({_reason(exc)})")
+            except Exception:  # a bug: logged here, with its traceback, rather than lost in the task
+                logger.exception("Wyoming connection failed")
+            finally:
+                await self.disconnect()
+                self.writer.close()
+
+        async def _read_event(self) -> Event | None:
+            """The next event; None when the connection is to close (the client left, or a refusal was sent).
+
+            Idle time between events is not limited (a streamed synthesis has ``--idle-timeout``); once
+            an event's first byte has come, the whole of it must come within ``event_timeout`` s, and its
+            declared size is checked against ``max_event_bytes`` before its body is read."""
+            reader, tts, loop = self.reader, self.tts, asyncio.get_running_loop()
+            try:
+                line = b""
+                while not line.strip():  # blank lines between events are skipped
+                    line = await reader.read(1)
+                    if not line:
+                        return None
+                    deadline = loop.time() + tts.event_timeout
+                    if line != b"\n":
+                        async with asyncio.timeout_at(deadline):
+                            line += await reader.readuntil(b"\n")
+                header, data_length, payload_length = _parse_header(line, tts.max_event_bytes)
+                data = header.get("data") or {}
+                async with asyncio.timeout_at(deadline):
+                    if data_length:
+                        body = json.loads(await reader.readexactly(data_length))
+                        if not isinstance(body, dict):
+                            raise EngineError(400, "an event's data must be a JSON object", "bad_event")
+                        data = {**data, **body}
+                    payload = await reader.readexactly(payload_length) if payload_length else None
+            except EngineError as exc:
+                await self._report(exc)
+            except ValueError:  # data that is not JSON
+                await self._report(EngineError(400, "an event's data must be a JSON object", "bad_event"))
+            except asyncio.LimitOverrunError:  # no newline within the stream's buffer limit (64 KiB)
+                await self._report(
+                    EngineError(413, "an event header line is too long; send data with data_length", "bad_event")
+                )
+            except TimeoutError:
+                message = f"an event was begun but not finished within {tts.event_timeout:g} s (--event-timeout)"
+                await self._report(EngineError(408, message, "timeout"))
+            except asyncio.IncompleteReadError as exc:
+                if self._is_running:  # else stop() ended the stream: the server is shutting down
+                    expected = f"{exc.expected} bytes" if exc.expected is not None else "a header line"
+                    self._left(f"client left mid-event ({len(exc.partial)} bytes of {expected} came)")
+            except OSError as exc:  # ConnectionResetError and the like: the client is gone
+                during = " mid-synthesis" if self.speaking else ""
+                self._left(f"client left{during} ({_reason(exc)})")
+            else:
+                return Event(type=header["type"], data=data, payload=payload)
+            return None
+
         async def handle_event(self, event: Event) -> bool:
             try:
+                try:  # the event's fields; a malformed one is the client's error, not ours
+                    if Synthesize.is_type(event.type) and not self.streamed:
+                        request = Synthesize.from_event(event)
+                        if not isinstance(request.text, str):
+                            raise TypeError("text must be a string")
+                    elif SynthesizeStart.is_type(event.type):
+                        start = SynthesizeStart.from_event(event)
+                    elif SynthesizeChunk.is_type(event.type):
+                        piece = SynthesizeChunk.from_event(event).text
+                        if not isinstance(piece, str):
+                            raise TypeError("text must be a string")
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    why = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+                    raise EngineError(400, f"malformed {event.type} event: {why}", "bad_event") from None
                 if Describe.is_type(event.type):
                     await self.write_event(self.tts.info().event())
                 elif Synthesize.is_type(event.type):
                     if self.streamed:
                         logger.debug("ignored a synthesize event: the copy of the streamed text")
                     else:
-                        request = Synthesize.from_event(event)
                         self._queue(functools.partial(self._speak, request.text, request.voice))
                 elif SynthesizeStart.is_type(event.type):
-                    self._open(SynthesizeStart.from_event(event).voice)
+                    self._open(start.voice)
                 elif SynthesizeChunk.is_type(event.type):
-                    self._feed(SynthesizeChunk.from_event(event).text)
+                    self._feed(piece)
                 elif SynthesizeStop.is_type(event.type):
                     self._stop_text()
             except EngineError as exc:
@@ -409,9 +579,15 @@ def _handler_class() -> type:
             worker = self.worker
             if worker is not None and not worker.done():
                 if self.speaking:
-                    logger.info("connection closed mid-synthesis: generation stopped, slot freed")
+                    self._left("client left mid-synthesis: generation stopped, slot freed")
                 worker.cancel()
                 await asyncio.wait({worker})
+
+        def _left(self, what: str) -> None:
+            """Log the client's leaving in one line, once: the reader and the worker may both see it."""
+            if not self.gone:
+                self.gone = True
+                logger.info("%s; connection closed", what)
 
         # -- the worker -----------------------------------------------------------------------
         def _queue(self, work) -> None:
@@ -424,8 +600,9 @@ def _handler_class() -> type:
                 work = await self.pending.get()
                 try:
                     await work()
-                except ConnectionError:
-                    return  # the client left while audio was being sent; disconnect() follows
+                except ConnectionError as exc:  # the client left while audio was being sent; disconnect() follows
+                    self._left(f"client left mid-synthesis ({_reason(exc)}): generation stopped, slot freed")
+                    return
                 except EngineError as exc:
                     await self._report(exc)
                     await self.stop()
