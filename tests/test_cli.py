@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -163,6 +164,19 @@ def test_speak_to_file_with_timeline(tmp_path):
     assert "first audio after" in proc.stderr and "playable after" in proc.stderr and f"wrote {out}" in proc.stderr
     assert proc.stdout == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav", "timeline.png"]  # no temp files left
+
+
+def test_speak_streams_aac_that_decodes_to_its_length(tmp_path):
+    av = pytest.importorskip("av", reason="aac needs PyAV: pip install av")
+    out = tmp_path / "out.aac"
+    proc = run_cli("speak", "Hello there.", "--model", "demo", "--stream", "-o", out, "--seed", "1", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    seconds = float(re.search(r": ([0-9.]+) s of audio", proc.stderr).group(1))
+    data = out.read_bytes()
+    assert data[:2] == b"\xff\xf1", "ADTS frames"
+    with av.open(str(out)) as container:
+        decoded = sum(frame.samples for frame in container.decode(audio=0)) / 24000
+    assert seconds - 0.01 <= decoded <= seconds + 2048 / 24000  # plus the encoder's priming and last frame
 
 
 def test_speak_with_int8_weights(tmp_path):
@@ -340,6 +354,7 @@ def test_unreadable_voice_files(tmp_path):
     proc = run_cli("speak", "Hi.", "--voice", tmp_path / "bad.voice", "-o", tmp_path / "x.wav")
     line = assert_user_error(proc, 2, "not an encoded voice", "encode-voice")
     assert "Error" not in line.removeprefix("error: "), "the fix, not a library's exception name"
+    assert line.count("encode-voice") == 1, "the hint once"
     proc = run_cli("speak", "Hi.", "--voice", tmp_path / "bad.wav", "-o", tmp_path / "x.wav")
     assert_user_error(proc, 2, "--voice-text")
 
@@ -669,6 +684,7 @@ def test_ctrl_c_keeps_what_was_made_as_a_valid_file(tmp_path):
     run.proc.send_signal(signal.SIGINT)
     code, shown = run.finish()
     assert code == 130 and "interrupted: kept the first" in shown and "Traceback" not in shown, shown
+    assert shown.count("interrupted") == 1, "one line says what was kept"
     audio, rate = soundfile.read(target)
     assert rate == 24000 and len(audio) > 0, "the first part is a complete, readable file"
     cues = subtitles.read_text().strip().split("\n\n")
@@ -740,6 +756,9 @@ class _PlayingSink:
 
     def write(self, chunk) -> None:
         self.samples += chunk.numel()
+
+    def close(self) -> None:
+        pass
 
 
 @pytest.mark.parametrize("speed, warned", [(0.4, True), (3.0, False)])

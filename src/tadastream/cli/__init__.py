@@ -1,16 +1,18 @@
 """The ``tadastream`` command: ``speak``, ``encode-voice``, ``demo``, ``serve``, ``ray`` and ``wyoming``.
 
 Every argument is checked before a model is loaded (loading takes seconds to minutes), so a typo
-costs nothing. User errors end the program with one ``error: ...`` line on stderr that says how
-to fix it: exit status 2 when the command line is wrong and nothing ran, 1 when something failed
-while running. Unexpected exceptions are bugs: a one-line summary, or the traceback with ``--debug``.
+costs nothing: numbers have the server's ranges (:mod:`tadastream.limits`), and each file to write
+is tried in its folder. User errors end the program with one ``error: ...`` line on stderr that
+says how to fix it: exit status 2 when the command line is wrong and nothing ran, 1 when something
+failed while running. Unexpected exceptions are bugs: a one-line summary, or the traceback with ``--debug``.
 
 Audio on stdout (``-o -``) is the only thing written there, so it can be piped to a player; all
 progress and reports go to stderr (``demo`` reports on stdout, it writes no audio there).
 
 Layout: :mod:`.parser` (the grammar), :mod:`.checks` (validation before loading),
 :mod:`.commands` (the handlers), :mod:`.sinks` (file, stdout, sound card), :mod:`.progress`
-(the status line), :mod:`.errors` (the two error kinds). Model loading is :mod:`tadastream.loading`.
+(the status line), :mod:`.errors` (the two error kinds, and Ctrl-C with what it kept). Model
+loading is :mod:`tadastream.loading`.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         say(f"error: {one_line(exc)}")
         return 2
-    except KeyboardInterrupt:
-        say("interrupted")
+    except KeyboardInterrupt as exc:
+        say(one_line(exc) or "interrupted")  # an Interrupted says what was kept, in one line
         return 130
     except BrokenPipeError:
         _quiet_stdout()  # the reader (a player, head) went away: nothing more to say

@@ -17,29 +17,38 @@ from ..loading import DEMO
 from ..text import is_blank, nothing_to_say, unpaired_surrogate
 from .errors import UsageError, one_line
 
-FILE_EXTENSIONS = ("wav", "flac", "ogg", "opus", "mp3")
+FILE_EXTENSIONS = ("wav", "flac", "ogg", "opus", "mp3", "aac")
 
 
 def read_text(text: str, what: str = "text") -> str:
     """The words to speak: ``text`` itself, or stdin for ``-``; UTF-8, with something to say."""
     if text == "-":
-        if sys.stdin is None or sys.stdin.closed:
-            raise UsageError(f"{what} is '-' but there is no standard input; pass the words as an argument")
-        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise UsageError(f"{what} -: standard input is not UTF-8 text; convert it (e.g. iconv -t utf-8)") from None
+        text = _read_stdin(f"{what} -")
     elif unpaired_surrogate(text) is not None:  # bytes the terminal could not decode
         raise UsageError(f"{what} is not UTF-8 text; pass UTF-8 (or -f FILE)")
     return _speakable(text, what, "pass the words to speak (or - and pipe them in)")
 
 
+def _read_stdin(what: str) -> str:
+    """All of standard input as UTF-8 text (``what`` names the argument that asked for it)."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise UsageError(f"{what}: there is no standard input to read; pass the words as an argument")
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{what}: standard input is not UTF-8 text; convert it (e.g. iconv -t utf-8)") from None
+
+
 def read_text_file(path: str, flag: str = "-f") -> str:
-    """The words to speak from a UTF-8 text file, with something to say."""
+    """The words to speak from a UTF-8 text file (``-``: standard input), with something to say."""
+    if path == "-":
+        return _speakable(_read_stdin(f"{flag} -"), f"{flag} -", "pipe the words to speak in")
     source = Path(path).expanduser()
+    if source.is_dir():
+        raise UsageError(f"{flag} {path}: that is a folder; give the path of a text file (or - for stdin)")
     if not source.is_file():
-        raise UsageError(f"{flag} {path}: no such file; give the path of a text file")
+        raise UsageError(f"{flag} {path}: no such file; give the path of a text file (or - for stdin)")
     try:
         text = source.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -60,7 +69,7 @@ def check_output_file(path: str, flag: str = "-o") -> Path:
     """An audio file we can write, in a format this soundfile build supports."""
     from ..audio import available_formats
 
-    target = Path(path).expanduser()
+    target = output_path(path, flag, "speech.wav")
     allowed = [e for e in FILE_EXTENSIONS if e in available_formats()]
     ext = target.suffix.lower().lstrip(".")
     if ext not in allowed:
@@ -73,21 +82,42 @@ def check_output_file(path: str, flag: str = "-o") -> Path:
     return target
 
 
-def check_folder(target: Path, flag: str) -> None:
-    """``target`` names a file in an existing, writable folder."""
+def output_path(path: str, flag: str, example: str) -> Path:
+    """``path`` as a file to write; a folder is refused first (before its missing extension), with a
+    file name in it to give instead."""
+    target = Path(path).expanduser()
     if target.is_dir():
-        raise UsageError(f"{flag} {target}: that is a folder; give a file name")
+        raise UsageError(f"{flag} {path}: that is a folder; give a file name in it, e.g. {flag} {Path(path, example)}")
+    return target
+
+
+def check_folder(target: Path, flag: str) -> None:
+    """``target`` (from :func:`output_path`) is a file we can create, found out now rather than after
+    minutes of generation.
+
+    The folder is tried with a real file (created, then removed): permission bits do not tell, as
+    root may write anywhere by them, yet not in a read-only file system such as /sys.
+    """
+    from ..files import temporary_beside
+
     if not target.parent.is_dir():
         raise UsageError(f"{flag} {target}: folder {target.parent} does not exist; create it first")
-    if not os.access(target.parent, os.W_OK):
-        raise UsageError(f"{flag} {target}: folder {target.parent} is not writable; choose another place")
+    probe = temporary_beside(target)
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise UsageError(
+            f"{flag} {target}: cannot write in folder {target.parent} ({exc.strerror or one_line(exc)}); "
+            "choose another place"
+        ) from None
+    probe.unlink(missing_ok=True)
 
 
 def check_timeline(path: str | None) -> Path | None:
     """A writable .png, and matplotlib to draw it (checked now, not after generating)."""
     if path is None:
         return None
-    target = Path(path).expanduser()
+    target = output_path(path, "--timeline", "timeline.png")
     if target.suffix.lower() != ".png":
         raise UsageError(f"--timeline {path}: the file name must end in .png")
     check_folder(target, "--timeline")
@@ -104,7 +134,7 @@ def check_text_output(path: str | None, flag: str, suffixes: tuple[str, ...]) ->
     """A file name with one of ``suffixes`` in a folder that exists (checked now, not after generating)."""
     if path is None:
         return None
-    target = Path(path).expanduser()
+    target = output_path(path, flag, f"{flag.lstrip('-')}{suffixes[0]}")
     if target.suffix.lower() not in suffixes:
         raise UsageError(f"{flag} {path}: the file name must end in {' or '.join(suffixes)}")
     check_folder(target, flag)
@@ -184,8 +214,8 @@ def check_voice(voice: str | None, voice_text: str | None) -> VoiceRequest | Non
 
         try:
             return VoiceRequest(encoded=EncoderOutput.load(path), path=path)
-        except ValueError as exc:  # VoiceFileError: not found, not a voice file
-            hint = "" if "not found" in str(exc) else " (make one with `tadastream encode-voice`)"
+        except ValueError as exc:  # VoiceFileError: not a voice file; the hint once, where it lacks it
+            hint = "" if "encode-voice" in str(exc) else " (make one with `tadastream encode-voice`)"
             raise UsageError(one_line(exc) + hint) from None
         except OSError as exc:
             raise UsageError(f"cannot read voice file {path} ({exc.strerror or exc}); check the path") from None

@@ -28,11 +28,12 @@ from .checks import (
     check_text_output,
     check_timeline,
     check_voice,
+    output_path,
     pick_device,
     read_text,
     read_text_file,
 )
-from .errors import CliError, UsageError, one_line
+from .errors import CliError, Interrupted, UsageError, one_line
 from .progress import Progress
 from .sinks import FileSink, NullSink, PlayerSink, StdoutSink
 
@@ -124,8 +125,9 @@ def _generate(
     min_first_chunk_ms: float | None = None,
     captions: Callable[[list, list, float], None] | None = None,
 ):
-    """Stream ``text`` into ``sink``; returns (result, audio seconds). ``captions(words, characters,
-    seconds)`` gets the word times at the end, or those of the audio kept after Ctrl-C."""
+    """Stream ``text`` into ``sink`` and close it; returns (result, audio seconds). ``captions(words,
+    characters, seconds)`` then gets the word times, or those of the audio kept after Ctrl-C (raised
+    as :class:`Interrupted`): the audio is safe before any other file is tried."""
     stream = _stream(
         model,
         prompt,
@@ -152,16 +154,17 @@ def _generate(
                     )
     except KeyboardInterrupt:
         progress.clear()
-        sink.interrupted()  # what was made so far stays a valid file
+        kept = sink.interrupted()  # what was made so far stays a valid file
         if captions is not None:  # and its captions match it
             from ..timestamps import words_heard
 
-            kept = sum(stream.chunk_samples) / SAMPLE_RATE
-            captions(words_heard(list(stream.words), kept), [], kept)
-        raise
+            heard = sum(stream.chunk_samples) / SAMPLE_RATE
+            captions(words_heard(list(stream.words), heard), [], heard)
+        raise Interrupted(kept or "interrupted") from None
     progress.clear()
     if stream.result is None:
         raise CliError("generation stopped before it finished; rerun with --debug to see why")
+    sink.close()
     seconds = sum(stream.result.chunk_samples or [0]) / SAMPLE_RATE
     if captions is not None:
         result = stream.result
@@ -169,19 +172,59 @@ def _generate(
     return stream.result, seconds
 
 
-def _caption_writer(text: str, subtitles_file: Path | None, timestamps_file: Path | None, seed: int):
-    """What ``_generate`` calls with the word times: writes the --subtitles and --timestamps files."""
-    if subtitles_file is None and timestamps_file is None:
-        return None
-    from ..captions import subtitles, timestamps_json, write_text_atomic
+class _Extras:
+    """The files written beside the audio (--subtitles, --timestamps, --timeline), after it and each
+    on its own: one that cannot be written loses neither the audio nor the others. ``written`` and
+    ``failed`` say how each went, for the summary and the one error line."""
 
-    def write(words: list, characters: list, seconds: float) -> None:
-        if subtitles_file is not None:
-            write_text_atomic(subtitles_file, subtitles(subtitles_file, words))
-        if timestamps_file is not None:
-            write_text_atomic(timestamps_file, timestamps_json(text, words, characters, seconds, seed=seed))
+    def __init__(
+        self,
+        text: str = "",
+        seed: int = 0,
+        subtitles: Path | None = None,
+        timestamps: Path | None = None,
+        timeline: Path | None = None,
+    ):
+        self.text, self.seed = text, seed
+        self.subtitles, self.timestamps, self.timeline = subtitles, timestamps, timeline
+        self.written: list[str] = []
+        self.failed: list[str] = []
 
-    return write
+    @property
+    def wants_captions(self) -> bool:
+        return self.subtitles is not None or self.timestamps is not None
+
+    def _write(self, flag: str, path: Path | None, write: Callable[[Path], object]) -> None:
+        if path is None:
+            return
+        try:
+            write(path)
+        except (OSError, ValueError) as exc:
+            self.failed.append(f"{flag} {path} ({getattr(exc, 'strerror', None) or one_line(exc)})")
+        else:
+            self.written.append(f"{flag.lstrip('-')} {path}")
+
+    def captions(self, words: list, characters: list, seconds: float) -> None:
+        """What ``_generate`` calls with the word times, once the audio is written."""
+        from ..captions import subtitles, timestamps_json, write_text_atomic
+
+        def write_timestamps(path: Path) -> None:
+            write_text_atomic(path, timestamps_json(self.text, words, characters, seconds, seed=self.seed))
+
+        self._write("--subtitles", self.subtitles, lambda path: write_text_atomic(path, subtitles(path, words)))
+        self._write("--timestamps", self.timestamps, write_timestamps)
+
+    def draw(self, result) -> None:
+        """The --timeline picture of a finished ``result``."""
+        if self.timeline is not None:
+            from ..timeline import plot_timeline
+
+            self._write("--timeline", self.timeline, lambda path: plot_timeline(result, path, SAMPLE_RATE))
+
+    def check(self, audio: str | None = None) -> None:
+        """Raise the one error line when a file failed, saying where the ``audio``, kept all the same, is."""
+        if self.failed:
+            raise CliError(f"could not write {'; '.join(self.failed)}" + (f"; {audio}" if audio else ""))
 
 
 def _timings(result, seconds: float) -> tuple[str, str, str]:
@@ -207,8 +250,10 @@ def _playable(result) -> str:
 
 def cmd_speak(args: argparse.Namespace) -> int:
     """``tadastream speak``: validate everything, then load, generate and deliver."""
-    if (args.text is None) == (args.file is None):
-        raise UsageError("give the words as TEXT (or - for stdin), or -f FILE, not both")
+    if args.text is None and args.file is None:
+        raise UsageError("no text: give the words to speak as TEXT, - to read them from stdin, or -f FILE")
+    if args.text is not None and args.file is not None:
+        raise UsageError("give the words either as TEXT or with -f FILE, not both")
     text = read_text(args.text) if args.file is None else read_text_file(args.file)
     to_stdout = args.output == "-"
     output = None if args.output is None or to_stdout else check_output_file(args.output)
@@ -259,6 +304,7 @@ def cmd_speak(args: argparse.Namespace) -> int:
     import torch
 
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)  # reported, so it can be rerun
+    extras = _Extras(text, seed, subtitles_file, timestamps_file, timeline)
     torch.manual_seed(seed)
     model, default_voice = _load_model(args, device, progress)
     if voice is None:
@@ -287,34 +333,32 @@ def cmd_speak(args: argparse.Namespace) -> int:
             normalize=not args.no_normalize,
             long_form=True if args.long_form else None,
             min_first_chunk_ms=args.min_first_chunk_ms,
-            captions=_caption_writer(text, subtitles_file, timestamps_file, seed),
+            captions=extras.captions if extras.wants_captions else None,
         )
-        sink.close()
-    except BaseException:  # a file kept on Ctrl-C is already closed: abort leaves it
+    except Interrupted as stop:  # the audio kept is already closed; the one line also names a file that failed
+        if extras.failed:
+            raise Interrupted(f"{stop}; could not write {'; '.join(extras.failed)}") from None
+        raise
+    except BaseException:
         if isinstance(sink, PlayerSink | FileSink):
             sink.abort()
         raise
-    if timeline is not None:
-        from ..timeline import plot_timeline
-
-        plot_timeline(result, timeline, SAMPLE_RATE)
+    extras.draw(result)
     first, speed, rtf = _timings(result, seconds)
     where = f"wrote {output}" if output is not None else ("stdout" if to_stdout else "played")
-    extras = [
-        f"{name} {path}"
-        for name, path in (("timeline", timeline), ("subtitles", subtitles_file), ("timestamps", timestamps_file))
-        if path is not None
-    ]
     progress.note(
         f"{where}: {seconds:.2f} s of audio in {result.total_time:.2f} s ({speed}); first audio after {first}, "
-        f"playable after {_playable(result)}; seed {seed}" + "".join(f"; {extra}" for extra in extras)
+        f"playable after {_playable(result)}; seed {seed}" + "".join(f"; {extra}" for extra in extras.written)
+    )
+    extras.check(
+        f"the audio is in {output}" if output is not None else f"the audio {'went to' if to_stdout else 'was'} {where}"
     )
     return 0
 
 
 def cmd_encode_voice(args: argparse.Namespace) -> int:
     """``tadastream encode-voice``: recording + transcript -> NAME.voice (atomic write)."""
-    target = Path(args.output).expanduser()
+    target = output_path(args.output, "-o", "me.voice")
     if target.suffix.lower() != ".voice":
         raise UsageError(f"-o {args.output}: name the encoded voice NAME.voice (e.g. -o {target.stem or 'me'}.voice)")
     check_folder(target, "-o")
@@ -333,7 +377,12 @@ def cmd_encode_voice(args: argparse.Namespace) -> int:
         encoded = _encode_recording(voice, args.codec, args.language, args.tokenizer, device, progress)
     except CheckpointError as exc:
         raise CliError(one_line(exc)) from None
-    encoded.save(target)
+    from safetensors import SafetensorError
+
+    try:
+        encoded.save(target)
+    except (OSError, SafetensorError) as exc:  # the folder went away, or the disk filled up, since the check
+        raise CliError(f"-o {target}: could not write the voice ({one_line(exc)}); choose another place") from None
     tokens = int(encoded.text_tokens_len[0]) if encoded.text_tokens_len is not None else encoded.token_values.shape[1]
     progress.note(
         f"wrote {target}: {voice.audio.numel() / voice.sample_rate:.2f} s of speech in {encoded.language}, "
@@ -360,16 +409,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model, prompt = load_model(DEMO, device=device)
     torch.manual_seed(args.seed)
     sink = FileSink(output) if output is not None else NullSink()
-    result, seconds = _generate(
-        model,
-        prompt,
-        text,
-        InferenceOptions(),
-        sink,
-        Progress(enabled=False),
-        min_first_chunk_ms=args.min_first_chunk_ms,
-    )
-    sink.close()
+    try:
+        result, seconds = _generate(
+            model,
+            prompt,
+            text,
+            InferenceOptions(),
+            sink,
+            Progress(enabled=False),
+            min_first_chunk_ms=args.min_first_chunk_ms,
+        )
+    except BaseException:  # a file kept on Ctrl-C is already closed: abort leaves it
+        sink.abort()
+        raise
     first, speed, rtf = _timings(result, seconds)
     show(f"text: {text!r}")
     show(f"audio: {seconds:.2f} s at {SAMPLE_RATE} Hz in {len(result.chunk_samples or [])} chunks")
@@ -382,13 +434,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     if output is not None:
         show(f"wrote {output}")
-    if timeline is not None:
-        from ..timeline import plot_timeline
-
-        plot_timeline(result, timeline, SAMPLE_RATE)
+    extras = _Extras(timeline=timeline)
+    extras.draw(result)
+    if extras.written:
         show(f"wrote {timeline}")
     if output is None and timeline is None:
         show("pass -o demo.wav to keep the audio, --timeline timeline.png to see the chunk timings")
+    extras.check(f"the audio is in {output}" if output is not None else None)
     return 0
 
 

@@ -13,6 +13,10 @@ class CliError(Exception):
     """Something failed while running (exit status 1); the message says what to do."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the one line that says what was kept (exit status 130)."""
+
+
 def one_line(message: object) -> str:
     """``message`` with its whitespace collapsed: every report is a single stderr line."""
     return " ".join(str(message).split())

@@ -13,6 +13,7 @@ from .. import __version__
 from ..config import DEFAULT_CODEC, DEFAULT_MODEL, QUANTIZE_ACTIVATIONS
 from ..deploy.ray import add_ray_arguments
 from ..integrations.wyoming import add_wyoming_arguments
+from ..limits import FLOAT_RANGES, MAX_SEED, OPTION_LIMITS, SPEED_RANGE
 from ..optionsets import add_compile_arguments
 from ..server import add_serve_arguments
 from .checks import FILE_EXTENSIONS
@@ -48,25 +49,36 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
-def _number(kind: type, low: float, low_ok: bool, what: str) -> Callable[[str], float]:
-    """An argparse ``type`` that rejects values below ``low`` (and NaN) with a message saying what was expected."""
+def _number(kind: type, low: float, high: float | None = None, *, low_ok: bool = True) -> Callable[[str], float]:
+    """An argparse ``type`` for ``kind`` from ``low`` (excluded unless ``low_ok``) to ``high``: a value
+    outside (NaN, infinity, a seed too large for torch) is refused with the range it must be in."""
+    show = str if kind is int else "{:g}".format  # a seed's bound in full, not as 9.22337e+18
+    noun = "a whole number" if kind is int else "a number"
+    if high is None:
+        what = f"{noun} {'>=' if low_ok else '>'} {show(low)}"
+    elif low_ok:
+        what = f"{noun} from {show(low)} to {show(high)}"
+    else:
+        what = f"{noun} above {show(low)} and at most {show(high)}"
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < low or (value == low and not low_ok) or value != value:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+            value = None
+        if value is None or not (low <= value if low_ok else low < value) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")  # NaN fails the comparisons too
         return value
 
     return parse
 
 
-_positive = _number(float, 0.0, False, "a number > 0")
-_non_negative = _number(float, 0.0, True, "a number >= 0")
-_positive_int = _number(int, 1, True, "a whole number >= 1")
-_non_negative_int = _number(int, 0, True, "a whole number >= 0")
+def _float_range(field: str, low_ok: bool = True) -> Callable[[str], float]:
+    """The range InferenceOptions (and so the server) accepts for ``field``."""
+    return _number(float, *FLOAT_RANGES[field], low_ok=low_ok)
+
+
+_seed = _number(int, 0, MAX_SEED)
 
 
 def _first_chunk_ms(text: str) -> float | None:
@@ -138,18 +150,19 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         metavar="N",
         help="random seed (default: a random one, printed in the summary so the result can be reproduced)",
     )
     # The numeric knobs: flag, parser, metavar, help; their defaults (shown in --help) come from OPTION_DEFAULTS.
+    # Their ranges are the server's (tadastream.limits), so the command line refuses what a request would.
     knobs = (
-        ("--temperature", _positive, "T", "text sampling"),
-        ("--cfg-scale", _positive, "S", "acoustic guidance"),
-        ("--flow-steps", _positive_int, "N", "flow-matching steps"),
-        ("--noise-temperature", _non_negative, "T", "acoustic noise scale"),
-        ("--speed", _positive, "FACTOR", "speak faster (>1) or slower (<1); two passes"),
-        ("--transition-steps", _non_negative_int, "N", "prompt tokens dropped at the seam between prompt and new text"),
+        ("--temperature", _float_range("text_temperature", low_ok=False), "T", "text sampling"),
+        ("--cfg-scale", _float_range("acoustic_cfg_scale"), "S", "acoustic guidance"),
+        ("--flow-steps", _number(int, 1, OPTION_LIMITS["num_flow_matching_steps"]), "N", "flow-matching steps"),
+        ("--noise-temperature", _float_range("noise_temperature"), "T", "acoustic noise scale"),
+        ("--speed", _number(float, *SPEED_RANGE), "FACTOR", "speak faster (>1) or slower (<1); two passes"),
+        ("--transition-steps", _number(int, 0), "N", "prompt tokens dropped at the seam between prompt and new text"),
     )
     for flag, parse, metavar, text in knobs:
         dest = flag[2:].replace("-", "_")
@@ -288,7 +301,7 @@ def _add_demo(sub) -> None:
     )
     demo.add_argument("--timeline", metavar="PNG", help="draw chunk timings and token durations (tadastream[plot])")
     _add_first_chunk(demo)
-    demo.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed (%(default)s)")
     demo.add_argument("--device", metavar="DEV", help="cpu, cuda, ... (default: cpu)")
     demo.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     _add_common(demo)

@@ -2,7 +2,7 @@
 
 Every sink takes float chunks (24 kHz mono tensors) with ``write`` as they are generated and
 finishes with ``close``; ``interrupted`` ends it on Ctrl-C, keeping what was made a valid file
-(stdout and files) or stopping playback; the sound card also has ``abort`` for a failed run.
+(stdout and files) or stopping playback, and says what was kept; ``abort`` ends a failed run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SAMPLE_RATE
-from .errors import say
+from .errors import CliError
 
 
 def _concat(chunks: list[Any]):
@@ -28,7 +28,8 @@ def _concat(chunks: list[Any]):
 class FileSink:
     """Encodes the chunks as they come into a temporary file beside the target, renamed onto it at the
     end: memory stays flat over a book, and the target is never a half file. ``abort`` (a failed run)
-    removes the temporary file; ``interrupted`` (Ctrl-C) keeps what was made."""
+    removes the temporary file; ``interrupted`` (Ctrl-C) keeps what was made. A write that fails (the
+    folder removed, the disk full) is reported under the target's name, never the temporary one's."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -41,11 +42,14 @@ class FileSink:
         from ..audio import StreamEncoder
         from ..files import temporary_beside
 
-        if self._handle is None:  # opened at the first audio: a run that fails before leaves nothing
-            self._encoder = StreamEncoder(SAMPLE_RATE, self.path.suffix.lstrip(".").lower())
-            self._temp = temporary_beside(self.path)
-            self._handle = open(self._temp, "xb")  # noqa: SIM115 - held open across writes, closed in close/abort
-        self._handle.write(self._encoder.encode(chunk))
+        try:
+            if self._handle is None:  # opened at the first audio: a run that fails before leaves nothing
+                self._encoder = StreamEncoder(SAMPLE_RATE, self.path.suffix.lstrip(".").lower())
+                self._temp = temporary_beside(self.path)
+                self._handle = open(self._temp, "xb")  # noqa: SIM115 - held open across writes, closed in close/abort
+            self._handle.write(self._encoder.encode(chunk))
+        except OSError as exc:
+            raise self._failed(exc) from None
         self.samples += int(chunk.numel())
 
     def close(self) -> None:
@@ -54,28 +58,40 @@ class FileSink:
         if self._handle is None:  # no audio at all: still a valid, empty file
             self.write(_concat([]))
         handle = self._handle
-        handle.write(self._encoder.finish())
-        if self._encoder.format == "wav":  # a seekable file: the real length where the stream had "unknown"
-            with contextlib.suppress(AudioError):  # past 4 GiB a WAV keeps the "unknown" length
-                header = wav_header(SAMPLE_RATE, 1, self.samples)
-                handle.seek(0)
-                handle.write(header)
-        handle.flush()
-        os.fsync(handle.fileno())
-        handle.close()
-        os.replace(self._temp, self.path)
+        try:
+            handle.write(self._encoder.finish())
+            if self._encoder.format == "wav":  # a seekable file: the real length where the stream had "unknown"
+                with contextlib.suppress(AudioError):  # past 4 GiB a WAV keeps the "unknown" length
+                    header = wav_header(SAMPLE_RATE, 1, self.samples)
+                    handle.seek(0)
+                    handle.write(header)
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            os.replace(self._temp, self.path)
+        except OSError as exc:
+            raise self._failed(exc) from None
         self._handle = None
 
-    def interrupted(self) -> None:
+    def _failed(self, exc: OSError) -> CliError:
+        """The error of a failed write, naming the file asked for; the temporary file is removed."""
+        self.abort()
+        why = exc.strerror or type(exc).__name__  # not str(exc): it names the temporary file
+        return CliError(f"could not write {self.path} ({why}); check the folder and the free space")
+
+    def interrupted(self) -> str | None:
         """Save the audio made so far (a long narration stopped half-way keeps its first half)."""
-        if self._handle is not None:
-            self.close()
-            say(f"interrupted: kept the first {self.samples / SAMPLE_RATE:.1f} s in {self.path}")
+        if self._handle is None:
+            return None
+        self.close()
+        return f"interrupted: kept the first {self.samples / SAMPLE_RATE:.1f} s in {self.path}"
 
     def abort(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
+        if self._encoder is not None:
             self._encoder.close()
+        if self._handle is not None:
+            with contextlib.suppress(OSError):  # closing may fail as the write did (the disk is full)
+                self._handle.close()
             self._temp.unlink(missing_ok=True)
             self._handle = None
 
@@ -112,10 +128,11 @@ class StdoutSink:
             self.out.write(encode_audio(_concat(self.chunks), SAMPLE_RATE, "pcm" if self.fmt == "raw" else "wav"))
         self.out.flush()
 
-    def interrupted(self) -> None:
+    def interrupted(self) -> str | None:
         """A stream is already valid as written; a whole file gets what was made so far."""
         if not self.streaming:
             self.close()
+        return None
 
 
 class PlayerSink:
@@ -181,8 +198,9 @@ class PlayerSink:
         self._finished.wait(timeout=self._queued / SAMPLE_RATE + 5.0)
         self._stream.close()
 
-    def interrupted(self) -> None:
+    def interrupted(self) -> str | None:
         self.abort()
+        return None
 
     def abort(self) -> None:
         try:
@@ -198,8 +216,11 @@ class NullSink:
     def write(self, chunk) -> None:
         pass
 
-    def interrupted(self) -> None:
-        pass
+    def interrupted(self) -> str | None:
+        return None
 
     def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
         pass

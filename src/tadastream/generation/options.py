@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..limits import FLOAT_RANGES
 from ..text import is_blank, nothing_to_say, unpaired_surrogate
 
 
@@ -77,17 +78,7 @@ class InferenceOptions:
     #: to inf/NaN mid-generation instead of failing here).
     _BOOLS = ("text_do_sample",)
     _INTS = ("text_top_k", "num_flow_matching_steps", "num_acoustic_candidates")
-    _FLOAT_RANGES = {
-        "text_temperature": (0.0, 100.0),
-        "text_top_p": (0.0, 1.0),
-        "text_repetition_penalty": (0.0, 100.0),
-        "acoustic_cfg_scale": (-100.0, 100.0),
-        "duration_cfg_scale": (-100.0, 100.0),
-        "noise_temperature": (0.0, 10.0),
-        "spkr_verification_weight": (-1000.0, 1000.0),
-        "speed_up_factor": (0.0, 100.0),
-        "text_only_logit_scale": (0.0, 100.0),
-    }
+    _FLOAT_RANGES = FLOAT_RANGES
 
     def _check_types(self) -> None:
         for name in self._BOOLS:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
-MAX_SEED = 2**63 - 1
+from ..limits import MAX_SEED
+
+__all__ = ["MAX_SEED", "StreamRng"]
 
 
 class StreamRng:

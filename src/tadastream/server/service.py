@@ -32,7 +32,7 @@ from ..config import SAMPLE_RATE
 from ..engine import Engine
 from ..generation import EmptyTextError, GenerationInputError, InferenceOptions, StreamRng, TextInput, TextTooLongError
 from ..generation.options import check_encodable
-from ..generation.rng import MAX_SEED
+from ..limits import MAX_SEED, OPTION_LIMITS, SPEED_RANGE
 from ..longform import LongFormStream, open_stream
 from ..playback import check_min_first_chunk_ms, playback_figures
 from ..stream import AudioStream
@@ -40,9 +40,6 @@ from ..text import is_blank, nothing_to_say
 from .errors import EngineError
 
 T = TypeVar("T")
-
-#: Caps on per-request options, so one request cannot monopolise the engine for minutes.
-OPTION_LIMITS = {"num_flow_matching_steps": 64, "num_acoustic_candidates": 8}
 
 
 def new_seed() -> int:
@@ -126,16 +123,17 @@ def inference_options(options: dict[str, Any] | None, speed: float | None, model
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value > cap):
             raise EngineError(400, f"{name} must be an integer <= {cap} on this server", "invalid_option", name)
+    low, high = SPEED_RANGE
     if speed is not None:
-        if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0.25 <= speed <= 4.0:
-            raise EngineError(400, "speed must be a number between 0.25 and 4.0", "invalid_speed", "speed")
+        if isinstance(speed, bool) or not isinstance(speed, int | float) or not low <= speed <= high:
+            raise EngineError(400, f"speed must be a number between {low} and {high}", "invalid_speed", "speed")
         if speed != 1.0:
             options["speed_up_factor"] = float(speed)
     factor = options.get("speed_up_factor")
     if factor is not None and (
-        isinstance(factor, bool) or not isinstance(factor, int | float) or not 0.25 <= factor <= 4
+        isinstance(factor, bool) or not isinstance(factor, int | float) or not low <= factor <= high
     ):
-        raise EngineError(400, "speed_up_factor must be between 0.25 and 4.0", "invalid_option", "speed_up_factor")
+        raise EngineError(400, f"speed_up_factor must be between {low} and {high}", "invalid_option", "speed_up_factor")
     if options.get("scorer") == "spkr_verification" and model.acoustic_spkr_verf is None:
         raise EngineError(400, "scorer 'spkr_verification' is not loaded on this server", "invalid_option", "scorer")
     try:

@@ -1,0 +1,34 @@
+"""The ranges every front end accepts: the server's requests and the command line's flags.
+
+One table, so ``tadastream speak`` refuses at once what the server would refuse, instead of
+running for minutes on ``--flow-steps 100000``. Torch-free: the command line checks its flags
+with it before importing anything heavy.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FLOAT_RANGES", "MAX_SEED", "OPTION_LIMITS", "SPEED_RANGE"]
+
+#: The largest seed a stream's generators take (torch seeds are signed 64-bit).
+MAX_SEED = 2**63 - 1
+
+#: ``speed`` (``speed_up_factor``): faster or slower speech, within what still sounds like speech.
+SPEED_RANGE = (0.25, 4.0)
+
+#: Caps on per-request integer options, so one request cannot monopolise the engine for minutes.
+OPTION_LIMITS = {"num_flow_matching_steps": 64, "num_acoustic_candidates": 8}
+
+#: The range each float option may take (beyond it the noise or the guidance overflows to inf/NaN
+#: mid-generation instead of failing up front); :class:`tadastream.generation.InferenceOptions`
+#: checks the same ranges.
+FLOAT_RANGES = {
+    "text_temperature": (0.0, 100.0),
+    "text_top_p": (0.0, 1.0),
+    "text_repetition_penalty": (0.0, 100.0),
+    "acoustic_cfg_scale": (-100.0, 100.0),
+    "duration_cfg_scale": (-100.0, 100.0),
+    "noise_temperature": (0.0, 10.0),
+    "spkr_verification_weight": (-1000.0, 1000.0),
+    "speed_up_factor": (0.0, 100.0),
+    "text_only_logit_scale": (0.0, 100.0),
+}
