@@ -16,6 +16,7 @@ from tadastream.audio import (
     StreamEncoder,
     available_formats,
     check_prompt_audio,
+    complete_wav,
     encode_audio,
     float_to_pcm16,
     load_audio,
@@ -283,9 +284,37 @@ def test_wav_header_rejects_bad_arguments() -> None:
 def test_available_formats() -> None:
     formats = available_formats()
     assert {"wav", "flac", "ogg", "pcm"} <= formats
-    assert formats <= {"wav", "flac", "ogg", "opus", "mp3", "pcm"}
+    assert formats <= {"wav", "flac", "ogg", "opus", "mp3", "aac", "pcm"}
     formats.clear()
     assert "wav" in available_formats()
+
+
+def test_aac_streams_as_adts_frames_equal_to_the_whole_file() -> None:
+    av = pytest.importorskip("av", reason="aac needs PyAV: pip install av")
+    tone = (0.3 * np.sin(np.arange(36000) * 0.05)).astype(np.float32)
+    whole = encode_audio(tone, 24000, "aac")
+    encoder = StreamEncoder(24000, "aac")
+    parts = [encoder.encode(tone[i : i + 5000]) for i in range(0, len(tone), 5000)]
+    parts.append(encoder.finish())
+    assert b"".join(parts) == whole and whole[:2] == b"\xff\xf1"
+    assert sum(1 for p in parts[:-1] if p) >= 5, "frames leave as they are encoded, not at the end"
+    with av.open(io.BytesIO(whole), format="adts") as container:
+        decoded = sum(frame.samples for frame in container.decode(audio=0))
+    assert len(tone) <= decoded <= len(tone) + 2048  # the encoder's priming and its last frame's padding
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_a_whole_file_encoder_gives_the_real_length(fmt) -> None:
+    tone = (0.3 * np.sin(np.arange(12345) * 0.05)).astype(np.float32)
+    encoder = StreamEncoder(24000, fmt, whole_file=True)
+    parts = [encoder.encode(tone[i : i + 4000]) for i in range(0, len(tone), 4000)]
+    assert parts == [b""] * len(parts), "nothing leaves before the end"
+    data = encoder.finish()
+    assert sf.info(io.BytesIO(data)).frames == len(tone)
+    streamed = StreamEncoder(24000, fmt)
+    head = streamed.encode(tone) + streamed.finish()
+    if fmt == "wav":  # a stream cannot know its length: sizes "unknown"; complete_wav fills them in
+        assert head[4:8] == b"\xff\xff\xff\xff" and complete_wav(head) == data
 
 
 def test_encode_lossless_formats_are_exact() -> None:
