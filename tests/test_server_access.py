@@ -27,22 +27,9 @@ TEXT = "Hello there, general."
 
 
 @pytest.fixture(scope="module")
-def demo():
-    import torch
-
-    from tadastream.demo import build_demo_model, demo_voice
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = build_demo_model()
-    yield model, demo_voice(model)
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def open_server(demo, tmp_path_factory):
+def open_server(demo_model, demo_voice, tmp_path_factory):
     """No key (the default), a voices folder, one listed page origin, a short body timeout."""
-    model, voice = demo
+    model, voice = demo_model, demo_voice
     settings = ServerSettings(
         voices_dir=str(tmp_path_factory.mktemp("voices")),
         cors_origins=("https://app.example",),
@@ -53,8 +40,8 @@ def open_server(demo, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def keyed_server(demo):
-    model, voice = demo
+def keyed_server(demo_model, demo_voice):
+    model, voice = demo_model, demo_voice
     settings = ServerSettings(api_key=KEY)
     with LiveServer(create_app(model, settings=settings, default_voice=voice)) as live:
         yield live
@@ -147,11 +134,10 @@ def test_cross_origin_speech_is_refused_same_origin_and_originless_are_served(op
     assert own_page.content == no_origin.content == listed.content and len(no_origin.content) > 1000
 
 
-def test_cross_origin_multipart_voice_upload_is_refused_and_stores_nothing(open_server, demo):
+def test_cross_origin_multipart_voice_upload_is_refused_and_stores_nothing(open_server, demo_voice):
     from tadastream.server.voices import _voice_bytes
 
-    _model, voice = demo
-    files = {"file": ("x.voice", _voice_bytes(voice), "application/octet-stream")}
+    files = {"file": ("x.voice", _voice_bytes(demo_voice), "application/octet-stream")}
     with open_server.client() as c:
         before = c.get("/v1/voices").json()["data"]
         res = c.post(
