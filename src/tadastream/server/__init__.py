@@ -1,6 +1,9 @@
 """``tadastream serve``: an HTTP/WebSocket speech server around one loaded model.
 
-Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is set):
+Endpoints (``/v1/*``, the docs and ``/metrics`` need ``Authorization: Bearer KEY`` when ``--api-key``
+is set; without a key, requests carrying an ``Origin`` other than the server's own or a
+``--cors-origin``, and requests whose ``Host`` is not the bound address, a loopback name or an
+``--allowed-host``, get 403: see :mod:`.access`):
 
 * ``POST /v1/audio/speech``: OpenAI-compatible JSON body ``model`` (ignored), ``input``, ``voice``
   (name, OpenAI name = default voice, or omitted), ``response_format`` (pcm, wav, flac, opus,
@@ -39,7 +42,10 @@ Endpoints (``/v1/*`` need ``Authorization: Bearer KEY`` when ``--api-key`` is se
   (the HTTP status of the same refusal), "retry_after" (when busy), "error": {...}}`` then a close
   (1008; 1003 for a malformed message; 1013 when busy).
 * ``GET /v1/voices``, ``POST /v1/voices`` (multipart ``name`` + ``file`` = a ``.voice`` file, or
-  ``audio`` + ``transcript`` when the server has an encoder), ``GET /v1/models``, ``GET /health``,
+  ``audio`` + ``transcript`` when the server has an encoder), ``GET /v1/voices/{name}`` (metadata;
+  ``?download=true``: the file), ``DELETE /v1/voices/{name}``; names ignore case.
+* ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus; :mod:`.metrics`), ``/docs``
+  and ``/redoc`` (assets served locally; with a key, a login form sets a docs cookie: :mod:`.docs`),
   and a demo page at ``/``.
 
 Same seed, same audio: each stream carries its own RNG state (see :mod:`.service`).
