@@ -6,15 +6,17 @@ import torch
 from tadastream import CheckpointError, GenerationInputError, InferenceOptions, TadaForCausalLM
 from tadastream.codec.decoder import Decoder
 from tadastream.demo import DEMO_VOICE_TEXT, demo_tokenizer
-from tadastream.engine import generate_steps
+from tadastream.engine import generate_steps, generate_utterances
 from tadastream.generation import (
     MIN_LEADING_TRIM_FRAMES,
     GenerationOutput,
     StepOutput,
+    StreamRng,
     SyncTokGenerationOutput,
     decode_audio,
     plan_generation,
 )
+from tadastream.generation.outputs import PER_TEXT_LISTS, PER_TEXT_TENSORS
 from tadastream.text import tokenize_joint
 
 TEXT = "Please call Stella. Ask her to bring these things."
@@ -53,6 +55,30 @@ def test_list_of_texts_and_no_prompt(demo_model, demo_voice):
     assert len(out.audio) == 2 and all(a.numel() > 0 for a in out.audio)
     alone = demo_model.generate(prompt=None, text="Hello there, no voice.")
     assert alone.audio[0].numel() > 0
+
+
+def test_a_list_of_texts_gives_every_per_text_field_as_each_text_alone(demo_model, demo_voice):
+    texts = ["Hello there.", "Five shots, and then a few more words."]
+    out = demo_model.generate(prompt=demo_voice, text=texts, seed=7)
+    rng = StreamRng.from_seed(7, demo_model.device)
+    alone = [
+        generate_utterances(demo_model, [plan_generation(demo_model, demo_voice, text)], [rng.derive(i)])[0]
+        for i, text in enumerate(texts)
+    ]
+    for name in set(PER_TEXT_LISTS) - {"audio"}:
+        assert getattr(out, name) == [item for solo in alone for item in getattr(solo, name)], name
+    for got, solo in zip(out.audio, alone):
+        assert torch.equal(got, solo.audio[0])
+    assert [len(w) for w in out.words] == [len(tokens) for tokens in (t.split() for t in texts)]
+    for name in PER_TEXT_TENSORS:
+        merged = getattr(out, name)
+        assert merged.shape[0] == len(texts), name
+        for row, solo in enumerate(alone):
+            own = getattr(solo, name)[0]
+            assert torch.equal(merged[row, : own.shape[0]], own), name
+            assert not merged[row, own.shape[0] :].any(), f"{name}: zeros after text {row}'s end"
+    assert out.llm_time.shape == out.diffusion_time.shape == (len(texts),)
+    assert out.total_time is None, "a stream's timings do not describe a batch"
 
 
 def test_extra_steps_continue_after_the_text(demo_model, demo_voice):

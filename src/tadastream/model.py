@@ -18,6 +18,7 @@ from .generation import (
     InferenceOptions,
     StreamRng,
     TextTooLongError,
+    merge_outputs,
     plan_generation,
 )
 from .hub import (
@@ -353,13 +354,7 @@ class TadaForCausalLM(nn.Module):
         if plans is None:  # long form asked for, or needed
             return self._generate_long(prompt, texts, rngs, segment_chars, streaming_cnn_window_size, engine, kwargs)
         self.require_decoder()
-        outputs = generate_utterances(self, plans, rngs, streaming_cnn_window_size, engine)
-        if len(outputs) == 1:
-            return outputs[0]
-        merged = outputs[0]
-        merged.audio = [o.audio[0] for o in outputs]
-        merged.text = [o.text[0] for o in outputs]
-        return merged
+        return merge_outputs(generate_utterances(self, plans, rngs, streaming_cnn_window_size, engine))
 
     def _generate_long(self, prompt, texts, rngs, segment_chars, window_size, engine, plan_kwargs) -> GenerationOutput:
         """Each text through the long-form path (the streaming one, so the audio is the same), in turn."""
@@ -384,11 +379,7 @@ class TadaForCausalLM(nn.Module):
             result = stream.result
             result.audio = [torch.cat(chunks) if chunks else torch.zeros(0)]
             outputs.append(result)
-        merged = outputs[0]
-        if len(outputs) > 1:
-            merged.audio = [o.audio[0] for o in outputs]
-            merged.text = [o.text[0] for o in outputs]
-        return merged
+        return merge_outputs(outputs)
 
     # -- loading ----------------------------------------------------------------------------
     @classmethod

@@ -22,6 +22,7 @@ from .outputs import (
     decode_frames,
     finish_output,
     leading_trim_frames,
+    merge_outputs,
 )
 from .plan import GenerationPlan, SpecialIds, mask_prompt_text, plan_generation
 from .program import PREFILL_CHUNK, ModelShape, SpeechProgram
@@ -57,6 +58,7 @@ __all__ = [
     "finish_output",
     "leading_trim_frames",
     "mask_prompt_text",
+    "merge_outputs",
     "plan_generation",
     "sample_next_token",
     "scheduled_cfg",

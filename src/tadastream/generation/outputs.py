@@ -101,6 +101,51 @@ def finish_output(model, plan, raw: SyncTokGenerationOutput, audio, clock=None) 
     )
 
 
+#: GenerationOutput fields that hold one entry per text: lists, and tensors with a batch dim first.
+PER_TEXT_LISTS = ("audio", "text", "output_str", "input_str", "words", "characters")
+PER_TEXT_TENSORS = (
+    "acoustic_features",
+    "time_before",
+    "prompt_text_tokens",
+    "text_token_ids",
+    "output_text_ids",
+    "input_text_ids",
+)
+
+
+def merge_outputs(outputs: list[GenerationOutput]) -> GenerationOutput:
+    """One output for several texts, each generated alone: every per-text field has one entry per
+    text, in order. Tensors are stacked along their batch dim, right-padded with zeros to the
+    longest (a batch's layout; ``audio[i]`` and ``words[i]`` give each text's true length);
+    ``llm_time`` and ``diffusion_time`` become one value per text. Timings of a stream (first
+    audio, stalls, total) describe one stream, so a merged output has none."""
+    if len(outputs) == 1:
+        return outputs[0]
+    merged = GenerationOutput(sample_rate=outputs[0].sample_rate)
+    for name in PER_TEXT_LISTS:
+        parts = [getattr(o, name) for o in outputs]
+        setattr(merged, name, None if any(p is None for p in parts) else [item for p in parts for item in p])
+    for name in PER_TEXT_TENSORS:
+        setattr(merged, name, _stack_padded([getattr(o, name) for o in outputs]))
+    for name in ("llm_time", "diffusion_time"):
+        values = [getattr(o, name) for o in outputs]
+        setattr(merged, name, None if any(v is None for v in values) else torch.stack([v.reshape(()) for v in values]))
+    logs = [o.step_logs for o in outputs]
+    merged.step_logs = None if all(log is None for log in logs) else [entry for log in logs for entry in log or ()]
+    return merged
+
+
+def _stack_padded(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """``(1, T_i, ...)`` tensors as one ``(n, max T_i, ...)``, zeros after each one's end."""
+    if any(t is None for t in tensors):
+        return None
+    longest = max(t.shape[1] for t in tensors)
+    out = tensors[0].new_zeros((len(tensors), longest, *tensors[0].shape[2:]))
+    for row, tensor in enumerate(tensors):
+        out[row, : tensor.shape[1]] = tensor[0]
+    return out
+
+
 @torch.inference_mode()
 def decode_audio(model, vectors: torch.Tensor, time_before: torch.Tensor, window_size: int = 100) -> torch.Tensor:
     """Decode one whole utterance, leading silence trimmed (at least 5 frames).
