@@ -571,8 +571,30 @@ class Encoder(PretrainedModule):
         alignment = _collect_alignment(token_positions, token_masks, batch)
 
         needs_16k = alignment is None or (texts is None and tokens is None)
-        # 16 kHz straight from the input rate (one resampling step, not 24 kHz then 16 kHz).
-        clips_16k = [resample(clip, rate, ALIGNER_SAMPLE_RATE) for clip, rate in clips] if needs_16k else []
+        clips_16k = _aligner_clips(clips) if needs_16k else []
+        texts, tokens = self._transcripts_and_tokens(texts, tokens, clips_16k, alignment is not None)
+        if tokens_tensor is not None and text_token_len is None and batch > 1 and alignment is None:
+            tokens = self._without_batch_padding(tokens)
+        if alignment is None:
+            self._check_transcripts_fit(tokens, clips_16k)
+
+        encoded = [
+            self._align_and_encode(clip, rate, i, clips_16k, tokens, alignment) for i, (clip, rate) in enumerate(clips)
+        ]
+        return self._pad_and_pack(encoded, texts, tokens, tokens_tensor, sample, generator)
+
+    # ---- forward's phases: transcripts and tokens, align and encode per clip, pad and pack -----
+
+    def _transcripts_and_tokens(
+        self,
+        texts: list[str] | None,
+        tokens: list[torch.Tensor] | None,
+        clips_16k: list[torch.Tensor],
+        aligned: bool,
+    ) -> tuple[list[str], list[torch.Tensor]]:
+        """A transcript and its token ids per clip, each from whichever was given: the clips are
+        transcribed when neither was, the transcripts normalised and tokenized when no tokens were,
+        the tokens decoded when no transcripts were (to "" when ``aligned`` and no tokenizer is at hand)."""
         if texts is None and tokens is None:
             texts = self.transcribe(clips_16k)
         if tokens is None:
@@ -583,50 +605,60 @@ class Encoder(PretrainedModule):
             tokenizer = self.tokenizer
             tokens = [torch.tensor(tokenizer.encode(t, add_special_tokens=False), dtype=torch.long) for t in texts]
         elif texts is None:
-            tokenizer = self._tokenizer_at_hand() if alignment is not None else self.tokenizer
+            tokenizer = self._tokenizer_at_hand() if aligned else self.tokenizer
             texts = [tokenizer.decode(t.tolist()) if tokenizer is not None else "" for t in tokens]
+        return texts, tokens
 
-        if tokens_tensor is not None and text_token_len is None and batch > 1 and alignment is None:
-            eos = getattr(self.tokenizer, "eos_token_id", None)  # padding of a reference-style batch
-            tokens = [t[t != eos] for t in tokens]
+    def _without_batch_padding(self, tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The rows of a reference-style padded batch of token ids without their eos padding."""
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return [t[t != eos] for t in tokens]
 
-        if alignment is None:  # every transcript must fit its clip before any network runs
-            for toks, clip_16k in zip(tokens, clips_16k):
-                check_fits(toks.numel(), self.aligner.logit_frames(clip_16k.numel()))
+    def _check_transcripts_fit(self, tokens: list[torch.Tensor], clips_16k: list[torch.Tensor]) -> None:
+        """Every transcript must fit its clip before any network runs."""
+        for toks, clip_16k in zip(tokens, clips_16k):
+            check_fits(toks.numel(), self.aligner.logit_frames(clip_16k.numel()))
 
+    def _align_and_encode(
+        self,
+        clip: torch.Tensor,
+        rate: int,
+        index: int,
+        clips_16k: list[torch.Tensor],
+        tokens: list[torch.Tensor],
+        alignment: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clip ``index`` at 24 kHz, its token positions (aligned here unless given in ``alignment``),
+        its hidden frames and their marks, all on the encoder's device."""
         device = self.pos_emb.weight.device
-        audios, positions, hidden, marks = [], [], [], []
-        for i, (clip, rate) in enumerate(clips):
-            clip_24k = resample(clip, rate, SAMPLE_RATE).to(device)
-            if alignment is None:
-                frames = math.ceil(clip.shape[-1] * FRAME_RATE / rate)
-                pos, mask, _ = self.aligner.align(clips_16k[i], tokens[i], frames)
-            else:
-                pos, mask = alignment[i]
-            enc, mark = self.encode_frames(clip_24k.unsqueeze(0), mask.unsqueeze(0))
-            audios.append(clip_24k)
-            positions.append(pos.to(device))
-            hidden.append(enc[0])
-            marks.append(mark[0])
+        clip_24k = resample(clip, rate, SAMPLE_RATE).to(device)
+        if alignment is None:
+            frames = math.ceil(clip.shape[-1] * FRAME_RATE / rate)
+            pos, mask, _ = self.aligner.align(clips_16k[index], tokens[index], frames)
+        else:
+            pos, mask = alignment[index]
+        enc, mark = self.encode_frames(clip_24k.unsqueeze(0), mask.unsqueeze(0))
+        return clip_24k, pos.to(device), enc[0], mark[0]
 
+    def _pad_and_pack(
+        self,
+        encoded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+        texts: list[str],
+        tokens: list[torch.Tensor],
+        tokens_tensor: torch.Tensor | None,
+        sample: bool,
+        generator: torch.Generator | None,
+    ) -> EncoderOutput:
+        """The clips' audio, positions, frames and marks (from :meth:`_align_and_encode`) padded into
+        a batch, the vector of each token picked from its frame, all packed into an EncoderOutput."""
+        device = self.pos_emb.weight.device
+        audios, positions, hidden, marks = (list(column) for column in zip(*encoded))
         audio_len = torch.tensor([a.numel() for a in audios], dtype=torch.long, device=device)
         audio_batch = nn.utils.rnn.pad_sequence(audios, batch_first=True)
-        encoded = nn.utils.rnn.pad_sequence(hidden, batch_first=True)
+        frames = nn.utils.rnn.pad_sequence(hidden, batch_first=True)
         masks = nn.utils.rnn.pad_sequence(marks, batch_first=True)
         token_positions = nn.utils.rnn.pad_sequence(positions, batch_first=True).long()
-
-        encoded = torch.where(masks.unsqueeze(-1) == 0, torch.zeros_like(encoded), encoded)
-        non_sampled = encoded
-        if sample and self.config.std > 0.0:
-            encoded = torch.where(masks.unsqueeze(-1) == 0, encoded, self.sample(encoded, generator=generator))
-        index = (token_positions - 1).clamp(min=0).unsqueeze(-1).expand(-1, -1, encoded.shape[-1])
-        token_values = (torch.gather(encoded, 1, index) - self.config.acoustic_mean) / self.config.acoustic_std
-
-        if tokens_tensor is not None:
-            text_tokens_out = tokens_tensor.to(device)
-        else:
-            pad_id = getattr(self._tokenizer_at_hand(), "eos_token_id", None) or 0
-            text_tokens_out = nn.utils.rnn.pad_sequence(tokens, batch_first=True, padding_value=pad_id).to(device)
+        frames, non_sampled, token_values = self._token_values(frames, masks, token_positions, sample, generator)
         return EncoderOutput(
             audio=audio_batch,
             audio_len=audio_len,
@@ -634,17 +666,48 @@ class Encoder(PretrainedModule):
             token_positions=token_positions,
             token_values=token_values,
             sample_rate=SAMPLE_RATE,
-            text_tokens=text_tokens_out,
+            text_tokens=self._padded_tokens(tokens, tokens_tensor),
             text_tokens_len=torch.tensor([t.numel() for t in tokens], dtype=torch.long, device=device),
-            encoded_expanded=encoded,
+            encoded_expanded=frames,
             non_sampled_encoded_expanded=non_sampled,
             token_masks=masks,
             language=self.language,
         )
 
+    def _token_values(
+        self,
+        frames: torch.Tensor,
+        masks: torch.Tensor,
+        token_positions: torch.Tensor,
+        sample: bool,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(marked frames, the same before the training noise, each token's normalised vector): frames
+        that mark no token are zeroed; ``sample`` adds the noise to the marked ones."""
+        frames = torch.where(masks.unsqueeze(-1) == 0, torch.zeros_like(frames), frames)
+        non_sampled = frames
+        if sample and self.config.std > 0.0:
+            frames = torch.where(masks.unsqueeze(-1) == 0, frames, self.sample(frames, generator=generator))
+        index = (token_positions - 1).clamp(min=0).unsqueeze(-1).expand(-1, -1, frames.shape[-1])
+        token_values = (torch.gather(frames, 1, index) - self.config.acoustic_mean) / self.config.acoustic_std
+        return frames, non_sampled, token_values
+
+    def _padded_tokens(self, tokens: list[torch.Tensor], tokens_tensor: torch.Tensor | None) -> torch.Tensor:
+        """The caller's padded token tensor as given, else the token rows padded with eos (0 without one)."""
+        device = self.pos_emb.weight.device
+        if tokens_tensor is not None:
+            return tokens_tensor.to(device)
+        pad_id = getattr(self._tokenizer_at_hand(), "eos_token_id", None) or 0
+        return nn.utils.rnn.pad_sequence(tokens, batch_first=True, padding_value=pad_id).to(device)
+
 
 # --------------------------------------------------------------------------------------------
 # input normalisation (all checks happen here, before any network runs)
+
+
+def _aligner_clips(clips: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+    """The clips at the aligner's 16 kHz, straight from their input rate (one resampling, not 24 kHz then 16 kHz)."""
+    return [resample(clip, rate, ALIGNER_SAMPLE_RATE) for clip, rate in clips]
 
 
 def _collect_audio(audio: Any, audio_length: Any, sample_rate: int) -> list[tuple[torch.Tensor, int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -134,7 +134,12 @@ def mask_prompt_text(ids: list[int], n: int, special: SpecialIds) -> None:
 
 
 def _prompt_on(model, prompt) -> dict[str, Any]:
-    """A copy of the prompt's tensors on the model's device, floats in the model's dtype."""
+    """A copy of the prompt's tensors on the model's device, floats in the model's dtype (None: an
+    empty prompt, to speak without a reference voice)."""
+    if prompt is None:
+        from ..codec.encoder import EncoderOutput
+
+        prompt = EncoderOutput.empty(model.device, model.config.acoustic_dim)
     out = {}
     for f in dataclasses.fields(prompt):
         value = getattr(prompt, f.name)
@@ -160,15 +165,7 @@ def plan_generation(
     """Plan speaking ``text`` (a string, or anything else for text that arrives in pieces)."""
     opts = (inference_options or InferenceOptions()).validate()
     incremental = not isinstance(text, str)
-    if not incremental:
-        check_speakable(text)
-        check_encodable(text)
-    if num_transition_steps < 0 or num_extra_steps < 0:
-        raise GenerationInputError("num_transition_steps and num_extra_steps must be >= 0")
-    if prompt is None:
-        from ..codec.encoder import EncoderOutput
-
-        prompt = EncoderOutput.empty(model.device, model.config.acoustic_dim)
+    _check_request(None if incremental else text, num_transition_steps, num_extra_steps)
     p = _prompt_on(model, prompt)
     tok = model.tokenizer
     special = SpecialIds.of(tok)
@@ -176,65 +173,23 @@ def plan_generation(
     source_text = text if not incremental else ""
     if not incremental:
         text = model_text(text, normalize_text)
-    prompt_text = (p["text"] or [""])[0] or ""
-    n_prompt = (
-        int(p["text_tokens_len"][0]) if p.get("text_tokens_len") is not None and p["text_tokens_len"].numel() else 0
-    )
-    known = None
-    if p.get("text_tokens") is not None and p["text_tokens"].numel() and n_prompt:
-        known = p["text_tokens"].reshape(-1)[:n_prompt].tolist()
-    if known is None and prompt_text.strip():
-        known = tok.encode(prompt_text.rstrip(), add_special_tokens=False)
-    known = known or []
-    if incremental:
-        feed_text, text_ids = IncrementalText(tok, prompt_text, known, normalize_text), None
-    else:
-        feed_text, text_ids = None, tokenize_joint(tok, prompt_text, text, known or None)[len(known) :]
-    features = p["token_values"]
-    if features.dim() != 3 or features.shape[-1] != model.config.acoustic_dim:
-        raise GenerationInputError(
-            f"prompt token_values have shape {tuple(features.shape)}, expected (1, N, {model.config.acoustic_dim}):"
-            " was the voice encoded with a matching codec?"
-        )
-    n_values = features.shape[1]
-    positions = p["token_positions"][:, :n_values].long()
-    if positions.shape[1] != n_values:
-        raise GenerationInputError("prompt token_positions and token_values disagree in length: re-encode the voice")
+    prompt_text, known = _prompt_ids(p, tok)
+    feed_text, text_ids = _text_ids(tok, prompt_text, known, None if incremental else text, normalize_text)
+    frames = _prompt_frames(model, p)
     tail_ids = [] if num_extra_steps > 0 else [special.eot] * shift
-
-    classes = model.config.num_time_classes
-    # Gap before each prompt token, in frames; index 0 is a pad so time_before[k] is token k-1's.
-    gaps = (positions - F.pad(positions, [1, 0], value=1)[:, :-1]).clamp(0, classes - 1)
-    gaps = F.pad(gaps, [1, 0], value=0)
-    time_before, time_after = gaps[:, :-1], gaps[:, 1:]
-    masks = torch.ones(features.shape[:2], device=model.device, dtype=torch.long)
-
-    prefix = (
-        f"<|start_header_id|>system<|end_header_id|>{system_prompt or ''}<|eot_id|>"
-        + (f"<|start_header_id|>user<|end_header_id|>{user_turn_prompt}<|eot_id|>" if user_turn_prompt else "")
-        + "<|start_header_id|>assistant<|end_header_id|>"
-    )
-    prefix_ids = tok.encode(prefix, add_special_tokens=False)
-    n_prefix = len(prefix_ids)
+    prefix_ids = _chat_prefix_ids(tok, system_prompt, user_turn_prompt)
     head_ids = [special.bos] + prefix_ids + known
-    features = F.pad(features, (0, 0, n_prefix, 0))
-    masks = F.pad(masks, (n_prefix, 0))
-    time_before, time_after = F.pad(time_before, (n_prefix, 0)), F.pad(time_after, (n_prefix, 0))
-    if num_transition_steps > 0:
-        cut = max(features.shape[1] - num_transition_steps, 0)
-        features, masks = features[:, :cut], masks[:, :cut]
-        time_before, time_after = time_before[:, :cut], time_after[:, :cut]
-    masks = torch.cat([masks[:, 1:], torch.ones_like(masks[:, :1])], dim=1)
+    frames = _frames_after_prefix(frames, len(prefix_ids), num_transition_steps)
     plan = GenerationPlan(
         head_ids=head_ids,
         text_ids=text_ids,
         tail_ids=tail_ids,
-        prompt_features=features,
-        prompt_masks=masks,
-        prompt_time_before=time_before,
-        prompt_time_after=time_after,
+        prompt_features=frames.features,
+        prompt_masks=frames.masks,
+        prompt_time_before=frames.time_before,
+        prompt_time_after=frames.time_after,
         num_extra_steps=num_extra_steps,
-        decode_start=features.shape[1] + num_transition_steps - 1,
+        decode_start=frames.features.shape[1] + num_transition_steps - 1,
         options=opts,
         use_text_in_prompt=use_text_in_prompt,
         text=text if not incremental else "",
@@ -249,8 +204,99 @@ def plan_generation(
     if not incremental:
         plan.check_length(len(text_ids))
     if opts.num_acoustic_candidates > 1 and opts.scorer == "spkr_verification":
-        plan.speaker_reference = _speaker_reference(model, features)
+        plan.speaker_reference = _speaker_reference(model, frames.features)
     return plan
+
+
+# -- plan_generation's phases: checks, prompt ids, text ids, prompt frames, chat prefix ---------
+
+
+def _check_request(text: str | None, num_transition_steps: int, num_extra_steps: int) -> None:
+    """Refuse a whole ``text`` (None: text still to arrive) that cannot be spoken, and negative counts."""
+    if text is not None:
+        check_speakable(text)
+        check_encodable(text)
+    if num_transition_steps < 0 or num_extra_steps < 0:
+        raise GenerationInputError("num_transition_steps and num_extra_steps must be >= 0")
+
+
+def _prompt_ids(p: dict[str, Any], tok) -> tuple[str, list[int]]:
+    """(the prompt's transcript, its token ids): the ids the voice was encoded with, else the
+    transcript tokenized (none for a prompt without one)."""
+    prompt_text = (p["text"] or [""])[0] or ""
+    n_prompt = (
+        int(p["text_tokens_len"][0]) if p.get("text_tokens_len") is not None and p["text_tokens_len"].numel() else 0
+    )
+    known = None
+    if p.get("text_tokens") is not None and p["text_tokens"].numel() and n_prompt:
+        known = p["text_tokens"].reshape(-1)[:n_prompt].tolist()
+    if known is None and prompt_text.strip():
+        known = tok.encode(prompt_text.rstrip(), add_special_tokens=False)
+    return prompt_text, known or []
+
+
+def _text_ids(
+    tok, prompt_text: str, known: list[int], text: str | None, normalize_text: bool
+) -> tuple[IncrementalText | None, list[int] | None]:
+    """(None, the ids of ``text``) tokenized jointly after the prompt's transcript, or, for text
+    still to arrive (``text`` None), (what turns its pieces into ids, None)."""
+    if text is None:
+        return IncrementalText(tok, prompt_text, known, normalize_text), None
+    return None, tokenize_joint(tok, prompt_text, text, known or None)[len(known) :]
+
+
+class _PromptFrames(NamedTuple):
+    """The prompt's acoustic frames as the LLM input carries them, one per input position."""
+
+    features: torch.Tensor
+    masks: torch.Tensor
+    time_before: torch.Tensor
+    time_after: torch.Tensor
+
+
+def _prompt_frames(model, p: dict[str, Any]) -> _PromptFrames:
+    """One frame per prompt token: its vector, and the frames of audio before and after it
+    (clamped to the model's time classes); GenerationInputError for a voice from another codec."""
+    features = p["token_values"]
+    if features.dim() != 3 or features.shape[-1] != model.config.acoustic_dim:
+        raise GenerationInputError(
+            f"prompt token_values have shape {tuple(features.shape)}, expected (1, N, {model.config.acoustic_dim}):"
+            " was the voice encoded with a matching codec?"
+        )
+    n_values = features.shape[1]
+    positions = p["token_positions"][:, :n_values].long()
+    if positions.shape[1] != n_values:
+        raise GenerationInputError("prompt token_positions and token_values disagree in length: re-encode the voice")
+    classes = model.config.num_time_classes
+    # Gap before each prompt token, in frames; index 0 is a pad so time_before[k] is token k-1's.
+    gaps = (positions - F.pad(positions, [1, 0], value=1)[:, :-1]).clamp(0, classes - 1)
+    gaps = F.pad(gaps, [1, 0], value=0)
+    masks = torch.ones(features.shape[:2], device=model.device, dtype=torch.long)
+    return _PromptFrames(features, masks, gaps[:, :-1], gaps[:, 1:])
+
+
+def _chat_prefix_ids(tok, system_prompt: str | None, user_turn_prompt: str | None) -> list[int]:
+    """The Llama 3 chat turns before the assistant's answer: system (and user) prompts, assistant header."""
+    prefix = (
+        f"<|start_header_id|>system<|end_header_id|>{system_prompt or ''}<|eot_id|>"
+        + (f"<|start_header_id|>user<|end_header_id|>{user_turn_prompt}<|eot_id|>" if user_turn_prompt else "")
+        + "<|start_header_id|>assistant<|end_header_id|>"
+    )
+    return tok.encode(prefix, add_special_tokens=False)
+
+
+def _frames_after_prefix(frames: _PromptFrames, n_prefix: int, num_transition_steps: int) -> _PromptFrames:
+    """``frames`` behind ``n_prefix`` empty ones (the chat prefix has no audio), without the last
+    ``num_transition_steps`` (which the model speaks anew), each mask moved one position earlier (the last set)."""
+    features = F.pad(frames.features, (0, 0, n_prefix, 0))
+    masks = F.pad(frames.masks, (n_prefix, 0))
+    time_before, time_after = F.pad(frames.time_before, (n_prefix, 0)), F.pad(frames.time_after, (n_prefix, 0))
+    if num_transition_steps > 0:
+        cut = max(features.shape[1] - num_transition_steps, 0)
+        features, masks = features[:, :cut], masks[:, :cut]
+        time_before, time_after = time_before[:, :cut], time_after[:, :cut]
+    masks = torch.cat([masks[:, 1:], torch.ones_like(masks[:, :1])], dim=1)
+    return _PromptFrames(features, masks, time_before, time_after)
 
 
 @torch.inference_mode()
