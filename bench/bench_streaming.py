@@ -43,7 +43,7 @@ from tadastream.codec.decoder import expand_tokens  # noqa: E402
 from tadastream.codec.streaming import StreamingDecoder  # noqa: E402
 from tadastream.config import TADA_1B, tada_config  # noqa: E402
 from tadastream.demo import build_demo_model, demo_tokenizer, demo_voice  # noqa: E402
-from tadastream.engine import generate_steps  # noqa: E402
+from tadastream.drivers import generate_steps  # noqa: E402
 from tadastream.model import TadaForCausalLM  # noqa: E402
 from tadastream.playback import (  # noqa: E402
     MAX_FIRST_CHUNK_MS,

@@ -426,7 +426,7 @@ TEXTS = Path(__file__).resolve().parent / "fixtures" / "texts"
 
 def _opening(name: str, segments: int) -> str:
     """The first ``segments`` segments (120 columns) of a fixture text."""
-    from tadastream.segments import split_text
+    from tadastream.drivers.segments import split_text
 
     text = (TEXTS / f"{name}.txt").read_text(encoding="utf-8")
     return text[: split_text(text, 120)[segments - 1].end]
@@ -765,8 +765,8 @@ class _PlayingSink:
 def test_playing_slower_than_real_time_says_so(demo_model, demo_voice, monkeypatch, capsys, speed, warned):
     from tadastream.cli.commands import _generate
     from tadastream.cli.progress import Progress
+    from tadastream.drivers.stream import AudioStream
     from tadastream.generation import InferenceOptions
-    from tadastream.stream import AudioStream
 
     monkeypatch.setattr(AudioStream, "realtime_factor", property(lambda self: speed))  # as a slow machine measures
     sink = _PlayingSink()

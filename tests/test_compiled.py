@@ -12,8 +12,8 @@ from streams import take_turns
 from tadastream import InferenceOptions
 from tadastream.demo import build_demo_model, demo_voice
 from tadastream.engine import CompileOptions, Engine
+from tadastream.engine.flow import pack_solves, solve_flows, solve_rows
 from tadastream.engine.graphs import ROW_BUCKETS, StepGraphs, bucket_for
-from tadastream.generation.flow import pack_solves, solve_flows, solve_rows
 from tadastream.generation.requests import FlowSolve, LlmStep
 from tadastream.nn.kv_cache import ROWS_PER_SLOT, CacheFullError, CacheSpec, SlotPool
 from tadastream.nn.linear import packing_available

@@ -12,9 +12,9 @@ import torch
 
 from tadastream import InferenceOptions
 from tadastream.demo import build_demo_model
+from tadastream.drivers.stream import AudioStream
 from tadastream.engine import Engine
 from tadastream.generation import StreamRng, TextInput
-from tadastream.stream import AudioStream
 
 TEXTS = [
     "Please call Stella. Ask her to bring these things.",

@@ -6,7 +6,7 @@ import torch
 from tadastream import CheckpointError, GenerationInputError, InferenceOptions, TadaForCausalLM
 from tadastream.codec.decoder import Decoder
 from tadastream.demo import DEMO_VOICE_TEXT, demo_tokenizer
-from tadastream.engine import generate_steps, generate_utterances
+from tadastream.drivers import generate_steps, generate_utterances
 from tadastream.generation import (
     MIN_LEADING_TRIM_FRAMES,
     GenerationOutput,
@@ -186,10 +186,10 @@ def test_bf16_model_generates(demo_voice):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_layout_keeps_the_decoder_fp32_where_the_cpu_emulates_bf16(demo_voice, monkeypatch, native):
-    from tadastream import model as model_module
+    from tadastream import weights as weights_module
     from tadastream.demo import build_demo_model
 
-    monkeypatch.setattr(model_module, "native_cpu_kernels", lambda dtype: native)
+    monkeypatch.setattr(weights_module, "native_cpu_kernels", lambda dtype: native)
     model = build_demo_model().to(torch.bfloat16).optimize_for_inference()
     assert model.dtype == torch.bfloat16
     assert model.decoder.decoder_proj.weight.dtype == (torch.bfloat16 if native else torch.float32)

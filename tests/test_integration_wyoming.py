@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     return cli_main(["wyoming", *argv])
 
 
-from tadastream.stream import AudioStream  # noqa: E402
+from tadastream.drivers.stream import AudioStream  # noqa: E402
 
 SEED = 7
 SAMPLES_PER_CHUNK = 4096

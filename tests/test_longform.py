@@ -7,10 +7,10 @@ import resource
 import pytest
 import torch
 
+from tadastream.drivers.longform import FADE_SECONDS, LongFormStream, _Joiner
+from tadastream.drivers.segments import CLAUSE_PAUSE, PARAGRAPH_PAUSE, SENTENCE_PAUSE, split_text
+from tadastream.drivers.stream import AudioStream
 from tadastream.generation import GenerationInputError, InferenceOptions, StreamRng, TextTooLongError
-from tadastream.longform import FADE_SECONDS, LongFormStream, _Joiner
-from tadastream.segments import CLAUSE_PAUSE, PARAGRAPH_PAUSE, SENTENCE_PAUSE, split_text
-from tadastream.stream import AudioStream
 from tadastream.timeline import simulate_playback
 
 FAST = InferenceOptions(num_flow_matching_steps=2)  # the demo model's audio is noise anyway: fewer ODE steps

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from tadastream.captions import caption_cues, line_width_for, to_srt, to_vtt
 from tadastream.config import SAMPLE_RATE, checkpoint_languages
+from tadastream.drivers.segments import PARAGRAPH_PAUSE, SENTENCE_PAUSE, split_text
 from tadastream.generation import EmptyTextError, plan_generation
 from tadastream.scripts import (
     LANGUAGES,
@@ -29,7 +30,6 @@ from tadastream.scripts import (
     unsupported_scripts,
     word_units,
 )
-from tadastream.segments import PARAGRAPH_PAUSE, SENTENCE_PAUSE, split_text
 from tadastream.text import IncrementalText, model_text, model_text_mapped, prepare_mapped, tokenize_joint
 from tadastream.timestamps import WordClock, WordTiming
 

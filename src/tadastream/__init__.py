@@ -17,7 +17,7 @@ _EXPORTS = {
     "StepOutput": "tadastream.generation",
     "SyncTokGenerationOutput": "tadastream.generation",
     "GenerationInputError": "tadastream.generation",
-    "AudioStream": "tadastream.stream",
+    "AudioStream": "tadastream.drivers.stream",
     "Engine": "tadastream.engine",
     "CompileOptions": "tadastream.engine",
     "TextInput": "tadastream.generation",
@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .codec.spkr_verf import AcousticSpkrVerf
     from .codec.streaming import StreamingDecoder
     from .config import DecoderConfig, EncoderConfig
+    from .drivers.stream import AudioStream
     from .engine import CompileOptions, Engine
     from .generation import (
         GenerationInputError,
@@ -64,4 +65,3 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .hub import CheckpointError
     from .model import TadaForCausalLM
-    from .stream import AudioStream

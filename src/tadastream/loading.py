@@ -144,7 +144,7 @@ def prepare_engine(
     elif warmup:
         from .engine import Engine
 
-        model.engine = Engine(model, max_streams=max_streams).warmup()
+        model.hold_engine(Engine(model, max_streams=max_streams).warmup())
 
 
 def load_model_from_options(opts: Any) -> tuple[TadaForCausalLM, EncoderOutput | None]:

@@ -11,7 +11,7 @@ import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..captions import SUBTITLE_FORMATS
 from ..config import DEFAULT_CODEC, QUANTIZE_ACTIVATIONS, SAMPLE_RATE
@@ -102,7 +102,7 @@ def _options(args: argparse.Namespace):
 def _stream(model, prompt, text: str, progress: Progress, **kwargs):
     """An AudioStream (a LongFormStream for a text too long for one generation) that also reports
     each settled token of the new text to ``progress``."""
-    from ..longform import open_stream
+    from ..drivers.longform import open_stream
 
     model.require_decoder()
     stream = open_stream(model, prompt, text, **kwargs)
@@ -248,13 +248,67 @@ def _playable(result) -> str:
     )
 
 
+class _SpeakRequest(NamedTuple):
+    """What ``tadastream speak`` was asked, checked; nothing is loaded yet."""
+
+    text: str
+    to_stdout: bool  # -o -: the audio goes to stdout
+    output: Path | None  # -o FILE (None: stdout, or the player)
+    timeline: Path | None
+    subtitles: Path | None
+    timestamps: Path | None
+    voice: VoiceRequest | None  # None: the model's own voice
+    options: Any
+    device: str
+
+
 def cmd_speak(args: argparse.Namespace) -> int:
-    """``tadastream speak``: validate everything, then load, generate and deliver."""
+    """``tadastream speak``: check everything (nothing is loaded before), then the voice, the
+    generation and the report."""
+    request = _check_speak(args)
+    progress = Progress(enabled=not args.quiet)  # stderr: with -o - too, the audio goes to stdout
+    sink = _speak_sink(args, request)
+
+    import torch
+
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)  # reported, so it can be rerun
+    extras = _Extras(request.text, seed, request.subtitles, request.timestamps, request.timeline)
+    torch.manual_seed(seed)
+    model, prompt = _speak_voice(args, request, progress)
+    torch.manual_seed(seed)  # the same seed gives the same audio however the voice was obtained
+    result, seconds = _speak_generate(args, request, model, prompt, sink, progress, extras)
+    _speak_report(request, result, seconds, seed, extras, progress)
+    return 0
+
+
+# -- cmd_speak's phases: the checks, the voice, the generation, the report -------------------------
+
+
+def _check_speak(args: argparse.Namespace) -> _SpeakRequest:
+    """``speak``'s command line checked, in the order its errors are reported: the words, where the
+    audio and the other files go, the model and its voice, the options and the device."""
+    text = _speak_text(args)
+    to_stdout, output = _speak_destination(args)
+    timeline = check_timeline(args.timeline)
+    subtitles_file = check_text_output(args.subtitles, "--subtitles", tuple(SUBTITLE_FORMATS))
+    timestamps_file = check_text_output(args.timestamps, "--timestamps", (".json",))
+    voice = _speak_voice_request(args)
+    options = _options(args)
+    device = _speak_device(args)
+    return _SpeakRequest(text, to_stdout, output, timeline, subtitles_file, timestamps_file, voice, options, device)
+
+
+def _speak_text(args: argparse.Namespace) -> str:
+    """The words to speak: TEXT, stdin (-) or -f FILE, exactly one of them."""
     if args.text is None and args.file is None:
         raise UsageError("no text: give the words to speak as TEXT, - to read them from stdin, or -f FILE")
     if args.text is not None and args.file is not None:
         raise UsageError("give the words either as TEXT or with -f FILE, not both")
-    text = read_text(args.text) if args.file is None else read_text_file(args.file)
+    return read_text(args.text) if args.file is None else read_text_file(args.file)
+
+
+def _speak_destination(args: argparse.Namespace) -> tuple[bool, Path | None]:
+    """(to stdout, the audio file): -o -, -o FILE, or the player (which must be at hand)."""
     to_stdout = args.output == "-"
     output = None if args.output is None or to_stdout else check_output_file(args.output)
     if args.format is not None and not to_stdout:
@@ -265,9 +319,12 @@ def cmd_speak(args: argparse.Namespace) -> int:
         )
     if args.output is None:
         check_player()
-    timeline = check_timeline(args.timeline)
-    subtitles_file = check_text_output(args.subtitles, "--subtitles", tuple(SUBTITLE_FORMATS))
-    timestamps_file = check_text_output(args.timestamps, "--timestamps", (".json",))
+    return to_stdout, output
+
+
+def _speak_voice_request(args: argparse.Namespace) -> VoiceRequest | None:
+    """The sources of --model, --codec and --tokenizer, --language, and the --voice to speak in
+    (None: the model's own, which only the demo model has)."""
     demo = args.model == DEMO
     if demo and args.tokenizer is not None:
         raise UsageError("--tokenizer does not apply to --model demo (it has its own tokenizer)")
@@ -285,48 +342,58 @@ def cmd_speak(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--codec demo belongs to --model demo; {args.model} needs its own codec (or leave --codec out)"
         )
-    options = _options(args)
+    return voice
+
+
+def _speak_device(args: argparse.Namespace) -> str:
+    """--device, and a --quantize (with its --dtype) that can run on it."""
     device = pick_device(args.device)
     if args.quantize and not str(device).startswith("cpu"):
         raise UsageError(f"--quantize {args.quantize} speeds up CPU only: drop it with --device {device}")
     if args.quantize and args.dtype not in ("auto", QUANTIZE_ACTIVATIONS[args.quantize]):
         runs_in = QUANTIZE_ACTIVATIONS[args.quantize]
         raise UsageError(f"--quantize {args.quantize} runs in {runs_in}: drop --dtype {args.dtype}")
+    return device
 
-    progress = Progress(enabled=not args.quiet)  # stderr: with -o - too, the audio goes to stdout
-    if to_stdout:
-        sink: Any = StdoutSink(args.format or "wav", streaming=args.stream)
-    elif output is not None:
-        sink = FileSink(output)
-    else:
-        sink = None  # the player opens once the model is ready
 
-    import torch
+def _speak_sink(args: argparse.Namespace, request: _SpeakRequest):
+    """Where the audio goes: stdout or a file; None for the player, opened once the model is ready."""
+    if request.to_stdout:
+        return StdoutSink(args.format or "wav", streaming=args.stream)
+    if request.output is not None:
+        return FileSink(request.output)
+    return None
 
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)  # reported, so it can be rerun
-    extras = _Extras(text, seed, subtitles_file, timestamps_file, timeline)
-    torch.manual_seed(seed)
-    model, default_voice = _load_model(args, device, progress)
+
+def _speak_voice(args: argparse.Namespace, request: _SpeakRequest, progress: Progress):
+    """(the model, the prompt to speak in): the model's own voice, an encoded one, or a recording encoded now."""
+    model, default_voice = _load_model(args, request.device, progress)
+    voice = request.voice
     if voice is None:
-        prompt = default_voice
-    elif voice.encoded is not None:
-        prompt = voice.encoded
-    else:
-        # The LLM's own tokenizer: the prompt's tokens must be the ones the LLM reads.
-        codec = args.codec or (DEMO if demo else DEFAULT_CODEC)
-        prompt = _encode_recording(voice, codec, args.language, model.tokenizer, device, progress)
-    torch.manual_seed(seed)  # the same seed gives the same audio however the voice was obtained
+        return model, default_voice
+    if voice.encoded is not None:
+        return model, voice.encoded
+    # The LLM's own tokenizer: the prompt's tokens must be the ones the LLM reads.
+    codec = args.codec or (DEMO if args.model == DEMO else DEFAULT_CODEC)
+    return model, _encode_recording(voice, codec, args.language, model.tokenizer, request.device, progress)
+
+
+def _speak_generate(
+    args: argparse.Namespace, request: _SpeakRequest, model, prompt, sink, progress: Progress, extras: _Extras
+):
+    """(result, audio seconds) of speaking the text into ``sink`` (None: the player, opened now); a
+    failure aborts a file or the player, Ctrl-C keeps what was made."""
     if sink is None:
         try:
             sink = PlayerSink(streaming=args.stream)
         except Exception as exc:  # noqa: BLE001 - PortAudioError is not a ValueError/OSError
             raise CliError(f"cannot open the audio output ({one_line(exc)}); write a file with -o out.wav") from None
     try:
-        result, seconds = _generate(
+        return _generate(
             model,
             prompt,
-            text,
-            options,
+            request.text,
+            request.options,
             sink,
             progress,
             transition_steps=args.transition_steps,
@@ -343,8 +410,13 @@ def cmd_speak(args: argparse.Namespace) -> int:
         if isinstance(sink, PlayerSink | FileSink):
             sink.abort()
         raise
+
+
+def _speak_report(request: _SpeakRequest, result, seconds: float, seed: int, extras: _Extras, progress: Progress):
+    """The --timeline picture, the summary line, and the one error line for a file that failed."""
     extras.draw(result)
     first, speed, rtf = _timings(result, seconds)
+    output, to_stdout = request.output, request.to_stdout
     where = f"wrote {output}" if output is not None else ("stdout" if to_stdout else "played")
     progress.note(
         f"{where}: {seconds:.2f} s of audio in {result.total_time:.2f} s ({speed}); first audio after {first}, "
@@ -353,7 +425,6 @@ def cmd_speak(args: argparse.Namespace) -> int:
     extras.check(
         f"the audio is in {output}" if output is not None else f"the audio {'went to' if to_stdout else 'was'} {where}"
     )
-    return 0
 
 
 def cmd_encode_voice(args: argparse.Namespace) -> int:

@@ -2,7 +2,6 @@
 
 from .core import Engine, EngineStream, Sink, engine_for
 from .graphs import CompileOptions
-from .offline import generate_steps, generate_utterances
 from .runner import Runner
 
 __all__ = [
@@ -12,6 +11,4 @@ __all__ = [
     "Runner",
     "Sink",
     "engine_for",
-    "generate_steps",
-    "generate_utterances",
 ]

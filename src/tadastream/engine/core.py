@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -32,6 +32,9 @@ from ..generation.requests import FlowSolve, LlmStep, Logits, NeedText
 from ..nn.kv_cache import ROWS_PER_SLOT, CacheFullError, CacheSpec, SlotPool
 from .graphs import CompileOptions, StepGraphs, bucket_for
 from .runner import Runner
+
+if TYPE_CHECKING:  # the weights sit below the engine: a type only
+    from ..weights import TadaWeights
 
 logger = logging.getLogger("tadastream.engine")
 
@@ -84,7 +87,7 @@ class Engine:
     """Batched generation over one shared model.
 
     Args:
-        model: a loaded :class:`~tadastream.model.TadaForCausalLM`; the engine never changes it.
+        model: loaded :class:`~tadastream.weights.TadaWeights`; the engine never changes them.
         max_streams: slots, i.e. streams generating at once; more wait in FIFO order.
         prefill_chunk: prompt positions per LLM call while a stream joins.
         compile: ``True`` or :class:`~tadastream.engine.graphs.CompileOptions` to run the LLM step
@@ -94,7 +97,7 @@ class Engine:
 
     def __init__(
         self,
-        model,
+        model: TadaWeights,
         *,
         max_streams: int = 8,
         prefill_chunk: int = PREFILL_CHUNK,
@@ -431,10 +434,7 @@ class Engine:
         }
 
 
-def engine_for(model, engine: Engine | None = None, max_streams: int = 1) -> Engine:
-    """The engine a call runs on: the one given, else the model's own (:meth:`~tadastream.model.
-    TadaForCausalLM.compile` sets it), else a new one with ``max_streams`` slots."""
-    if engine is not None:
-        return engine
-    shared = getattr(model, "engine", None)
-    return shared if shared is not None else Engine(model, max_streams=max_streams)
+def engine_for(model: TadaWeights, engine: Engine | None = None, max_streams: int = 1) -> Engine:
+    """The engine a call runs on: the one given (a model's shared engine is passed down by
+    :meth:`~tadastream.model.TadaForCausalLM.generate`), else a new one with ``max_streams`` slots."""
+    return engine if engine is not None else Engine(model, max_streams=max_streams)

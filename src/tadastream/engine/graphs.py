@@ -7,7 +7,7 @@ two functions whose shapes depend only on a *bucket* (a row count from :data:`RO
 * the LLM step over the first ``bucket`` rows of the engine's static arena
   (:meth:`~tadastream.nn.llama.LlamaBackbone.decode_rows`): rows without work this tick write the
   arena's scratch position, so the call never depends on who is running;
-* the flow solve of every solve in the tick (:func:`~tadastream.generation.flow.solve_rows`).
+* the flow solve of every solve in the tick (:func:`~tadastream.engine.flow.solve_rows`).
 
 Both are compiled with ``fullgraph=True`` (a graph break is an error, not a slow path) and
 ``dynamic=False`` (one graph per bucket; positions and values never recompile). On CUDA each
@@ -21,13 +21,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..generation.flow import pack_solves, pick_solves, solve_rows
 from ..generation.requests import FlowSolve, LlmStep
 from ..nn.kv_cache import SlotCache
+from .flow import pack_solves, pick_solves, solve_rows
+
+if TYPE_CHECKING:  # the weights sit below the engine: a type only
+    from ..weights import TadaWeights
 
 logger = logging.getLogger("tadastream.engine")
 
@@ -108,7 +111,7 @@ class StepGraphs:
 
     def __init__(
         self,
-        model,
+        model: TadaWeights,
         arena: tuple[list[torch.Tensor], list[torch.Tensor]],
         options: CompileOptions,
         capture: Capture | None = None,
@@ -139,7 +142,7 @@ class StepGraphs:
     # -- the functions that get compiled ----------------------------------------------------------
     def _step_eager(self, ids, acoustic, masks, before, after, positions, keys, values) -> torch.Tensor:
         x = self.model.embed(ids, acoustic, masks, before, after)
-        return self.model.model.decode_rows(x, positions, keys, values)
+        return self.model.decode_rows(x, positions, keys, values)
 
     def _solve_eager(self, x, t, cond, dt, scale, guided: bool) -> torch.Tensor:
         return solve_rows(self.model, x, t, cond, dt, scale, guided)

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
-from ..generation.flow import solve_flows
 from ..generation.requests import Computed, FlowSolve, LlmStep, Logits
 from ..nn.kv_cache import SlotCache
 from ..nn.linear import invariant_rows, pad_rows
 from ..nn.llama import Segment
+from .flow import solve_flows
 from .graphs import StepGraphs
+
+if TYPE_CHECKING:  # the weights sit below the engine: a type only
+    from ..weights import TadaWeights
 
 T = TypeVar("T")
 
@@ -54,7 +57,7 @@ class _Clock:
 
 
 class Runner:
-    def __init__(self, model, graphs: StepGraphs | None = None):
+    def __init__(self, model: TadaWeights, graphs: StepGraphs | None = None):
         self.model = model
         self.graphs = graphs
         self.clock = _Clock(model.device)
@@ -94,7 +97,7 @@ class Runner:
         for slot, step in work:
             slot.reserve(step.start + step.length)
             segments.append(Segment(slot, step.rows, step.start, step.length))
-        hidden = model.model(x, segments)[:n]
+        hidden = model.backbone_rows(x, segments)[:n]
         for slot, step in work:
             for target in step.mirror_to:
                 slot.copy_row(0, target, step.start, step.start + step.length)

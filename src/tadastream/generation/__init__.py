@@ -11,7 +11,6 @@
 """
 
 from .feed import TextCancelled, TextInput, TokenFeed
-from .flow import scheduled_cfg, solve_flow, solve_flows, time_grid
 from .options import EmptyTextError, GenerationInputError, InferenceOptions, TextTooLongError
 from .outputs import (
     MIN_LEADING_TRIM_FRAMES,
@@ -61,8 +60,4 @@ __all__ = [
     "merge_outputs",
     "plan_generation",
     "sample_next_token",
-    "scheduled_cfg",
-    "solve_flow",
-    "solve_flows",
-    "time_grid",
 ]

@@ -29,13 +29,13 @@ from typing import Any, TypeVar
 import torch
 
 from ..config import SAMPLE_RATE
+from ..drivers.longform import LongFormStream, open_stream
+from ..drivers.stream import AudioStream
 from ..engine import Engine
 from ..generation import EmptyTextError, GenerationInputError, InferenceOptions, StreamRng, TextInput, TextTooLongError
 from ..generation.options import check_encodable
 from ..limits import MAX_SEED, OPTION_LIMITS, SPEED_RANGE
-from ..longform import LongFormStream, open_stream
 from ..playback import check_min_first_chunk_ms, playback_figures
-from ..stream import AudioStream
 from ..text import is_blank, nothing_to_say
 from .errors import EngineError
 
@@ -309,7 +309,7 @@ class SpeechService:
         self.model = model
         self.admission = Admission(max_streams, queue, queue_timeout)
         # a compiled or warmed-up model brings its engine (load_model(compile=..., warmup=...))
-        shared = getattr(model, "engine", None)
+        shared = model.engine
         if shared is not None and shared.max_streams < max_streams:
             raise ValueError(
                 f"max_streams={max_streams} exceeds the {shared.max_streams} slots the model's engine was "
@@ -334,7 +334,7 @@ class SpeechService:
 
         ``text`` is the whole text, or a :class:`~tadastream.generation.TextInput` still being
         filled: generation starts at once and takes pieces as they come; the audio is the same.
-        ``min_first_chunk_ms``: see :class:`~tadastream.stream.AudioStream` (None: adaptive).
+        ``min_first_chunk_ms``: see :class:`~tadastream.drivers.stream.AudioStream` (None: adaptive).
         """
         await self.admission.acquire()
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass, replace
 
 import regex
 
-from .scripts import display_width, grapheme_bounds, spaceless, word_units
-from .text import is_blank
+from ..scripts import display_width, grapheme_bounds, spaceless, word_units
+from ..text import is_blank
 
 __all__ = ["CLAUSE_PAUSE", "PARAGRAPH_PAUSE", "SENTENCE_PAUSE", "Segment", "split_text"]
 

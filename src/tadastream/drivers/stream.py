@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from .codec.streaming import StreamingDecoder
-from .config import SAMPLE_RATE
-from .engine import Engine, EngineStream, engine_for
-from .generation import (
+from ..codec.streaming import StreamingDecoder
+from ..config import SAMPLE_RATE
+from ..engine import Engine, EngineStream, engine_for
+from ..generation import (
     GenerationOutput,
     SpeechProgram,
     StepOutput,
@@ -36,8 +36,8 @@ from .generation import (
     leading_trim_frames,
     plan_generation,
 )
-from .playback import FirstChunkHold, check_min_first_chunk_ms, playback_figures
-from .timestamps import WordClock, WordTiming
+from ..playback import FirstChunkHold, check_min_first_chunk_ms, playback_figures
+from ..timestamps import WordClock, WordTiming
 
 _POLL = 0.5  # seconds between checks while waiting on another thread (a safety net, not the signal)
 

@@ -17,13 +17,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from ..generation.options import InferenceOptions
+from ..generation.requests import FlowSolve
 from ..nn.linear import invariant_rows, pad_rows
 from ..timecode import decode_time
-from .options import InferenceOptions
-from .requests import FlowSolve
+
+if TYPE_CHECKING:  # the weights sit below the engine: a type only
+    from ..weights import TadaWeights
 
 
 def scheduled_cfg(scale: float, t: float, schedule: str) -> float:
@@ -79,7 +83,7 @@ def _schedule(solve: FlowSolve) -> tuple[_Ode, torch.Tensor]:
     return _Ode(grid.to(solve.cond.device), scales, solve.noise), conds
 
 
-def solve_flows(model, solves: Sequence[FlowSolve]) -> list[torch.Tensor]:
+def solve_flows(model: TadaWeights, solves: Sequence[FlowSolve]) -> list[torch.Tensor]:
     """Final latents, (1, latent) per solve (the best candidate where a solve has several)."""
     head, min_rows = model.prediction_head, invariant_rows(model.device, model.dtype, model.inference_layout)
     odes, t_rows, c_rows = [], [], []
@@ -159,7 +163,7 @@ def pack_solves(model, solves: Sequence[FlowSolve], bucket: int, pin: bool = Fal
     return PackedSolves(x, to_device(t).to(dtype), cond, to_device(dt), to_device(scale), guided, rows)
 
 
-def solve_rows(model, x, t, cond, dt, scale, guided: bool) -> torch.Tensor:
+def solve_rows(model: TadaWeights, x, t, cond, dt, scale, guided: bool) -> torch.Tensor:
     """Euler solves of ``x`` (rows, latent) with fixed shapes (see :class:`PackedSolves`); returns
     the final latents. The loop has ``t.shape[0]`` steps whatever the values, so it compiles to one
     graph per bucket and step count."""
@@ -179,7 +183,9 @@ def solve_rows(model, x, t, cond, dt, scale, guided: bool) -> torch.Tensor:
     return x
 
 
-def pick_solves(model, solves: Sequence[FlowSolve], latents: torch.Tensor, rows: Sequence[int]) -> list[torch.Tensor]:
+def pick_solves(
+    model: TadaWeights, solves: Sequence[FlowSolve], latents: torch.Tensor, rows: Sequence[int]
+) -> list[torch.Tensor]:
     """Each solve's result from its rows of ``latents``."""
     min_rows, out, offset = invariant_rows(model.device, model.dtype, model.inference_layout), [], 0
     for solve, n in zip(solves, rows):

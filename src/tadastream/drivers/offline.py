@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from ..engine.core import Engine, engine_for
 from ..generation.outputs import (
     GenerationOutput,
     StepOutput,
@@ -16,7 +17,6 @@ from ..generation.plan import GenerationPlan
 from ..generation.program import SpeechProgram
 from ..generation.rng import StreamRng
 from ..timestamps import WordClock
-from .core import Engine, engine_for
 
 #: Texts of one generate() call that run side by side when no engine is given.
 MAX_BATCH = 16

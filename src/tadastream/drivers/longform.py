@@ -1,12 +1,12 @@
 """Speaking a text of any length: its segments one after another, joined without a seam.
 
-:class:`LongFormStream` splits the text (:func:`~tadastream.segments.split_text`), checks every
+:class:`LongFormStream` splits the text (:func:`~tadastream.drivers.segments.split_text`), checks every
 segment before any model work, then speaks them in order, each an
-:class:`~tadastream.stream.AudioStream` conditioned on the same voice prompt, with a seed derived
+:class:`~tadastream.drivers.stream.AudioStream` conditioned on the same voice prompt, with a seed derived
 from the request's (segment i draws from ``rng.derive(i)``), in one engine slot that is reused:
 memory does not grow with the document. The joins: the last 5 ms of a segment fade out, the
 next one's first 5 ms fade in (no click), and the pause its end calls for goes between
-(:mod:`~tadastream.segments`). Generation of the next segment starts as soon as the previous
+(:mod:`~tadastream.drivers.segments`). Generation of the next segment starts as soon as the previous
 one has finished generating, while its audio is still being played.
 
 Streaming and non-streaming run this same path, so their audio is the same.
@@ -19,24 +19,26 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 
-from .config import SAMPLE_RATE
-from .engine import Engine, engine_for
-from .generation import GenerationInputError, GenerationOutput, StreamRng, TextTooLongError, plan_generation
-from .generation.options import check_speakable
-from .playback import check_min_first_chunk_ms
-from .scripts import script_warning
+from ..config import SAMPLE_RATE
+from ..engine import Engine, engine_for
+from ..generation import GenerationInputError, GenerationOutput, StreamRng, TextTooLongError, plan_generation
+from ..generation.options import check_speakable
+from ..playback import check_min_first_chunk_ms
+from ..scripts import script_warning
+from ..timestamps import CharTiming, WordTiming
 from .segments import Segment, split_text
 from .stream import AudioStream, ClosingStream
-from .timestamps import CharTiming, WordTiming
 
-__all__ = ["FADE_SECONDS", "LongFormStream", "open_stream", "plan_long_form", "warn_about_scripts"]
+__all__ = ["FADE_SECONDS", "LongFormStream", "one_generation", "open_stream", "plan_long_form", "warn_about_scripts"]
 
 logger = logging.getLogger("tadastream")
+
+T = TypeVar("T")
 
 #: Length of the fades at each join.
 FADE_SECONDS = 0.005
@@ -51,20 +53,28 @@ def warn_about_scripts(model, text) -> None:
         logger.warning(warning)
 
 
+def one_generation(long_form: bool | None, text: Any, attempt: Callable[[], T]) -> T | None:
+    """``attempt()`` (planning ``text`` as one generation), or None when the text goes in segments:
+    asked for (``long_form=True``), or needed (``None`` and too long for one generation). The one
+    place that decides; ``long_form=False`` and text given in pieces re-raise the length error."""
+    if long_form and not isinstance(text, str):
+        raise GenerationInputError("long_form=True needs the whole text as a string; pieces are one generation")
+    if long_form:
+        return None
+    try:
+        return attempt()
+    except TextTooLongError:
+        if long_form is False or not isinstance(text, str):
+            raise
+    return None
+
+
 def open_stream(model, prompt, text, *, long_form: bool | None = None, segment_chars: int = SEGMENT_CHARS, **kwargs):
     """An :class:`AudioStream`, or a :class:`LongFormStream` for a string that asks for it
     (``long_form=True``) or needs it (``None``: it does not fit one generation)."""
     warn_about_scripts(model, text)
-    if long_form and not isinstance(text, str):
-        raise GenerationInputError("long_form=True needs the whole text as a string; pieces are one generation")
-    if long_form:
-        return LongFormStream(model, prompt, text, segment_chars=segment_chars, **kwargs)
-    try:
-        return AudioStream(model, prompt, text, **kwargs)
-    except TextTooLongError:
-        if long_form is False or not isinstance(text, str):
-            raise
-    return LongFormStream(model, prompt, text, segment_chars=segment_chars, **kwargs)
+    stream = one_generation(long_form, text, lambda: AudioStream(model, prompt, text, **kwargs))
+    return stream if stream is not None else LongFormStream(model, prompt, text, segment_chars=segment_chars, **kwargs)
 
 
 def plan_long_form(model, prompt, text: str, segment_chars: int = SEGMENT_CHARS, **plan_kwargs):
