@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of the README (issue 16), in one go on a machine with CUDA:
+# The GPU figures of docs/benchmarks.md, in one go on a machine with CUDA:
 #   bash bench/gpu.sh            (TADA-1B shapes, random weights, bf16; about 10 minutes on an H100)
 # Writes JSON (and PNG with matplotlib) to bench/results/: eager and compiled single-stream runs
 # (TTFA short/medium/long, per-token time, RTF, streaming vs non-streaming, peak VRAM of both),

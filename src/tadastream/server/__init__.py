@@ -136,13 +136,6 @@ def _options(args: argparse.Namespace | None, kwargs: dict[str, Any]) -> argpars
     return option_namespace(add_serve_arguments, args, kwargs)
 
 
-def load_model(opts: argparse.Namespace):
-    """(model, default voice or None) for the ``--model`` option (or an already loaded model)."""
-    from ..loading import load_model_from_options
-
-    return load_model_from_options(opts)
-
-
 def _load_encoder(opts: argparse.Namespace, model):
     if not opts.encoder:
         return None
@@ -176,7 +169,9 @@ def build_app(opts: argparse.Namespace):
         max_session_seconds=opts.max_session_seconds,
         ws_idle_timeout=opts.ws_idle_timeout,
     )
-    model, default_voice = load_model(opts)
+    from ..loading import load_model_from_options  # the one loader every entry point uses
+
+    model, default_voice = load_model_from_options(opts)
     if opts.default_voice:
         default_voice = VoiceStore(opts.voices, None, model).resolve(opts.default_voice)
     return create_app(model, settings=settings, default_voice=default_voice, encoder=_load_encoder(opts, model))
