@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import websockets
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from server_harness import LiveServer, logged_requests
 
 from tadastream.server.access import AccessRules, host_name
@@ -75,6 +77,7 @@ def test_host_name_drops_port_and_brackets(host, name):
         ("10.0.0.5", (), "10.0.0.5:8000", True),
         ("127.0.0.1", ("*",), "anything.example", True),
         ("127.0.0.1", (), None, True),  # HTTP/1.0 without Host: no browser sends that
+        ("127.0.0.1", (), "[::1", False),  # an unclosed bracket names nothing
     ],
 )
 def test_host_rule(bind, allowed, host, ok):
@@ -96,6 +99,9 @@ def test_host_rule(bind, allowed, host, ok):
         ("http://evil.example", "localhost:8000", ("http://evil.example",), True),
         ("http://evil.example", "localhost:8000", ("*",), True),
         ("http://localhost:8000", None, (), False),  # no Host to compare with
+        ("http://[", "localhost:8000", (), False),  # what makes a URL parser raise
+        ("http://[::1", "localhost:8000", (), False),
+        ("HTTP://localhost:8000", "localhost:8000", (), True),  # schemes ignore case
     ],
 )
 def test_origin_rule(origin, host, listed, ok):
@@ -103,6 +109,16 @@ def test_origin_rule(origin, host, listed, ok):
     assert (refusal is None) == ok
     if not ok:
         assert refusal.code == "forbidden_origin" and f"--cors-origin {origin}" in refusal.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(origin=st.one_of(st.none(), st.text(max_size=60)), host=st.one_of(st.none(), st.text(max_size=60)))
+def test_any_origin_and_host_get_an_answer_not_an_exception(origin, host):
+    headers = {k: v for k, v in (("origin", origin), ("host", host)) if v is not None}
+    refusal = AccessRules().refusal(headers)
+    assert refusal is None or refusal.code in ("forbidden_host", "forbidden_origin")
+    if origin is not None and refusal is None:
+        assert host is not None and origin.lower().endswith("://" + host.strip().lower())
 
 
 # -- through uvicorn --------------------------------------------------------------------------------
@@ -127,6 +143,8 @@ def test_cross_origin_speech_is_refused_same_origin_and_originless_are_served(op
     with open_server.client() as c:
         res = c.post("/v1/audio/speech", json=body, headers={"Origin": "http://evil.example"})
         assert res.status_code == 403 and error_of(res)["code"] == "forbidden_origin"
+        hostile = c.post("/v1/audio/speech", json=body, headers={"Origin": "http://["})
+        assert hostile.status_code == 403 and error_of(hostile)["code"] == "forbidden_origin"
         own_page = c.post("/v1/audio/speech", json=body, headers={"Origin": own})
         no_origin = c.post("/v1/audio/speech", json=body)
         listed = c.post("/v1/audio/speech", json=body, headers={"Origin": "https://app.example"})

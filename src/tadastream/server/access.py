@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from urllib.parse import urlsplit
 
 #: Host names that always mean this machine (RFC 6761 reserves ``*.localhost`` for loopback).
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -32,8 +31,8 @@ class Refusal:
 def host_name(host: str) -> str:
     """The name part of a ``Host`` header or origin netloc, lower-case, without port or IPv6 brackets."""
     host = host.strip().lower()
-    if host.startswith("["):  # [::1]:8000
-        return host[1 : host.find("]")] if "]" in host else host[1:]
+    if host.startswith("["):  # [::1]:8000; an unclosed bracket names nothing, so nothing matches it
+        return host[1 : host.find("]")] if "]" in host else host
     if host.count(":") == 1:
         return host.split(":", 1)[0]
     return host  # a bare IPv6 address, or a name without port
@@ -99,9 +98,9 @@ class AccessRules:
         origin = origin.strip()
         if "*" in self.cors_origins or origin in self.cors_origins:
             return None
-        if origin != "null" and host is not None:
-            parts = urlsplit(origin)
-            if parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower():
+        if host is not None:  # compared as text: a hostile Origin must not make a URL parser raise
+            scheme, _, netloc = origin.partition("://")
+            if scheme.lower() in ("http", "https") and netloc.lower() == host.strip().lower():
                 return None
         shown = origin if len(origin) <= 100 else origin[:100] + "..."
         return Refusal(
