@@ -108,6 +108,8 @@ class RequestGuard:
         given = _proxy_request_id(scope)
         log: dict[str, Any] = {"request_id": given or secrets.token_hex(6)}
         scope["tadastream.log"], scope["tadastream.start"] = log, start
+        if scope.get("http_version") == "1.0":
+            send = _WholeBody(send).send  # HTTP/1.0 has no chunked framing: send a Content-Length
         sent = _Sent(send, log["request_id"], echo_id=given is None)  # a proxy that named it, answers it
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
@@ -153,12 +155,9 @@ class RequestGuard:
         """Refuse a missing key (401), a body over the limit (413, declared or counted) or one too
         slow to arrive (408), else run the app."""
         path, method = scope.get("path", ""), scope.get("method", "GET")
-        send = sent.send
-        if scope.get("http_version") == "1.0":
-            send = _WholeBody(send).send  # HTTP/1.0 has no chunked framing: send a Content-Length
 
         async def reply(response: Response) -> None:
-            await response(scope, receive, send)
+            await response(scope, receive, sent.send)
 
         if not self._authorized(path, headers):
             scope["tadastream.log"]["outcome"] = "invalid_api_key"
@@ -180,7 +179,6 @@ class RequestGuard:
         size = int(declared) if declared is not None and declared.isdigit() else limit
         deadline = time.monotonic() + self.settings.body_timeout + size / BODY_MIN_RATE
         received, body_done = 0, False
-        app_send = sent.send_app if send is sent.send else _muted(sent, send)
 
         async def receive_limited():
             nonlocal received, body_done
@@ -201,7 +199,7 @@ class RequestGuard:
             return message
 
         try:
-            await self.app(scope, receive_limited, app_send)
+            await self.app(scope, receive_limited, sent.send_app)
         except Exception:
             if not sent.muted:
                 raise
@@ -220,14 +218,6 @@ class RequestGuard:
 #: Bytes per second a large body must keep up, beyond --body-timeout: a 16 MiB voice upload gets
 #: 256 s more, a trickle of a few bytes a second is cut off.
 BODY_MIN_RATE = 64 * 1024
-
-
-def _muted(sent: _Sent, send):
-    async def send_unless_muted(message) -> None:
-        if not sent.muted:
-            await send(message)
-
-    return send_unless_muted
 
 
 class _WholeBody:
