@@ -335,7 +335,7 @@ def bench_text(
 
     # 3. per-token LLM / flow split from generate_steps
     reset_durations()
-    plan = gen.plan_generation(model, voice, text)
+    plan = gen.plan_generation(model, gen.SpeechRequest(text, voice))
     llm = flow = 0.0
     n_pred = n_prompted = 0
     raw = None

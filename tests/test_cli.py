@@ -766,11 +766,12 @@ def test_playing_slower_than_real_time_says_so(demo_model, demo_voice, monkeypat
     from tadastream.cli.commands import _generate
     from tadastream.cli.progress import Progress
     from tadastream.drivers.stream import AudioStream
-    from tadastream.generation import InferenceOptions
+    from tadastream.generation import InferenceOptions, SpeechRequest
 
     monkeypatch.setattr(AudioStream, "realtime_factor", property(lambda self: speed))  # as a slow machine measures
     sink = _PlayingSink()
-    result, _ = _generate(demo_model, demo_voice, "Hello there.", InferenceOptions(), sink, Progress(enabled=True))
+    speech = SpeechRequest("Hello there.", demo_voice, options=InferenceOptions())
+    result, _ = _generate(demo_model, speech, sink, Progress(enabled=True))
     err = capsys.readouterr().err
     assert sink.samples > 0 and result is not None
     assert ("playback will pause" in err) == warned, err

@@ -112,8 +112,7 @@ def test_the_cli_and_the_server_share_one_table(demo_model):
     """The edges the parser accepts are the server's: one past them both refuse."""
     from tadastream.cli import build_parser
     from tadastream.limits import MAX_SEED, OPTION_LIMITS, SPEED_RANGE
-    from tadastream.server.errors import EngineError
-    from tadastream.server.service import check_seed, inference_options
+    from tadastream.service import RequestRefused, check_seed, inference_options
 
     parse = build_parser().parse_args
     steps = OPTION_LIMITS["num_flow_matching_steps"]
@@ -121,9 +120,9 @@ def test_the_cli_and_the_server_share_one_table(demo_model):
     options = inference_options({"num_flow_matching_steps": args.flow_steps}, args.speed, demo_model)
     assert options.num_flow_matching_steps == steps and check_seed(args.seed) == MAX_SEED
     for refused in ({"num_flow_matching_steps": steps + 1}, {"speed_up_factor": SPEED_RANGE[1] + 0.01}):
-        with pytest.raises(EngineError):
+        with pytest.raises(RequestRefused):
             inference_options(refused, None, demo_model)
-    with pytest.raises(EngineError):
+    with pytest.raises(RequestRefused):
         check_seed(MAX_SEED + 1)
 
 

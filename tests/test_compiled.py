@@ -243,7 +243,7 @@ def test_cuda_graphs_generation_matches_the_eager_engine_on_gpu():
 
 
 def test_the_server_uses_the_models_engine_and_leaves_it_usable(voice):
-    from tadastream.server.service import SpeechService
+    from tadastream.service import SpeechService
 
     model = build_demo_model().optimize_for_inference(prepack=False)
     model.compile(max_streams=2, max_positions=256, warmup=False, backend="eager")

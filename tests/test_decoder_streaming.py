@@ -99,7 +99,7 @@ def test_wave_cnn_steps_equal_one_pass(decoder, chunk):
     with torch.no_grad():
         full = cnn(x)
         states = cnn.init_state()
-        parts = [cnn.step(states, x[:, :, i : i + chunk]) for i in range(0, x.shape[2], chunk)]
+        parts = [cnn.push(states, x[:, :, i : i + chunk]) for i in range(0, x.shape[2], chunk)]
         parts.append(cnn.flush(states, x))
     streamed = torch.cat(parts, 2)
     assert streamed.shape == full.shape
@@ -158,7 +158,7 @@ def test_first_audible_call_runs_the_cnn_only_as_far_as_its_first_sample_needs(d
     sd = StreamingDecoder(decoder, skip_leading_frames=5)
     first = sd.decode_block(vectors[0], int(time_before[0]))
     cnn = decoder.wav_decoder
-    cnn_alone = cnn.step(cnn.init_state(), torch.zeros(1, decoder.config.hidden_dim, needed))
+    cnn_alone = cnn.push(cnn.init_state(), torch.zeros(1, decoder.config.hidden_dim, needed))
     assert sd.calls == 1 and first.numel() == cnn_alone.shape[-1] - 5 * 480 > 0
     # the block's later frames come with the next call, and the audio is still the one-pass audio
     chunks = [first] + [sd.decode_block(v, int(t)) for v, t in zip(vectors[1:], time_before[1:-1])]

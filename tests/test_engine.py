@@ -14,7 +14,7 @@ from tadastream import InferenceOptions
 from tadastream.demo import build_demo_model
 from tadastream.drivers.stream import AudioStream
 from tadastream.engine import Engine
-from tadastream.generation import StreamRng, TextInput
+from tadastream.generation import SpeechRequest, StreamRng, TextInput
 
 TEXTS = [
     "Please call Stella. Ask her to bring these things.",
@@ -102,7 +102,7 @@ def test_one_tick_makes_one_backbone_call_for_all_streams(demo_model, demo_voice
 
     monkeypatch.setattr(type(demo_model.model), "forward", counting)
     for _ in range(5):  # admission and the three prefills, then decode steps
-        engine.step()
+        engine.tick()
     assert len(calls) == engine.ticks == 5 and calls[-1] == 3
     for s in streams:
         s.close()
@@ -229,7 +229,7 @@ def test_a_list_of_texts_runs_side_by_side_and_each_equals_its_own_run(demo_mode
     assert len(out.audio) == 3
     base = StreamRng.from_seed(11)
     for i in range(3):
-        stream = AudioStream(demo_model, demo_voice, TEXTS[i], rng=base.derive(i))
+        stream = AudioStream(demo_model, SpeechRequest(TEXTS[i], demo_voice), rng=base.derive(i))
         alone = torch.cat([c for c, _ in stream])
         assert alone.shape == out.audio[i].shape and (alone - out.audio[i]).abs().max() <= 1e-4
     first_alone = demo_model.generate(demo_voice, TEXTS[0], seed=11).audio[0]
@@ -253,7 +253,7 @@ def test_a_failing_stream_fails_alone(demo_model, demo_voice):
     text = TextInput(["   "])
     bad = demo_model.generate(demo_voice, text, stream=True, seed=1, engine=engine)
     good = demo_model.generate(demo_voice, TEXTS[0], stream=True, seed=2, engine=engine)
-    engine.step()
+    engine.tick()
     text.end()  # whitespace only: the plan fails when the text ends
     from tadastream import GenerationInputError
 

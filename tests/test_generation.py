@@ -10,6 +10,7 @@ from tadastream.drivers import generate_steps, generate_utterances
 from tadastream.generation import (
     MIN_LEADING_TRIM_FRAMES,
     GenerationOutput,
+    SpeechRequest,
     StepOutput,
     StreamRng,
     SyncTokGenerationOutput,
@@ -39,7 +40,7 @@ def test_generate_returns_audio_and_reference_fields(demo_model, demo_voice):
 
 
 def test_step_generator_yields_one_step_per_frame_then_result(demo_model, demo_voice):
-    plan = plan_generation(demo_model, demo_voice, TEXT)
+    plan = plan_generation(demo_model, SpeechRequest(TEXT, demo_voice))
     torch.manual_seed(0)
     items = list(generate_steps(demo_model, plan))
     steps, final = items[:-1], items[-1]
@@ -61,10 +62,8 @@ def test_a_list_of_texts_gives_every_per_text_field_as_each_text_alone(demo_mode
     texts = ["Hello there.", "Five shots, and then a few more words."]
     out = demo_model.generate(prompt=demo_voice, text=texts, seed=7)
     rng = StreamRng.from_seed(7, demo_model.device)
-    alone = [
-        generate_utterances(demo_model, [plan_generation(demo_model, demo_voice, text)], [rng.derive(i)])[0]
-        for i, text in enumerate(texts)
-    ]
+    plans = [plan_generation(demo_model, SpeechRequest(text, demo_voice)) for text in texts]
+    alone = [generate_utterances(demo_model, [plan], [rng.derive(i)])[0] for i, plan in enumerate(plans)]
     for name in set(PER_TEXT_LISTS) - {"audio"}:
         assert getattr(out, name) == [item for solo in alone for item in getattr(solo, name)], name
     for got, solo in zip(out.audio, alone):
@@ -257,10 +256,10 @@ def test_flow_head_runs_only_where_its_output_is_used(demo_model):
     """Without a voice, the first shift_acoustic steps make no frame and the next ones take frame
     and duration from the (empty) prompt: their ODE is skipped. Their noise is still drawn, so
     later frames follow the reference's random stream (test_parity checks the audio)."""
-    from tadastream.generation import StepOutput, plan_generation
+    from tadastream.generation import SpeechRequest, StepOutput, plan_generation
 
     calls: list[int] = []
-    plan = plan_generation(demo_model, None, "Hello there, friend.")
+    plan = plan_generation(demo_model, SpeechRequest("Hello there, friend."))
     hook = demo_model.prediction_head.register_forward_hook(lambda *_: calls.append(1))
     try:
         torch.manual_seed(0)

@@ -435,11 +435,11 @@ def test_speak_frame_at_the_telephone_rate(server):
 def test_a_model_that_cannot_time_words_still_speaks(server, monkeypatch):
     """Servers whose tokenizer gives no offsets refuse timestamps: the service goes on without them."""
     from tadastream.server import websocket
-    from tadastream.server.errors import EngineError
+    from tadastream.service import RequestRefused
 
     def no_offsets(model, wanted, param="timestamps"):
         if wanted:
-            raise EngineError(400, "this model's tokenizer gives no character offsets", "unsupported", param)
+            raise RequestRefused(400, "this model's tokenizer gives no character offsets", "unsupported", param)
         return False
 
     monkeypatch.setattr(websocket, "check_timestamps", no_offsets)

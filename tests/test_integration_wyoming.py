@@ -52,6 +52,7 @@ def main(argv: list[str]) -> int:
 
 
 from tadastream.drivers.stream import AudioStream  # noqa: E402
+from tadastream.generation import SpeechRequest  # noqa: E402
 
 SEED = 7
 SAMPLES_PER_CHUNK = 4096
@@ -128,7 +129,7 @@ def server(tmp_path_factory):
 def reference(server) -> bytes:
     """TEXT generated directly through tadastream (own engine) with the server's seed and default voice, as PCM16."""
     model, voice = server.tts.service.model, server.tts.voices.default
-    audio = torch.cat([chunk for chunk, _rate in AudioStream(model, voice, TEXT, seed=SEED)])
+    audio = torch.cat([chunk for chunk, _rate in AudioStream(model, SpeechRequest(TEXT, voice, seed=SEED))])
     return float_to_pcm16(audio)
 
 
@@ -505,3 +506,30 @@ def test_module_runs_and_imports_no_wyoming_until_served():
         timeout=60,
     )
     assert done.returncode == 0 and "--uri" in done.stdout and "--default-voice" in done.stdout
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["synthesize", "synthesize-start"])
+def test_the_input_limit_is_the_servers_check_in_its_words(server, streamed):
+    """Wyoming refuses a text past --max-input-chars with the HTTP server's check and wording."""
+    tts, limit = server.tts, server.tts.max_input_chars
+    tts.max_input_chars = 40
+    text = "Hello there, this text is longer than forty characters."  # 55
+
+    async def go():
+        async with server.client() as client:
+            if streamed:
+                await client.write_event(SynthesizeStart().event())
+                await client.write_event(SynthesizeChunk(text=text[:30]).event())
+                await client.write_event(SynthesizeChunk(text=text[30:]).event())
+            else:
+                await client.write_event(Synthesize(text=text).event())
+            return await read_until(client, "error")
+
+    try:
+        events = run(go())
+    finally:
+        tts.max_input_chars = limit
+    error = Error.from_event(events[-1])
+    assert error.code == "input_too_long"
+    assert error.text == "the text is 55 characters; the limit is 40: send the rest in another request"
+    server.wait_idle()

@@ -10,7 +10,7 @@ import torch
 from tadastream.drivers.longform import FADE_SECONDS, LongFormStream, _Joiner
 from tadastream.drivers.segments import CLAUSE_PAUSE, PARAGRAPH_PAUSE, SENTENCE_PAUSE, split_text
 from tadastream.drivers.stream import AudioStream
-from tadastream.generation import GenerationInputError, InferenceOptions, StreamRng, TextTooLongError
+from tadastream.generation import GenerationInputError, InferenceOptions, SpeechRequest, StreamRng, TextTooLongError
 from tadastream.timeline import simulate_playback
 
 FAST = InferenceOptions(num_flow_matching_steps=2)  # the demo model's audio is noise anyway: fewer ODE steps
@@ -100,7 +100,7 @@ def test_joins_are_faded_and_paused(demo_model, demo_voice):
             [
                 c
                 for c, _ in AudioStream(
-                    demo_model, demo_voice, t, rng=StreamRng.from_seed(5).derive(i), inference_options=FAST
+                    demo_model, SpeechRequest(t, demo_voice, options=FAST), rng=StreamRng.from_seed(5).derive(i)
                 )
             ]
         )  # fmt: skip
@@ -122,12 +122,12 @@ def test_a_text_too_long_for_one_generation_is_spoken_in_segments(demo_model, de
     with pytest.raises(TextTooLongError, match="long form"):
         demo_model.generate(demo_voice, text, long_form=False)
     with pytest.raises(TextTooLongError):
-        AudioStream(demo_model, demo_voice, text)
+        AudioStream(demo_model, SpeechRequest(text, demo_voice))
     stream = demo_model.generate(demo_voice, text, stream=True, seed=1, inference_options=FAST)
     assert isinstance(stream, LongFormStream)
     stream.close()
     with pytest.raises(GenerationInputError, match="empty"):
-        LongFormStream(demo_model, demo_voice, "  \n\n  ")
+        LongFormStream(demo_model, SpeechRequest("  \n\n  ", demo_voice))
     with pytest.raises(GenerationInputError, match="long_form must be"):
         demo_model.generate(demo_voice, "Hi.", long_form="yes")
     with pytest.raises(GenerationInputError, match="whole text as a string"):

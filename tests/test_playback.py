@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 from tadastream import GenerationInputError, demo
 from tadastream.codec.streaming import StreamingDecoder
 from tadastream.config import SAMPLE_RATE
+from tadastream.generation.options import check_min_first_chunk_ms
+from tadastream.limits import MAX_FIRST_CHUNK_MS
 from tadastream.playback import (
     FRAMES_PER_TOKEN_SPREAD,
-    MAX_FIRST_CHUNK_MS,
     WAIT_MARGIN,
     WAIT_SLACK,
     FirstChunkHold,
     Playback,
-    check_min_first_chunk_ms,
     playable_start,
     playback_figures,
     plays_through,

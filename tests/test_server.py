@@ -610,7 +610,7 @@ def test_small_http_items_health_head_favicon_docs_behind_the_key(tight, server)
 
 
 def test_retry_after_follows_the_queue_and_how_long_streams_take():
-    from tadastream.server.service import Admission
+    from tadastream.service import Admission
 
     adm = Admission(max_active=2, max_waiting=4, timeout=1)
     assert adm.retry_after() == 3  # no history yet: 5 s a stream, one waiting slot's turn, 2 at a time
@@ -889,3 +889,27 @@ def test_a_proxys_request_id_is_the_logs_id(server, caplog):
     ids = [r["request_id"] for r in server_records(caplog) if r.get("path") == "/v1/models"]
     assert ids[0] == own.headers["x-request-id"] and ids[1] == "ray-7f3a.2:b"
     assert ids[2] == odd.headers["x-request-id"] != "has spaces\tand tabs", "anything but a plain token is replaced"
+
+
+def test_the_input_limit_is_one_check_in_one_wording_over_http_and_the_websocket(tight):
+    """The limit was written in each front end with its own words; now one check says it for all."""
+    import websockets.sync.client as ws_client
+
+    limit = 3000
+    with tight.client(headers={"Authorization": f"Bearer {KEY}"}) as c:
+        res = c.post("/v1/audio/speech", json={"model": "tada", "input": "ab " * 1001})  # 3003 characters
+    http = error_of(res)
+    assert res.status_code == 400 and http["code"] == "input_too_long" and http["param"] == "input"
+    assert http["message"] == f"the input is 3003 characters; the limit is {limit}: send the rest in another request"
+    url = tight.url.replace("http", "ws") + f"/v1/audio/stream?api_key={KEY}"
+    with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
+        ws.send(json.dumps({"seed": 3}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        ws.send(json.dumps({"type": "text", "text": "ab " * 600}))  # 1800 characters: within the limit
+        ws.send(json.dumps({"type": "text", "text": "ab " * 401}))  # 3003 in all
+        while isinstance(message := ws.recv(timeout=60), bytes):
+            pass  # audio of the first piece may come before the refusal
+        error = json.loads(message)
+    assert error["type"] == "error" and error["error"]["code"] == "input_too_long", error
+    assert error["error"]["message"] == http["message"].replace("the input", "the text")
+    tight.wait_for(lambda s: s["active"] == 0)

@@ -153,9 +153,9 @@ def test_cross_origin_speech_is_refused_same_origin_and_originless_are_served(op
 
 
 def test_cross_origin_multipart_voice_upload_is_refused_and_stores_nothing(open_server, demo_voice):
-    from tadastream.server.voices import _voice_bytes
+    from tadastream.service.voices import voice_bytes
 
-    files = {"file": ("x.voice", _voice_bytes(demo_voice), "application/octet-stream")}
+    files = {"file": ("x.voice", voice_bytes(demo_voice), "application/octet-stream")}
     with open_server.client() as c:
         before = c.get("/v1/voices").json()["data"]
         res = c.post(

@@ -27,7 +27,8 @@ def streamed(model, voice, text, seed, **kw):
 @pytest.mark.parametrize("text", TEXTS)
 def test_stream_equals_non_stream(demo_model, demo_voice, text, seed):
     ref = full_audio(demo_model, demo_voice, text, seed)
-    chunks, stream = streamed(demo_model, demo_voice, text, seed)
+    # first final samples at once: how many chunks an adaptive first chunk gathers depends on the load
+    chunks, stream = streamed(demo_model, demo_voice, text, seed, min_first_chunk_ms=0)
     audio = torch.cat(chunks)
     assert audio.shape == ref.shape
     assert (audio - ref).abs().max() <= 1e-4

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from tadastream.captions import caption_cues, line_width_for, to_srt, to_vtt
 from tadastream.config import SAMPLE_RATE, checkpoint_languages
 from tadastream.drivers.segments import PARAGRAPH_PAUSE, SENTENCE_PAUSE, split_text
-from tadastream.generation import EmptyTextError, plan_generation
+from tadastream.generation import EmptyTextError, SpeechRequest, plan_generation
 from tadastream.scripts import (
     LANGUAGES,
     canonical_language,
@@ -146,7 +146,7 @@ def check_words(words, text: str, audio_seconds: float) -> None:
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(people_text.filter(lambda t: any(ch.isalnum() for ch in t)), st.randoms(use_true_random=False))
 def test_words_tile_the_audio_for_any_text(model, text, rnd):
-    plan = plan_generation(model, None, text)
+    plan = plan_generation(model, SpeechRequest(text))
     steps = len(plan.text_ids) + 8
     durations = [rnd.randint(0, 12) for _ in range(steps)]
     total = (sum(max(d, 1) for d in durations) + 3) * 480

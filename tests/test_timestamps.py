@@ -12,7 +12,7 @@ import torch
 from tadastream.codec.decoder import expand_tokens
 from tadastream.config import SAMPLE_RATE, SAMPLES_PER_FRAME
 from tadastream.demo import build_demo_model, demo_voice
-from tadastream.generation import InferenceOptions, plan_generation
+from tadastream.generation import InferenceOptions, SpeechRequest, plan_generation
 from tadastream.generation.outputs import leading_trim_frames
 from tadastream.text import normalize_mapped, normalize_text
 from tadastream.timestamps import WordClock, WordTiming, words_heard
@@ -148,7 +148,7 @@ def test_words_tile_the_audio_of_generate(whole):
 
 def test_word_starts_are_the_decoders_marked_frames(model, voice, whole):
     """Independent of the clock: where expand_tokens puts each text token's vector."""
-    plan = plan_generation(model, voice, TEXT)
+    plan = plan_generation(model, SpeechRequest(TEXT, voice))
     time_before = whole.time_before[0]
     vectors = torch.ones(time_before.numel() - 1, 4)
     marks = (expand_tokens(vectors, time_before).abs().sum(-1) > 0).nonzero().flatten().tolist()

@@ -21,6 +21,8 @@ _EXPORTS = {
     "Engine": "tadastream.engine",
     "CompileOptions": "tadastream.engine",
     "TextInput": "tadastream.generation",
+    "SpeechRequest": "tadastream.generation",
+    "TextLayout": "tadastream.generation",
     "StreamingDecoder": "tadastream.codec.streaming",
     "Decoder": "tadastream.codec.decoder",
     "Encoder": "tadastream.codec.encoder",
@@ -59,9 +61,11 @@ if TYPE_CHECKING:  # pragma: no cover
         GenerationInputError,
         GenerationOutput,
         InferenceOptions,
+        SpeechRequest,
         StepOutput,
         SyncTokGenerationOutput,
         TextInput,
+        TextLayout,
     )
     from .hub import CheckpointError
     from .model import TadaForCausalLM

@@ -7,10 +7,13 @@ with it before importing anything heavy.
 
 from __future__ import annotations
 
-__all__ = ["FLOAT_RANGES", "MAX_SEED", "OPTION_LIMITS", "SPEED_RANGE"]
+__all__ = ["FLOAT_RANGES", "MAX_FIRST_CHUNK_MS", "MAX_SEED", "OPTION_LIMITS", "SPEED_RANGE"]
 
 #: The largest seed a stream's generators take (torch seeds are signed 64-bit).
 MAX_SEED = 2**63 - 1
+
+#: The longest fixed first chunk a stream holds back, in milliseconds.
+MAX_FIRST_CHUNK_MS = 60_000.0
 
 #: ``speed`` (``speed_up_factor``): faster or slower speech, within what still sounds like speech.
 SPEED_RANGE = (0.25, 4.0)

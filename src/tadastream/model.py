@@ -7,23 +7,23 @@ neither the engine nor a driver, and the drivers take the weights as a typed arg
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Self
 
 import torch
 
 from .drivers import generate_utterances
-from .drivers.longform import LongFormStream, one_generation, open_stream, plan_long_form, warn_about_scripts
+from .drivers.longform import LongFormPlan, LongFormStream, open_stream, plan_request, speak_whole, warn_about_scripts
+from .drivers.stream import AudioStream
 from .engine import CompileOptions, Engine
 from .engine.graphs import DEFAULT_MAX_POSITIONS
 from .generation import (
     GenerationInputError,
     GenerationOutput,
+    GenerationPlan,
     InferenceOptions,
-    StreamRng,
-    TextInput,
+    SpeechRequest,
+    TextLayout,
     merge_outputs,
-    plan_generation,
 )
 from .weights import TadaWeights
 
@@ -126,78 +126,68 @@ class TadaForCausalLM(TadaWeights):
         sends the first final samples at once (a few ms, then a wait: for clients that buffer);
         a number holds that many milliseconds. The audio is the same either way.
         """
-        kwargs = dict(
+        if min_first_chunk_ms is not None and not stream:
+            raise GenerationInputError("min_first_chunk_ms shapes a stream's first chunk: pass stream=True or drop it")
+        texts = [text] if stream or isinstance(text, str) else list(text) if isinstance(text, list | tuple) else []
+        if not texts or not (stream or all(isinstance(t, str) for t in texts)):
+            raise GenerationInputError(
+                "text must be a string or a non-empty list of strings (stream=True takes pieces)"
+            )
+        layout = TextLayout(
             num_transition_steps=num_transition_steps,
             num_extra_steps=num_extra_steps,
             system_prompt=system_prompt,
             user_turn_prompt=user_turn_prompt,
-            inference_options=inference_options,
             use_text_in_prompt=use_text_in_prompt,
             normalize_text=normalize_text,
         )
-        engine = engine if engine is not None else self.engine
-        if long_form is not None and not isinstance(long_form, bool):
-            raise GenerationInputError(f"long_form must be True, False or None, got {long_form!r}")
-        if min_first_chunk_ms is not None and not stream:
-            raise GenerationInputError("min_first_chunk_ms shapes a stream's first chunk: pass stream=True or drop it")
-        if stream:
-            if (
-                not isinstance(text, str | TextInput)
-                and not hasattr(text, "__iter__")
-                and not hasattr(text, "__aiter__")
-            ):
-                raise GenerationInputError("text must be a string, or an iterable / async iterable of string pieces")
-            self.require_decoder()
-            return open_stream(
-                self,
-                prompt,
-                text,
+        requests = [
+            SpeechRequest(
+                t,
+                voice=prompt,
+                options=inference_options if inference_options is not None else InferenceOptions(),
+                layout=layout,
+                seed=seed,
                 long_form=long_form,
                 segment_chars=segment_chars,
-                window_size=streaming_cnn_window_size,
-                engine=engine,
-                seed=seed,
                 min_first_chunk_ms=min_first_chunk_ms,
-                **kwargs,
+                window_size=streaming_cnn_window_size,
             )
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise GenerationInputError(
-                "text must be a string or a non-empty list of strings (stream=True takes pieces)"
-            )
-        for t in texts:
-            warn_about_scripts(self, t)
-        rng = StreamRng.from_seed(seed, self.device) if seed is not None else StreamRng.fork_global(self.device)
-        rngs = [rng.derive(i) for i in range(len(texts))]
-        plans = [  # each text's plan, every one checked before any work; None: it goes in segments
-            one_generation(long_form, t, functools.partial(plan_generation, self, prompt, t, **kwargs)) for t in texts
+            for t in texts
         ]
-        if any(plan is None for plan in plans):
-            return self._generate_long(prompt, texts, rngs, segment_chars, streaming_cnn_window_size, engine, kwargs)
-        self.require_decoder()
-        return merge_outputs(generate_utterances(self, plans, rngs, streaming_cnn_window_size, engine))
+        if stream:
+            return self.stream(requests[0], engine)
+        return self.speak(requests, engine)
 
-    def _generate_long(self, prompt, texts, rngs, segment_chars, window_size, engine, plan_kwargs) -> GenerationOutput:
-        """Each text through the long-form path (the streaming one, so the audio is the same), in turn."""
-        for text in texts:  # every text and segment checked before any work
-            plan_long_form(self, prompt, text, segment_chars, **plan_kwargs)
-        outputs = []
-        for text, rng in zip(texts, rngs):
-            with LongFormStream(
-                self,
-                prompt,
-                text,
-                rng=rng,
-                segment_chars=segment_chars,
-                window_size=window_size,
-                engine=engine,
-                min_first_chunk_ms=0,  # nobody listens to the chunks: never hold them
-                **plan_kwargs,
-            ) as stream:
-                chunks = [chunk for chunk, _ in stream]
-            result = stream.result
-            result.audio = [torch.cat(chunks) if chunks else torch.zeros(0)]
-            outputs.append(result)
+    def stream(self, request: SpeechRequest, engine: Engine | None = None) -> AudioStream | LongFormStream:
+        """Speak ``request`` as it is made: an :class:`~tadastream.drivers.stream.AudioStream`, or a
+        :class:`~tadastream.drivers.longform.LongFormStream` for a text that goes in segments.
+        ``engine``: one shared with other streams (default: :attr:`engine`, else one of its own)."""
+        return open_stream(self, request, engine if engine is not None else self.engine)
+
+    def speak(self, requests: list[SpeechRequest], engine: Engine | None = None) -> GenerationOutput:
+        """Every request's audio at once, one output per request in order (``audio[i]``, ``words[i]``, ...).
+
+        Each text is spoken as it would be alone: those that fit one generation side by side on
+        the engine (default: :attr:`engine`), the others in segments; request i > 0 draws from
+        generators derived from the first one's (``rng.derive(i)``)."""
+        engine = engine if engine is not None else self.engine
+        self.require_decoder()
+        for request in requests:
+            warn_about_scripts(self, request.text)
+        plans = [plan_request(self, request) for request in requests]  # every text checked before any work
+        base = requests[0].rng(self.device)
+        rngs = [base.derive(i) for i in range(len(requests))]
+        outputs: list[GenerationOutput | None] = [None] * len(requests)
+        whole = [i for i, plan in enumerate(plans) if isinstance(plan, GenerationPlan)]
+        if whole:
+            window = requests[whole[0]].window_size
+            made = generate_utterances(self, [plans[i] for i in whole], [rngs[i] for i in whole], window, engine)
+            for i, output in zip(whole, made):
+                outputs[i] = output
+        for i, plan in enumerate(plans):
+            if isinstance(plan, LongFormPlan):
+                outputs[i] = speak_whole(self, requests[i], plan, rngs[i], engine)
         return merge_outputs(outputs)
 
 

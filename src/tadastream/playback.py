@@ -17,27 +17,22 @@ is never kept back, since sending sooner can only help a player that is already 
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import FRAME_RATE, SAMPLE_RATE
-from .generation.options import GenerationInputError
 
 __all__ = [
     "FirstChunkHold",
     "Playback",
     "PlaybackFigures",
-    "check_min_first_chunk_ms",
     "playable_start",
     "playback_figures",
     "plays_through",
     "simulate_playback",
 ]
 
-#: The longest fixed first chunk accepted, in milliseconds.
-MAX_FIRST_CHUNK_MS = 60_000.0
 #: Expected waits are stretched by this factor and this many seconds, so that a machine a little
 #: busier than measured still keeps the player fed.
 WAIT_MARGIN = 1.1
@@ -138,19 +133,6 @@ def plays_through(buffered: float, arrivals: Sequence[tuple[float, float]]) -> b
             return False
         runway += seconds
     return True
-
-
-def check_min_first_chunk_ms(value: object) -> float | None:
-    """``value`` as a number of milliseconds, or None (adaptive); GenerationInputError otherwise."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise GenerationInputError(f"min_first_chunk_ms must be a number of milliseconds or None, got {value!r:.40}")
-    if not 0 <= value <= MAX_FIRST_CHUNK_MS:  # compared as given: NaN fails, and no int is too large to float
-        raise GenerationInputError(
-            f"min_first_chunk_ms must be between 0 and {MAX_FIRST_CHUNK_MS:g} (or None: adaptive), got {value!r:.40}"
-        )
-    return float(value)
 
 
 class FirstChunkHold:

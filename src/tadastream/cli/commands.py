@@ -84,61 +84,48 @@ def _encode_recording(voice: VoiceRequest, codec: str, language: str | None, tok
     return encoder(voice.audio, text=[voice.text], sample_rate=voice.sample_rate)
 
 
-def _options(args: argparse.Namespace):
-    from ..generation import GenerationInputError, InferenceOptions
+def _speech_request(args: argparse.Namespace, text: str):
+    """The SpeechRequest ``speak`` makes of its flags (its voice comes once loaded); a bad value is a
+    usage error. Without --seed one is drawn, and reported so the audio can be made again."""
+    from ..generation import GenerationInputError, InferenceOptions, SpeechRequest, TextLayout
 
     try:
-        return InferenceOptions(
+        options = InferenceOptions(
             text_temperature=args.temperature,
             acoustic_cfg_scale=args.cfg_scale,
             num_flow_matching_steps=args.flow_steps,
             noise_temperature=args.noise_temperature,
             speed_up_factor=args.speed,
-        ).validate()
+        )
+        return SpeechRequest(
+            text,
+            options=options,
+            layout=TextLayout(num_transition_steps=args.transition_steps, normalize_text=not args.no_normalize),
+            seed=args.seed if args.seed is not None else secrets.randbelow(2**31),
+            long_form=True if args.long_form else None,
+            min_first_chunk_ms=args.min_first_chunk_ms,
+        )
     except GenerationInputError as exc:
         raise UsageError(one_line(exc)) from None
 
 
-def _stream(model, prompt, text: str, progress: Progress, **kwargs):
-    """An AudioStream (a LongFormStream for a text too long for one generation) that also reports
-    each settled token of the new text to ``progress``."""
+def _stream(model, speech, progress: Progress):
+    """An AudioStream of the SpeechRequest ``speech`` (a LongFormStream for a text too long for one
+    generation) that also reports each settled token of the new text to ``progress``."""
     from ..drivers.longform import open_stream
 
-    model.require_decoder()
-    stream = open_stream(model, prompt, text, **kwargs)
+    stream = open_stream(model, speech)
     stream.on_token = lambda _step: progress.token()
     progress.total_tokens = stream.tokens_total or 0
     return stream
 
 
-def _generate(
-    model,
-    prompt,
-    text: str,
-    options,
-    sink,
-    progress: Progress,
-    *,
-    transition_steps=5,
-    normalize=True,
-    long_form=None,
-    min_first_chunk_ms: float | None = None,
-    captions: Callable[[list, list, float], None] | None = None,
-):
-    """Stream ``text`` into ``sink`` and close it; returns (result, audio seconds). ``captions(words,
-    characters, seconds)`` then gets the word times, or those of the audio kept after Ctrl-C (raised
-    as :class:`Interrupted`): the audio is safe before any other file is tried."""
-    stream = _stream(
-        model,
-        prompt,
-        text,
-        progress,
-        inference_options=options,
-        num_transition_steps=transition_steps,
-        normalize_text=normalize,
-        long_form=long_form,
-        min_first_chunk_ms=min_first_chunk_ms,
-    )
+def _generate(model, speech, sink, progress: Progress, captions: Callable[[list, list, float], None] | None = None):
+    """Stream the SpeechRequest ``speech`` into ``sink`` and close it; returns (result, audio
+    seconds). ``captions(words, characters, seconds)`` then gets the word times, or those of the
+    audio kept after Ctrl-C (raised as :class:`Interrupted`): the audio is safe before any other
+    file is tried."""
+    stream = _stream(model, speech, progress)
     progress.start = stream.started_at
     warned = not getattr(sink, "streaming", False)  # only a player that plays as audio comes can run dry
     try:
@@ -251,14 +238,13 @@ def _playable(result) -> str:
 class _SpeakRequest(NamedTuple):
     """What ``tadastream speak`` was asked, checked; nothing is loaded yet."""
 
-    text: str
+    speech: Any  # the SpeechRequest, its voice added once it is loaded or encoded
     to_stdout: bool  # -o -: the audio goes to stdout
     output: Path | None  # -o FILE (None: stdout, or the player)
     timeline: Path | None
     subtitles: Path | None
     timestamps: Path | None
     voice: VoiceRequest | None  # None: the model's own voice
-    options: Any
     device: str
 
 
@@ -271,13 +257,12 @@ def cmd_speak(args: argparse.Namespace) -> int:
 
     import torch
 
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)  # reported, so it can be rerun
-    extras = _Extras(request.text, seed, request.subtitles, request.timestamps, request.timeline)
-    torch.manual_seed(seed)
+    speech = request.speech
+    extras = _Extras(speech.text, speech.seed, request.subtitles, request.timestamps, request.timeline)
+    torch.manual_seed(speech.seed)  # a recording is encoded the same way every time
     model, prompt = _speak_voice(args, request, progress)
-    torch.manual_seed(seed)  # the same seed gives the same audio however the voice was obtained
-    result, seconds = _speak_generate(args, request, model, prompt, sink, progress, extras)
-    _speak_report(request, result, seconds, seed, extras, progress)
+    result, seconds = _speak_generate(args.stream, model, speech.with_voice(prompt), sink, progress, extras)
+    _speak_report(request, result, seconds, extras, progress)
     return 0
 
 
@@ -293,9 +278,9 @@ def _check_speak(args: argparse.Namespace) -> _SpeakRequest:
     subtitles_file = check_text_output(args.subtitles, "--subtitles", tuple(SUBTITLE_FORMATS))
     timestamps_file = check_text_output(args.timestamps, "--timestamps", (".json",))
     voice = _speak_voice_request(args)
-    options = _options(args)
+    speech = _speech_request(args, text)
     device = _speak_device(args)
-    return _SpeakRequest(text, to_stdout, output, timeline, subtitles_file, timestamps_file, voice, options, device)
+    return _SpeakRequest(speech, to_stdout, output, timeline, subtitles_file, timestamps_file, voice, device)
 
 
 def _speak_text(args: argparse.Namespace) -> str:
@@ -378,30 +363,17 @@ def _speak_voice(args: argparse.Namespace, request: _SpeakRequest, progress: Pro
     return model, _encode_recording(voice, codec, args.language, model.tokenizer, request.device, progress)
 
 
-def _speak_generate(
-    args: argparse.Namespace, request: _SpeakRequest, model, prompt, sink, progress: Progress, extras: _Extras
-):
-    """(result, audio seconds) of speaking the text into ``sink`` (None: the player, opened now); a
-    failure aborts a file or the player, Ctrl-C keeps what was made."""
+def _speak_generate(streaming: bool, model, speech, sink, progress: Progress, extras: _Extras):
+    """(result, audio seconds) of speaking the SpeechRequest ``speech`` into ``sink`` (None: the
+    player, opened now, playing as audio comes when ``streaming``); a failure aborts a file or the
+    player, Ctrl-C keeps what was made."""
     if sink is None:
         try:
-            sink = PlayerSink(streaming=args.stream)
+            sink = PlayerSink(streaming=streaming)
         except Exception as exc:  # noqa: BLE001 - PortAudioError is not a ValueError/OSError
             raise CliError(f"cannot open the audio output ({one_line(exc)}); write a file with -o out.wav") from None
     try:
-        return _generate(
-            model,
-            prompt,
-            request.text,
-            request.options,
-            sink,
-            progress,
-            transition_steps=args.transition_steps,
-            normalize=not args.no_normalize,
-            long_form=True if args.long_form else None,
-            min_first_chunk_ms=args.min_first_chunk_ms,
-            captions=extras.captions if extras.wants_captions else None,
-        )
+        return _generate(model, speech, sink, progress, extras.captions if extras.wants_captions else None)
     except Interrupted as stop:  # the audio kept is already closed; the one line also names a file that failed
         if extras.failed:
             raise Interrupted(f"{stop}; could not write {'; '.join(extras.failed)}") from None
@@ -412,7 +384,7 @@ def _speak_generate(
         raise
 
 
-def _speak_report(request: _SpeakRequest, result, seconds: float, seed: int, extras: _Extras, progress: Progress):
+def _speak_report(request: _SpeakRequest, result, seconds: float, extras: _Extras, progress: Progress):
     """The --timeline picture, the summary line, and the one error line for a file that failed."""
     extras.draw(result)
     first, speed, rtf = _timings(result, seconds)
@@ -420,7 +392,8 @@ def _speak_report(request: _SpeakRequest, result, seconds: float, seed: int, ext
     where = f"wrote {output}" if output is not None else ("stdout" if to_stdout else "played")
     progress.note(
         f"{where}: {seconds:.2f} s of audio in {result.total_time:.2f} s ({speed}); first audio after {first}, "
-        f"playable after {_playable(result)}; seed {seed}" + "".join(f"; {extra}" for extra in extras.written)
+        f"playable after {_playable(result)}; seed {request.speech.seed}"
+        + "".join(f"; {extra}" for extra in extras.written)
     )
     extras.check(
         f"the audio is in {output}" if output is not None else f"the audio {'went to' if to_stdout else 'was'} {where}"
@@ -470,26 +443,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     timeline = check_timeline(args.timeline)
     device = pick_device(args.device or "cpu")
 
-    import torch
-
-    from ..generation import InferenceOptions
+    from ..generation import SpeechRequest
     from ..loading import load_model
 
+    speech = SpeechRequest(text, seed=args.seed, min_first_chunk_ms=args.min_first_chunk_ms)
     show = (lambda *_a, **_k: None) if args.quiet else print
     show(DEMO_NOTICE, flush=True)
     model, prompt = load_model(DEMO, device=device)
-    torch.manual_seed(args.seed)
     sink = FileSink(output) if output is not None else NullSink()
     try:
-        result, seconds = _generate(
-            model,
-            prompt,
-            text,
-            InferenceOptions(),
-            sink,
-            Progress(enabled=False),
-            min_first_chunk_ms=args.min_first_chunk_ms,
-        )
+        result, seconds = _generate(model, speech.with_voice(prompt), sink, Progress(enabled=False))
     except BaseException:  # a file kept on Ctrl-C is already closed: abort leaves it
         sink.abort()
         raise

@@ -83,7 +83,7 @@ _seed = _number(int, 0, MAX_SEED)
 
 def _first_chunk_ms(text: str) -> float | None:
     """``--min-first-chunk-ms``: 'adaptive' (None) or milliseconds within the accepted range."""
-    from ..playback import MAX_FIRST_CHUNK_MS
+    from ..limits import MAX_FIRST_CHUNK_MS
 
     if text.strip().lower() == "adaptive":
         return None

@@ -157,8 +157,8 @@ class StreamingDecoder:
                 hidden, self._cnn_backlog = hidden[:, :, :keep], hidden[:, :, keep:]
         # The CNN's activations (up to 96 x 480 samples a frame) dominate memory; its weights are a
         # third of the decoder's, so running it in smaller pieces costs little and caps the peak.
-        cnn, step = self.decoder.wav_decoder, min(self.window_size, self.CNN_PIECE_FRAMES)
-        pieces = [cnn.step(self._cnn, hidden[:, :, i : i + step]) for i in range(0, hidden.shape[2], step)]
+        cnn, piece = self.decoder.wav_decoder, min(self.window_size, self.CNN_PIECE_FRAMES)
+        pieces = [cnn.push(self._cnn, hidden[:, :, i : i + piece]) for i in range(0, hidden.shape[2], piece)]
         audio = torch.cat(pieces, dim=2)
         if audio.shape[2] > self._to_skip:  # audio is flowing: gather more per call from now on
             grown = round(self.CALL_GROWTH * frames) if self._next_call_frames else self.FIRST_FLOWING_CALL_FRAMES

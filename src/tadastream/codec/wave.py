@@ -1,8 +1,8 @@
-"""The codec's waveform CNN, written as stateful streaming steps.
+"""The codec's waveform CNN, written as stateful streaming layers.
 
-Every layer exposes ``init`` (its per-stream state), ``step`` (new input samples in, the output
+Every layer exposes ``init`` (its per-stream state), ``push`` (new input samples in, the output
 samples they finalise out) and ``flush`` (end of input: the right-hand padding). The one-pass
-decode is simply ``step(all) + flush()``, so streaming and one-pass run the same arithmetic.
+decode is simply ``push(all) + flush()``, so streaming and one-pass run the same arithmetic.
 State lives in plain objects owned by the caller, never on the modules, so one loaded decoder
 serves any number of concurrent streams.
 
@@ -42,7 +42,7 @@ class ResidualState:
     branch: list = field(default_factory=list)
 
 
-def conv_step(conv: WNConv1d, state: ConvState, x: torch.Tensor) -> torch.Tensor:
+def conv_push(conv: WNConv1d, state: ConvState, x: torch.Tensor) -> torch.Tensor:
     if state.buffer is None:  # left edge: the layer's own zero padding
         state.buffer = x.new_zeros(x.shape[0], conv.in_channels, conv.padding)
     buf = torch.cat((state.buffer, x), dim=2) if x.shape[2] else state.buffer
@@ -55,10 +55,10 @@ def conv_step(conv: WNConv1d, state: ConvState, x: torch.Tensor) -> torch.Tensor
 
 def conv_flush(conv: WNConv1d, state: ConvState, like: torch.Tensor) -> torch.Tensor:
     pad = like.new_zeros(like.shape[0], conv.in_channels, conv.padding)
-    return conv_step(conv, state, pad)
+    return conv_push(conv, state, pad)
 
 
-def transpose_step(conv: WNConvTranspose1d, state: TransposeState, x: torch.Tensor) -> torch.Tensor:
+def transpose_push(conv: WNConvTranspose1d, state: TransposeState, x: torch.Tensor) -> torch.Tensor:
     if state.prev is None:  # the frame before the first one is zero
         state.prev = x.new_zeros(x.shape[0], conv.in_channels, 1)
         state.to_crop = conv.padding
@@ -75,7 +75,7 @@ def transpose_step(conv: WNConvTranspose1d, state: TransposeState, x: torch.Tens
 def transpose_flush(conv: WNConvTranspose1d, state: TransposeState, like: torch.Tensor) -> torch.Tensor:
     if state.prev is None:
         return _empty_like(like, conv.out_channels)
-    tail = transpose_step(conv, state, like.new_zeros(like.shape[0], conv.in_channels, 1))
+    tail = transpose_push(conv, state, like.new_zeros(like.shape[0], conv.in_channels, 1))
     return tail[:, :, : tail.shape[2] - conv.padding]
 
 
@@ -107,16 +107,16 @@ class ResidualUnit(nn.Module):
         state.pending = pending[:, :, n:]
         return pending[:, :, :n] + y
 
-    def step(self, state: ResidualState, x: torch.Tensor) -> torch.Tensor:
+    def push(self, state: ResidualState, x: torch.Tensor) -> torch.Tensor:
         snake1, conv1, snake2, conv2 = self.block
-        y = conv_step(conv1, state.branch[0], snake1(x))
-        y = conv_step(conv2, state.branch[1], snake2(y))
+        y = conv_push(conv1, state.branch[0], snake1(x))
+        y = conv_push(conv2, state.branch[1], snake2(y))
         return self._join(state, x, y)
 
     def flush(self, state: ResidualState, like: torch.Tensor) -> torch.Tensor:
         snake1, conv1, snake2, conv2 = self.block
         y = conv_flush(conv1, state.branch[0], like)
-        y = conv_step(conv2, state.branch[1], snake2(y))
+        y = conv_push(conv2, state.branch[1], snake2(y))
         y = torch.cat((y, conv_flush(conv2, state.branch[1], like)), dim=2)
         return self._join(state, None, y)
 
@@ -170,13 +170,13 @@ class WaveDecoder(nn.Module):
         return states
 
     @staticmethod
-    def _step_op(op: nn.Module, state, x: torch.Tensor) -> torch.Tensor:
+    def _push_op(op: nn.Module, state, x: torch.Tensor) -> torch.Tensor:
         if isinstance(op, WNConv1d):
-            return conv_step(op, state, x)
+            return conv_push(op, state, x)
         if isinstance(op, WNConvTranspose1d):
-            return transpose_step(op, state, x)
+            return transpose_push(op, state, x)
         if isinstance(op, ResidualUnit):
-            return op.step(state, x)
+            return op.push(state, x)
         return op(x)
 
     @staticmethod
@@ -190,7 +190,7 @@ class WaveDecoder(nn.Module):
         return like[:, :, :0]
 
     def frames_before_output(self, samples: int = 0) -> int:
-        """Input frames the streaming steps need before more than ``samples`` output samples are
+        """Input frames the streaming layers need before more than ``samples`` output samples are
         final (the CNN's right-hand look-ahead, plus what covers ``samples``); by lengths alone."""
         held = [None] * len(self._ops)  # per conv: buffered samples; per transpose: cropping left
         out_total, frames = 0, 0
@@ -198,7 +198,7 @@ class WaveDecoder(nn.Module):
             frames += 1
             n = 1
             for i, op in enumerate(self._ops):
-                n = self._length_step(op, held, i, n)
+                n = self._length_after(op, held, i, n)
             out_total += n
         return frames
 
@@ -208,7 +208,7 @@ class WaveDecoder(nn.Module):
         held[key] = min(buf, conv.receptive)
         return max(0, buf - conv.receptive)
 
-    def _length_step(self, op: nn.Module, held: list, i: int, n: int) -> int:
+    def _length_after(self, op: nn.Module, held: list, i: int, n: int) -> int:
         if isinstance(op, WNConv1d):
             return self._conv_length(op, held, i, n)
         if isinstance(op, WNConvTranspose1d):
@@ -224,16 +224,16 @@ class WaveDecoder(nn.Module):
             return self._conv_length(op.block[3], held[i], 1, n)
         return n
 
-    def step(self, states: list, x: torch.Tensor) -> torch.Tensor:
+    def push(self, states: list, x: torch.Tensor) -> torch.Tensor:
         for op, state in zip(self._ops, states):
-            x = self._step_op(op, state, x)
+            x = self._push_op(op, state, x)
         return x
 
     def flush(self, states: list, like: torch.Tensor) -> torch.Tensor:
         """Emit what the right-hand padding releases; ``like`` gives batch, dtype and device."""
         out: torch.Tensor | None = None
         for op, state in zip(self._ops, states):
-            out = self._step_op(op, state, out) if out is not None else None
+            out = self._push_op(op, state, out) if out is not None else None
             tail = self._finish_op(op, state, like)
             if tail.shape[2]:
                 out = tail if out is None else torch.cat((out, tail), dim=2)
@@ -241,5 +241,5 @@ class WaveDecoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         states = self.init_state()
-        head = self.step(states, x)
+        head = self.push(states, x)
         return torch.cat((head, self.flush(states, x)), dim=2)

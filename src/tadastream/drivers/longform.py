@@ -19,75 +19,113 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from ..config import SAMPLE_RATE
 from ..engine import Engine, engine_for
-from ..generation import GenerationInputError, GenerationOutput, StreamRng, TextTooLongError, plan_generation
-from ..generation.options import check_speakable
-from ..playback import check_min_first_chunk_ms
+from ..generation import (
+    GenerationInputError,
+    GenerationOutput,
+    GenerationPlan,
+    PreparedPrompt,
+    SpeechRequest,
+    StreamRng,
+    Text,
+    TextTooLongError,
+    prepare_prompt,
+)
+from ..playback import FirstChunkHold
 from ..scripts import script_warning
 from ..timestamps import CharTiming, WordTiming
+from ..weights import TadaWeights
 from .segments import Segment, split_text
 from .stream import AudioStream, ClosingStream
 
-__all__ = ["FADE_SECONDS", "LongFormStream", "one_generation", "open_stream", "plan_long_form", "warn_about_scripts"]
+__all__ = [
+    "FADE_SECONDS",
+    "LongFormPlan",
+    "LongFormStream",
+    "open_stream",
+    "plan_request",
+    "plan_segments",
+    "speak_whole",
+    "warn_about_scripts",
+]
 
 logger = logging.getLogger("tadastream")
 
-T = TypeVar("T")
-
 #: Length of the fades at each join.
 FADE_SECONDS = 0.005
-#: Default longest segment, in characters: a few sentences, so the first audio comes as soon as
-#: for a short text, and each generation stays well inside what the model speaks reliably.
-SEGMENT_CHARS = 400
 
 
-def warn_about_scripts(model, text) -> None:
+def warn_about_scripts(model: TadaWeights, text: Text) -> None:
     """Log a one-line warning when ``text`` (a string) is in a script ``model`` was not trained on."""
     if isinstance(text, str) and (warning := script_warning(text, model.languages)):
         logger.warning(warning)
 
 
-def one_generation(long_form: bool | None, text: Any, attempt: Callable[[], T]) -> T | None:
-    """``attempt()`` (planning ``text`` as one generation), or None when the text goes in segments:
-    asked for (``long_form=True``), or needed (``None`` and too long for one generation). The one
-    place that decides; ``long_form=False`` and text given in pieces re-raise the length error."""
-    if long_form and not isinstance(text, str):
-        raise GenerationInputError("long_form=True needs the whole text as a string; pieces are one generation")
-    if long_form:
-        return None
-    try:
-        return attempt()
-    except TextTooLongError:
-        if long_form is False or not isinstance(text, str):
-            raise
-    return None
+@dataclass
+class LongFormPlan:
+    """A text in segments, every one planned (all checked before any model work), sharing one
+    :class:`~tadastream.generation.plan.PreparedPrompt`."""
+
+    segments: list[Segment]
+    plans: list[GenerationPlan | None]  # a segment's plan is dropped once its stream has it
+    tokens_total: int
 
 
-def open_stream(model, prompt, text, *, long_form: bool | None = None, segment_chars: int = SEGMENT_CHARS, **kwargs):
-    """An :class:`AudioStream`, or a :class:`LongFormStream` for a string that asks for it
-    (``long_form=True``) or needs it (``None``: it does not fit one generation)."""
-    warn_about_scripts(model, text)
-    stream = one_generation(long_form, text, lambda: AudioStream(model, prompt, text, **kwargs))
-    return stream if stream is not None else LongFormStream(model, prompt, text, segment_chars=segment_chars, **kwargs)
+def plan_request(model: TadaWeights, request: SpeechRequest) -> GenerationPlan | LongFormPlan:
+    """``request`` as one generation, or in segments when it asks for that (``long_form=True``)
+    or needs it (``None`` and a string too long for one generation): the one place that decides.
+    ``long_form=False`` and text given in pieces re-raise the length error."""
+    prepared = prepare_prompt(model, request)
+    if not request.long_form:
+        try:
+            return prepared.plan(request.text)
+        except TextTooLongError:
+            if request.long_form is False or not request.whole:
+                raise
+    return plan_segments(prepared, request)
 
 
-def plan_long_form(model, prompt, text: str, segment_chars: int = SEGMENT_CHARS, **plan_kwargs):
-    """(segments, tokens to speak) of ``text``; raises GenerationInputError for text that cannot be spoken."""
-    if not isinstance(text, str):
+def plan_segments(prepared: PreparedPrompt, request: SpeechRequest) -> LongFormPlan:
+    """``request``'s text split and each segment planned once; GenerationInputError for a text
+    with a segment that cannot be spoken."""
+    if not request.whole:
         raise GenerationInputError("long-form generation takes the whole text as a string")
-    check_speakable(text)  # then every segment has words: they hold all the text's letters and digits
     try:
-        segments = split_text(text, segment_chars)
+        segments = split_text(request.text, request.segment_chars)
     except ValueError as exc:
         raise GenerationInputError(str(exc)) from None
-    plans = [plan_generation(model, prompt, s.text, **plan_kwargs) for s in segments]
-    return segments, sum(p.tokens_spoken for p in plans)
+    plans = [prepared.plan(s.text) for s in segments]
+    return LongFormPlan(segments, list(plans), sum(p.tokens_spoken for p in plans))
+
+
+def open_stream(
+    model: TadaWeights, request: SpeechRequest, engine: Engine | None = None
+) -> AudioStream | LongFormStream:
+    """An :class:`AudioStream`, or a :class:`LongFormStream` for a string that asks for segments
+    or needs them (see :func:`plan_request`)."""
+    warn_about_scripts(model, request.text)
+    model.require_decoder()
+    plan = plan_request(model, request)
+    if isinstance(plan, LongFormPlan):
+        return LongFormStream(model, request, plan, engine=engine)
+    return AudioStream(model, request, engine=engine, plan=plan)
+
+
+def speak_whole(
+    model: TadaWeights, request: SpeechRequest, plan: LongFormPlan, rng: StreamRng, engine: Engine | None = None
+) -> GenerationOutput:
+    """A text in segments, all its audio at once: the streaming path, so the audio is the same."""
+    with LongFormStream(model, request, plan, engine=engine, rng=rng) as stream:
+        chunks = [chunk for chunk, _ in stream]
+    result = stream.result
+    result.audio = [torch.cat(chunks) if chunks else torch.zeros(0)]
+    return result
 
 
 class _Joiner:
@@ -135,30 +173,25 @@ class LongFormStream(ClosingStream):
 
     def __init__(
         self,
-        model,
-        prompt,
-        text: str,
+        model: TadaWeights,
+        request: SpeechRequest,
+        plan: LongFormPlan | None = None,
         *,
-        segment_chars: int = SEGMENT_CHARS,
-        window_size: int = 100,
         engine: Engine | None = None,
-        seed: int | None = None,
         rng: StreamRng | None = None,
-        min_first_chunk_ms: float | None = None,
-        **plan_kwargs: Any,
     ):
+        """``plan`` (from :func:`plan_request`; made here when None) holds every segment, checked
+        before any model work; ``rng`` defaults to the request's."""
         self.started_at = time.perf_counter()
-        self.model, self.prompt, self.full_text = model, prompt, text
-        self._first_chunk_ms = check_min_first_chunk_ms(min_first_chunk_ms)
-        # every segment is checked (and its length known) before any model work
-        self.segments: list[Segment]
-        self.segments, self.tokens_total = plan_long_form(model, prompt, text, segment_chars, **plan_kwargs)
+        self.model, self.request, self.full_text = model, request, request.text
+        if plan is None:
+            plan = plan_segments(prepare_prompt(model, request), request)
+        self._plans = plan.plans
+        self.segments: list[Segment] = plan.segments
+        self.tokens_total = plan.tokens_total
         model.require_decoder()
-        if rng is None:
-            rng = StreamRng.from_seed(seed, model.device) if seed is not None else StreamRng.fork_global(model.device)
-        self._rng = rng
+        self._rng = rng if rng is not None else request.rng(model.device)
         self._engine = engine_for(model, engine)
-        self._window_size, self._plan_kwargs = window_size, plan_kwargs
         self.text = None  # the whole text is known: nothing arrives in pieces
         self.sample_rate = SAMPLE_RATE
         self.on_token = None
@@ -183,16 +216,11 @@ class LongFormStream(ClosingStream):
     # -- segments ------------------------------------------------------------------------------
     def _open_next(self) -> None:
         index = self.segment_index + 1
+        plan, self._plans[index] = self._plans[index], None
+        # a player is already playing once a later segment starts: holding back would only starve it
+        hold = FirstChunkHold(self.request.min_first_chunk_ms if index == 0 else 0)
         stream = AudioStream(
-            self.model,
-            self.prompt,
-            self.segments[index].text,
-            window_size=self._window_size,
-            engine=self._engine,
-            rng=self._rng.derive(index),
-            # a player is already playing once a later segment starts: holding back would only starve it
-            min_first_chunk_ms=self._first_chunk_ms if index == 0 else 0,
-            **self._plan_kwargs,
+            self.model, self.request, engine=self._engine, plan=plan, rng=self._rng.derive(index), hold=hold
         )
         stream.on_token = self._token
         self._current, self.segment_index, self._words_seen = stream, index, 0

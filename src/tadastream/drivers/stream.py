@@ -27,7 +27,9 @@ from ..config import SAMPLE_RATE
 from ..engine import Engine, EngineStream, engine_for
 from ..generation import (
     GenerationOutput,
+    GenerationPlan,
     SpeechProgram,
+    SpeechRequest,
     StepOutput,
     StreamRng,
     SyncTokGenerationOutput,
@@ -36,8 +38,9 @@ from ..generation import (
     leading_trim_frames,
     plan_generation,
 )
-from ..playback import FirstChunkHold, check_min_first_chunk_ms, playback_figures
+from ..playback import FirstChunkHold, playback_figures
 from ..timestamps import WordClock, WordTiming
+from ..weights import TadaWeights
 
 _POLL = 0.5  # seconds between checks while waiting on another thread (a safety net, not the signal)
 
@@ -47,7 +50,7 @@ class _Delivery:
     StreamingDecoder, and the samples they make final are queued for the consumer, the first of
     them once :class:`~tadastream.playback.FirstChunkHold` lets them go."""
 
-    def __init__(self, model, plan, window_size: int, hold: FirstChunkHold):
+    def __init__(self, model: TadaWeights, plan: GenerationPlan, window_size: int, hold: FirstChunkHold):
         self.model, self.plan, self.hold = model, plan, hold
         self.decoder: StreamingDecoder | None = StreamingDecoder(model.require_decoder(), window_size)
         # (samples, words completed by then): a word always travels with or before its audio
@@ -64,7 +67,7 @@ class _Delivery:
         self.tokens_done = 0
         self.on_token = None
 
-    def step(self, step: StepOutput) -> None:
+    def frame_settled(self, step: StepOutput) -> None:
         plan, cfg = self.plan, self.model.config
         if not step.final_pass or step.index < plan.decode_start:
             return
@@ -185,44 +188,44 @@ class AudioStream(ClosingStream):
     audio of the same seed. ``async for`` works too (compute runs off the event loop), and
     cancelling the consuming task stops generation at the end of the tick in progress.
 
-    ``text`` is a string, an iterable or async iterable of pieces, or a :class:`TextInput` that
-    any thread fills (``stream.text.put(piece)``, ``stream.text.end()``).
+    It speaks a :class:`~tadastream.generation.SpeechRequest`: its ``text`` is a string, an
+    iterable or async iterable of pieces, or a :class:`TextInput` that any thread fills
+    (``stream.text.put(piece)``, ``stream.text.end()``).
 
-    ``min_first_chunk_ms``: how much audio the first chunk holds. ``None`` (default) adapts to
-    the stream: the first chunk goes once it lasts until the next ones are expected, so playback
-    that starts on it does not pause (see :mod:`tadastream.playback`); ``0`` sends the first
-    final samples at once (earliest, but a crumb followed by a wait); a number holds that many
-    milliseconds. Only chunk boundaries change, never the audio.
+    The request's ``min_first_chunk_ms`` says how much audio the first chunk holds. ``None``
+    (default) adapts to the stream: the first chunk goes once it lasts until the next ones are
+    expected, so playback that starts on it does not pause (see :mod:`tadastream.playback`);
+    ``0`` sends the first final samples at once (earliest, but a crumb followed by a wait); a
+    number holds that many milliseconds. Only chunk boundaries change, never the audio.
     """
 
     def __init__(
         self,
-        model,
-        prompt,
-        text,
+        model: TadaWeights,
+        request: SpeechRequest,
         *,
-        window_size: int = 100,
         engine: Engine | None = None,
-        seed: int | None = None,
+        plan: GenerationPlan | None = None,
         rng: StreamRng | None = None,
-        min_first_chunk_ms: float | None = None,
-        **plan_kwargs: Any,
+        hold: FirstChunkHold | None = None,
     ):
+        """``plan``, ``rng`` and ``hold`` default to the request's own (a long-form segment brings
+        its plan, derived generators and first-chunk rule)."""
         self.started_at = time.perf_counter()
         self.model = model
-        self.window_size = window_size
-        first_chunk_ms = check_min_first_chunk_ms(min_first_chunk_ms)
+        self.request = request
+        self.window_size = request.window_size
+        text = request.text
         self.text: TextInput | None = None
         self._source: Any = None  # an iterable of pieces this stream pulls into self.text
         if isinstance(text, TextInput):
             self.text = text
         elif not isinstance(text, str):
             self.text, self._source = TextInput(), text
-        self._plan = plan_generation(model, prompt, text, **plan_kwargs)
-        hold = FirstChunkHold(first_chunk_ms)
-        self._delivery = _Delivery(model, self._plan, window_size, hold)
-        if rng is None:
-            rng = StreamRng.from_seed(seed, model.device) if seed is not None else StreamRng.fork_global(model.device)
+        self._plan = plan if plan is not None else plan_generation(model, request)
+        hold = hold if hold is not None else FirstChunkHold(request.min_first_chunk_ms)
+        self._delivery = _Delivery(model, self._plan, request.window_size, hold)
+        rng = rng if rng is not None else request.rng(model.device)
         self._engine = engine_for(model, engine)
         self._iterator: Iterator | None = None
         self._pumped = False  # an async source is being pumped by the consuming event loop
@@ -234,7 +237,7 @@ class AudioStream(ClosingStream):
         #: it came with (never after the one that ends it) has been taken.
         self.words: list[WordTiming] = []
         d, eng = self._delivery, self._engine
-        program = SpeechProgram(eng.shape, self._plan, rng, d.step, self.text, eng.prefill_chunk)
+        program = SpeechProgram(eng.shape, self._plan, rng, d.frame_settled, self.text, eng.prefill_chunk)
         self._handle: EngineStream = eng.submit(program, d, self.text)
 
     @property
@@ -297,7 +300,7 @@ class AudioStream(ClosingStream):
                 return chunk
             if self._needs_piece():
                 self._pull_piece()
-            elif self._engine.has_worker or not self._engine.step():
+            elif self._engine.has_worker or not self._engine.tick():
                 # someone else ticks, or every stream waits for text: wait for news
                 self._engine.wait(self._news, _POLL)
 

@@ -1,6 +1,6 @@
 """The engine: all running streams advance together, one tick at a time.
 
-A tick (:meth:`Engine.step`) applies cancellations, admits queued streams into free slots, wakes
+A tick (:meth:`Engine.tick`) applies cancellations, admits queued streams into free slots, wakes
 streams whose text arrived, then answers the pending requests of every running stream in phase
 order: one backbone call for all LLM steps, one flow solve for all streams that need a frame,
 one ``lm_head`` call for all that need logits. A stream's program then settles its frame and
@@ -8,7 +8,7 @@ asks for its next LLM step, which the next tick answers. The engine decides who 
 :class:`~tadastream.engine.runner.Runner` owns every tensor operation.
 
 Two ways to drive it, same ticks: a background worker (:meth:`Engine.start`, what the server
-does), or whoever waits for output calling :meth:`Engine.step` (a single stream runs inline at
+does), or whoever waits for output calling :meth:`Engine.tick` (a single stream runs inline at
 batch 1 in its consumer's thread; several consumers of one engine take turns ticking for all).
 A stream waiting for text is parked: it holds its slot but no thread and no tick time.
 """
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from ..generation.feed import TextCancelled, TextInput
 from ..generation.outputs import SyncTokGenerationOutput
 from ..generation.program import PREFILL_CHUNK, ModelShape, SpeechProgram
 from ..generation.requests import FlowSolve, LlmStep, Logits, NeedText
+from ..generation.text_input import TextCancelled, TextInput
 from ..nn.kv_cache import ROWS_PER_SLOT, CacheFullError, CacheSpec, SlotPool
 from .graphs import CompileOptions, StepGraphs, bucket_for
 from .runner import Runner
@@ -122,7 +122,7 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._tick = threading.Lock()
+        self._tick_lock = threading.Lock()
         self._queued: collections.deque[EngineStream] = collections.deque()
         self._running: list[EngineStream] = []
         self._worker: threading.Thread | None = None
@@ -152,11 +152,11 @@ class Engine:
         with self._lock:
             stream.cancel_requested = True
             self._changed.notify_all()
-        if self._tick.acquire(blocking=False):
+        if self._tick_lock.acquire(blocking=False):
             try:
                 self._apply_cancellations()
             finally:
-                self._tick.release()
+                self._tick_lock.release()
 
     def notify(self) -> None:
         with self._lock:
@@ -200,9 +200,9 @@ class Engine:
 
     # -- ticking ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self) -> bool:
+    def tick(self) -> bool:
         """One tick; returns False when nothing could move (every stream parked, or none)."""
-        with self._tick:
+        with self._tick_lock:
             self._apply_cancellations()
             moved = self._admit()
             moved = self._wake_parked() or moved
@@ -343,7 +343,7 @@ class Engine:
             noise = torch.zeros(1, width, dtype=model.dtype, device=model.device)
             return [FlowSolve(noise, hidden, hidden, InferenceOptions())] * min(rows, self.max_streams)
 
-        with self._tick:
+        with self._tick_lock:
             started = time.perf_counter()
             if self.graphs is not None:
                 built = self.graphs.warmup(self.max_streams * ROWS_PER_SLOT, solves)
@@ -369,7 +369,7 @@ class Engine:
     def run_until(self, done: Callable[[], bool]) -> bool:
         """Tick in this thread until ``done()``; returns False when nothing can move before that."""
         while not done():
-            if not self.step():
+            if not self.tick():
                 return done()
         return True
 
@@ -392,7 +392,7 @@ class Engine:
             self._changed.notify_all()
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=30)
-        with self._tick:
+        with self._tick_lock:
             self._apply_cancellations()
         self._worker, self._stopping = None, False
 
@@ -403,7 +403,7 @@ class Engine:
                 if self._closed or self._stopping:
                     return
             try:
-                self.step()
+                self.tick()
             except Exception:  # per-stream failures are handled inside; this is a bug
                 logger.exception("engine tick failed")
 
@@ -418,7 +418,7 @@ class Engine:
         worker = self._worker
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=30)
-        with self._tick:
+        with self._tick_lock:
             self._apply_cancellations()
 
     def stats(self) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Generation: options, plans, one stream's program and its pieces (the engine runs the programs).
 
+- :mod:`.speech_request`: SpeechRequest, what to speak as one typed value checked on creation
 - :mod:`.options`: InferenceOptions (the reference's defaults) and GenerationInputError
 - :mod:`.plan`: token layout and prompt frames, validated before any model work
-- :mod:`.feed`: input ids, complete or growing as text arrives (TextInput)
+- :mod:`.text_input`: TextInput, text arriving in pieces from any thread
+- :mod:`.feed`: input ids, complete or growing as text arrives
 - :mod:`.rng`: the one home of a stream's randomness
 - :mod:`.requests`: what a program asks the engine for
 - :mod:`.program`: SpeechProgram, TADA's per-token logic
@@ -10,7 +12,7 @@
 - :mod:`.outputs`: StepOutput, GenerationOutput and the one-pass decode
 """
 
-from .feed import TextCancelled, TextInput, TokenFeed
+from .feed import TokenFeed
 from .options import EmptyTextError, GenerationInputError, InferenceOptions, TextTooLongError
 from .outputs import (
     MIN_LEADING_TRIM_FRAMES,
@@ -23,15 +25,18 @@ from .outputs import (
     leading_trim_frames,
     merge_outputs,
 )
-from .plan import GenerationPlan, SpecialIds, mask_prompt_text, plan_generation
+from .plan import GenerationPlan, PreparedPrompt, SpecialIds, mask_prompt_text, plan_generation, prepare_prompt
 from .program import PREFILL_CHUNK, ModelShape, SpeechProgram
 from .requests import Computed, FlowSolve, LlmStep, Logits, NeedText
 from .rng import StreamRng
 from .sampling import sample_next_token
+from .speech_request import SEGMENT_CHARS, SpeechRequest, Text, TextLayout
+from .text_input import TextCancelled, TextInput
 
 __all__ = [
     "MIN_LEADING_TRIM_FRAMES",
     "PREFILL_CHUNK",
+    "SEGMENT_CHARS",
     "Computed",
     "EmptyTextError",
     "FlowSolve",
@@ -42,14 +47,18 @@ __all__ = [
     "LlmStep",
     "Logits",
     "ModelShape",
+    "PreparedPrompt",
     "NeedText",
     "SpecialIds",
     "SpeechProgram",
+    "SpeechRequest",
     "StepOutput",
     "StreamRng",
     "SyncTokGenerationOutput",
     "TextTooLongError",
+    "Text",
     "TextCancelled",
+    "TextLayout",
     "TextInput",
     "TokenFeed",
     "decode_audio",
@@ -59,5 +68,6 @@ __all__ = [
     "mask_prompt_text",
     "merge_outputs",
     "plan_generation",
+    "prepare_prompt",
     "sample_next_token",
 ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
-from ..limits import FLOAT_RANGES
+from ..limits import FLOAT_RANGES, MAX_FIRST_CHUNK_MS
 from ..text import is_blank, nothing_to_say, unpaired_surrogate
 
 
@@ -45,6 +46,19 @@ def check_encodable(text: str) -> None:
         raise GenerationInputError(
             f"text holds an unpaired UTF-16 surrogate at character {at}: send valid Unicode (UTF-8) text"
         )
+
+
+def check_min_first_chunk_ms(value: object) -> float | None:
+    """``value`` as a number of milliseconds, or None (adaptive); GenerationInputError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise GenerationInputError(f"min_first_chunk_ms must be a number of milliseconds or None, got {value!r:.40}")
+    if not 0 <= value <= MAX_FIRST_CHUNK_MS:  # compared as given: NaN fails, and no int is too large to float
+        raise GenerationInputError(
+            f"min_first_chunk_ms must be between 0 and {MAX_FIRST_CHUNK_MS:g} (or None: adaptive), got {value!r:.40}"
+        )
+    return float(value)
 
 
 @dataclass

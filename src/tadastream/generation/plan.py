@@ -9,8 +9,10 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..codec.encoder import EncoderOutput
 from ..text import IncrementalText, model_text, tokenize_joint
-from .options import GenerationInputError, InferenceOptions, TextTooLongError, check_encodable, check_speakable
+from .options import GenerationInputError, InferenceOptions, TextTooLongError, check_speakable
+from .speech_request import SpeechRequest, Text
 
 
 @dataclass(frozen=True)
@@ -133,12 +135,10 @@ def mask_prompt_text(ids: list[int], n: int, special: SpecialIds) -> None:
             ids[t] = special.pad
 
 
-def _prompt_on(model, prompt) -> dict[str, Any]:
+def _prompt_on(model, prompt: EncoderOutput | None) -> dict[str, Any]:
     """A copy of the prompt's tensors on the model's device, floats in the model's dtype (None: an
     empty prompt, to speak without a reference voice)."""
     if prompt is None:
-        from ..codec.encoder import EncoderOutput
-
         prompt = EncoderOutput.empty(model.device, model.config.acoustic_dim)
     out = {}
     for f in dataclasses.fields(prompt):
@@ -149,75 +149,89 @@ def _prompt_on(model, prompt) -> dict[str, Any]:
     return out
 
 
-def plan_generation(
-    model,
-    prompt,
-    text,
-    *,
-    num_transition_steps: int = 5,
-    num_extra_steps: int = 0,
-    system_prompt: str | None = None,
-    user_turn_prompt: str | None = None,
-    inference_options: InferenceOptions | None = None,
-    use_text_in_prompt: bool = False,
-    normalize_text: bool = True,
-) -> GenerationPlan:
-    """Plan speaking ``text`` (a string, or anything else for text that arrives in pieces)."""
-    opts = (inference_options or InferenceOptions()).validate()
-    incremental = not isinstance(text, str)
-    _check_request(None if incremental else text, num_transition_steps, num_extra_steps)
-    p = _prompt_on(model, prompt)
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """The part of a plan that does not depend on the text: the voice prompt's ids and frames
+    behind the chat prefix, made once per request and shared (not copied) by the plan of every
+    text spoken with it, so a long text's segments cost their token ids only."""
+
+    model: Any
+    request: SpeechRequest
+    special: SpecialIds
+    head_ids: list[int]
+    tail_ids: list[int]
+    prompt_text: str
+    known_ids: list[int]
+    frames: _PromptFrames
+    speaker_reference: torch.Tensor | None
+
+    def plan(self, text: Text) -> GenerationPlan:
+        """The plan of speaking ``text`` (a string, or text arriving in pieces) after this prompt;
+        GenerationInputError when a whole text does not fit one generation."""
+        model, request, layout = self.model, self.request, self.request.layout
+        whole = isinstance(text, str)
+        spoken = model_text(text, layout.normalize_text) if whole else None
+        tok = model.tokenizer
+        feed_text, text_ids = _text_ids(tok, self.prompt_text, self.known_ids, spoken, layout.normalize_text)
+        plan = GenerationPlan(
+            head_ids=self.head_ids,
+            text_ids=text_ids,
+            tail_ids=self.tail_ids,
+            prompt_features=self.frames.features,
+            prompt_masks=self.frames.masks,
+            prompt_time_before=self.frames.time_before,
+            prompt_time_after=self.frames.time_after,
+            num_extra_steps=layout.num_extra_steps,
+            decode_start=self.frames.features.shape[1] + layout.num_transition_steps - 1,
+            options=request.options,
+            use_text_in_prompt=layout.use_text_in_prompt,
+            text=spoken or "",
+            special=self.special,
+            incremental=feed_text,
+            max_positions=model.config.max_position_embeddings,
+            shift=model.config.shift_acoustic,
+            speaker_reference=self.speaker_reference,
+            source_text=text if whole else "",
+            prompt_text=self.prompt_text,
+            normalize_text=layout.normalize_text,
+        )
+        if whole:
+            plan.check_length(len(text_ids))
+        return plan
+
+
+def prepare_prompt(model, request: SpeechRequest) -> PreparedPrompt:
+    """The text-independent part of ``request``'s plans (see :class:`PreparedPrompt`)."""
+    layout = request.layout
+    p = _prompt_on(model, request.voice)
     tok = model.tokenizer
     special = SpecialIds.of(tok)
-    shift = model.config.shift_acoustic
-    source_text = text if not incremental else ""
-    if not incremental:
-        text = model_text(text, normalize_text)
     prompt_text, known = _prompt_ids(p, tok)
-    feed_text, text_ids = _text_ids(tok, prompt_text, known, None if incremental else text, normalize_text)
-    frames = _prompt_frames(model, p)
-    tail_ids = [] if num_extra_steps > 0 else [special.eot] * shift
-    prefix_ids = _chat_prefix_ids(tok, system_prompt, user_turn_prompt)
-    head_ids = [special.bos] + prefix_ids + known
-    frames = _frames_after_prefix(frames, len(prefix_ids), num_transition_steps)
-    plan = GenerationPlan(
-        head_ids=head_ids,
-        text_ids=text_ids,
-        tail_ids=tail_ids,
-        prompt_features=frames.features,
-        prompt_masks=frames.masks,
-        prompt_time_before=frames.time_before,
-        prompt_time_after=frames.time_after,
-        num_extra_steps=num_extra_steps,
-        decode_start=frames.features.shape[1] + num_transition_steps - 1,
-        options=opts,
-        use_text_in_prompt=use_text_in_prompt,
-        text=text if not incremental else "",
-        special=special,
-        incremental=feed_text,
-        max_positions=model.config.max_position_embeddings,
-        shift=shift,
-        source_text=source_text,
-        prompt_text=prompt_text,
-        normalize_text=normalize_text,
-    )
-    if not incremental:
-        plan.check_length(len(text_ids))
+    prefix_ids = _chat_prefix_ids(tok, layout.system_prompt, layout.user_turn_prompt)
+    frames = _frames_after_prefix(_prompt_frames(model, p), len(prefix_ids), layout.num_transition_steps)
+    opts = request.options
+    reference = None
     if opts.num_acoustic_candidates > 1 and opts.scorer == "spkr_verification":
-        plan.speaker_reference = _speaker_reference(model, frames.features)
-    return plan
+        reference = _speaker_reference(model, frames.features)
+    return PreparedPrompt(
+        model=model,
+        request=request,
+        special=special,
+        head_ids=[special.bos] + prefix_ids + known,
+        tail_ids=[] if layout.num_extra_steps > 0 else [special.eot] * model.config.shift_acoustic,
+        prompt_text=prompt_text,
+        known_ids=known,
+        frames=frames,
+        speaker_reference=reference,
+    )
 
 
-# -- plan_generation's phases: checks, prompt ids, text ids, prompt frames, chat prefix ---------
+def plan_generation(model, request: SpeechRequest) -> GenerationPlan:
+    """Plan speaking ``request.text`` with its voice, as one generation (see :meth:`PreparedPrompt.plan`)."""
+    return prepare_prompt(model, request).plan(request.text)
 
 
-def _check_request(text: str | None, num_transition_steps: int, num_extra_steps: int) -> None:
-    """Refuse a whole ``text`` (None: text still to arrive) that cannot be spoken, and negative counts."""
-    if text is not None:
-        check_speakable(text)
-        check_encodable(text)
-    if num_transition_steps < 0 or num_extra_steps < 0:
-        raise GenerationInputError("num_transition_steps and num_extra_steps must be >= 0")
+# -- the phases of a plan: prompt ids, text ids, prompt frames, chat prefix ---------------------
 
 
 def _prompt_ids(p: dict[str, Any], tok) -> tuple[str, list[int]]:

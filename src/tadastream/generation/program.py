@@ -23,13 +23,14 @@ from typing import Any
 import torch
 
 from ..timecode import decode_time
-from .feed import TextInput, TokenFeed
+from .feed import TokenFeed
 from .options import InferenceOptions
 from .outputs import StepOutput, SyncTokGenerationOutput
 from .plan import GenerationPlan, mask_prompt_text
 from .requests import Computed, FlowSolve, LlmStep, Logits, NeedText, Request
 from .rng import StreamRng
 from .sampling import sample_next_token
+from .text_input import TextInput
 
 #: Prefill positions per LLM request. A fixed size, whatever else runs, so a stream's numbers never
 #: depend on its neighbours; small enough that a joining stream stalls the others for little.

@@ -2,7 +2,7 @@
 
 A Wyoming TTS server in the manner of wyoming-piper, built on the ``wyoming`` package's own classes
 (``pip install "tadastream[wyoming]"``), around one loaded model: every synthesis is a stream in
-the shared batched engine of a :class:`~tadastream.server.service.SpeechService` (admission,
+the shared batched engine of a :class:`~tadastream.service.speech.SpeechService` (admission,
 per-request seeds), so several clients are served at once. Events, per connection:
 
 * ``describe`` -> ``info``: one TTS program, ``supports_synthesize_streaming``, whose voices are
@@ -62,8 +62,7 @@ if TYPE_CHECKING:
     from wyoming.info import Info
     from wyoming.server import AsyncEventHandler
 
-    from ..server.service import SpeechService
-    from ..server.voices import VoiceStore
+    from ..service import SpeechService, VoiceStore
 
 __all__ = ["WyomingTTS", "add_wyoming_arguments", "build_wyoming", "run_wyoming", "wyoming_options"]
 
@@ -174,12 +173,11 @@ def check_options(opts: argparse.Namespace) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0 or zero_ok and value == 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {value!r}")
     if opts.seed is not None:
-        from ..server.errors import EngineError
-        from ..server.service import check_seed
+        from ..service import RequestRefused, check_seed
 
         try:
             check_seed(opts.seed)
-        except EngineError as exc:
+        except RequestRefused as exc:
             raise ValueError(f"--seed: {exc.message}") from None
     if opts.voices is not None and not os.path.isdir(opts.voices):
         raise ValueError(f"--voices {opts.voices}: not a folder")
@@ -222,7 +220,7 @@ class WyomingTTS:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         event_timeout: float = DEFAULT_EVENT_TIMEOUT,
     ):
-        from ..server.service import inference_options
+        from ..service import inference_options
 
         self.service, self.voices = service, voices
         self.model_id = model_id
@@ -303,11 +301,10 @@ def build_wyoming(args: argparse.Namespace | None = None, **kwargs: Any) -> Wyom
     """Load the model (through :func:`tadastream.loading.load_model`) and voices for these options.
 
     Options as :func:`wyoming_options` takes them (``build_wyoming(model="demo", seed=7)``); raises
-    ValueError for a bad option or checkpoint, EngineError for a missing ``--default-voice``.
+    ValueError for a bad option or checkpoint, RequestRefused for a missing ``--default-voice``.
     """
     from ..loading import load_model_from_options
-    from ..server.service import SpeechService
-    from ..server.voices import VoiceStore
+    from ..service import SpeechService, VoiceStore
 
     opts = wyoming_options(args, **kwargs)
     check_options(opts)
@@ -344,7 +341,7 @@ def run_wyoming(args: argparse.Namespace) -> int:
     ``pip install "tadastream[wyoming]"``) or OptionError (a bad option); ValueError when the
     checkpoint or ``--default-voice`` cannot be used.
     """
-    from ..server.errors import EngineError
+    from ..service import RequestRefused
 
     _require_wyoming()
     opts = wyoming_options(args)
@@ -355,7 +352,7 @@ def run_wyoming(args: argparse.Namespace) -> int:
     configure_logging(opts.log_level)
     try:
         tts = build_wyoming(opts)
-    except EngineError as exc:
+    except RequestRefused as exc:
         raise ValueError(f"--default-voice {opts.default_voice}: {exc.message}") from None
     try:
         asyncio.run(tts.serve(opts.uri))

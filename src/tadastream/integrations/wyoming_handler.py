@@ -24,8 +24,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from ..audio import float_to_pcm16
 from ..config import SAMPLE_RATE
 from ..generation import TextInput
-from ..server.errors import EngineError
-from ..server.service import SpeechJob, check_piece, check_text, new_seed
+from ..service import RequestRefused, SpeechJob, check_input_length, check_piece, check_text, new_seed, speech_request
 
 __all__ = ["TadaEventHandler"]
 
@@ -84,7 +83,7 @@ class TadaEventHandler(AsyncEventHandler):
             line, deadline = begun
             header, data_length, payload_length = _parse_header(line, self.tts.max_event_bytes)
             data, payload = await self._read_body(header, data_length, payload_length, deadline)
-        except (EngineError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, OSError) as exc:
+        except (RequestRefused, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, OSError) as exc:
             await self._unreadable(exc)  # (TimeoutError is an OSError)
         else:
             return Event(type=header["type"], data=data, payload=payload)
@@ -115,7 +114,7 @@ class TadaEventHandler(AsyncEventHandler):
             if data_length:
                 body = json.loads(await reader.readexactly(data_length))
                 if not isinstance(body, dict):
-                    raise EngineError(400, "an event's data must be a JSON object", "bad_event")
+                    raise RequestRefused(400, "an event's data must be a JSON object", "bad_event")
                 data = {**data, **body}
             payload = await reader.readexactly(payload_length) if payload_length else None
         return data, payload
@@ -123,17 +122,17 @@ class TadaEventHandler(AsyncEventHandler):
     async def _unreadable(self, exc: Exception) -> None:
         """An event that could not be read: a refusal is sent (the connection then closes), a client
         that left is one line in the log."""
-        if isinstance(exc, EngineError):
+        if isinstance(exc, RequestRefused):
             await self._report(exc)
         elif isinstance(exc, ValueError):  # data that is not JSON
-            await self._report(EngineError(400, "an event's data must be a JSON object", "bad_event"))
+            await self._report(RequestRefused(400, "an event's data must be a JSON object", "bad_event"))
         elif isinstance(exc, asyncio.LimitOverrunError):  # no newline within the stream's buffer limit (64 KiB)
             await self._report(
-                EngineError(413, "an event header line is too long; send data with data_length", "bad_event")
+                RequestRefused(413, "an event header line is too long; send data with data_length", "bad_event")
             )
         elif isinstance(exc, TimeoutError):
             message = f"an event was begun but not finished within {self.tts.event_timeout:g} s (--event-timeout)"
-            await self._report(EngineError(408, message, "timeout"))
+            await self._report(RequestRefused(408, message, "timeout"))
         elif isinstance(exc, asyncio.IncompleteReadError):
             if self._is_running:  # else stop() ended the stream: the server is shutting down
                 expected = f"{exc.expected} bytes" if exc.expected is not None else "a header line"
@@ -158,7 +157,7 @@ class TadaEventHandler(AsyncEventHandler):
                 self._feed(fields)
             elif SynthesizeStop.is_type(event.type):
                 self._stop_text()
-        except EngineError as exc:
+        except RequestRefused as exc:
             await self._report(exc)
             return False  # closes the connection; disconnect() stops the worker
         return True
@@ -182,12 +181,12 @@ class TadaEventHandler(AsyncEventHandler):
                 return piece
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             why = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise EngineError(400, f"malformed {event.type} event: {why}", "bad_event") from None
+            raise RequestRefused(400, f"malformed {event.type} event: {why}", "bad_event") from None
         return None
 
     def _open(self, voice) -> None:
         if self.text is not None:
-            raise EngineError(400, "synthesize-start came before the open stream's synthesize-stop", "bad_event")
+            raise RequestRefused(400, "synthesize-start came before the open stream's synthesize-stop", "bad_event")
         self.streamed = True
         self.text = TextInput()
         self._queue(functools.partial(self._speak, self.text, voice))
@@ -195,10 +194,9 @@ class TadaEventHandler(AsyncEventHandler):
     def _feed(self, piece: str) -> None:
         text = self.text
         if text is None:
-            raise EngineError(400, "synthesize-chunk outside a stream: send synthesize-start first", "bad_event")
+            raise RequestRefused(400, "synthesize-chunk outside a stream: send synthesize-start first", "bad_event")
         check_piece(piece, "text")
-        if text.chars + len(piece) > self.tts.max_input_chars:
-            raise EngineError(400, f"the text exceeds {self.tts.max_input_chars} characters", "input_too_long")
+        check_input_length(text.chars + len(piece), self.tts.max_input_chars, "text")
         if piece.strip():
             self.last_words = asyncio.get_running_loop().time()
         if not text.ended:  # else closed for idling or by a failure: the error is on its way
@@ -242,13 +240,13 @@ class TadaEventHandler(AsyncEventHandler):
             except ConnectionError as exc:  # the client left while audio was being sent; disconnect() follows
                 self._left(f"client left mid-synthesis ({_reason(exc)}): generation stopped, slot freed")
                 return
-            except EngineError as exc:
+            except RequestRefused as exc:
                 await self._report(exc)
                 await self.stop()
                 return
             except Exception:
                 logger.exception("Wyoming synthesis failed")
-                await self._report(EngineError(500, "internal error while generating audio", "internal_error"))
+                await self._report(RequestRefused(500, "internal error while generating audio", "internal_error"))
                 await self.stop()
                 return
 
@@ -257,21 +255,20 @@ class TadaEventHandler(AsyncEventHandler):
         tts, started = self.tts, time.perf_counter()
         streamed = isinstance(text, TextInput)
         name = voice.name if voice is not None else None
-        prompt = await asyncio.to_thread(tts.voices.resolve, name)  # EngineError for an unknown voice
+        prompt = await asyncio.to_thread(tts.voices.resolve, name)  # RequestRefused for an unknown voice
         if not streamed:
             check_text(text, "text")
-            if len(text) > tts.max_input_chars:
-                raise EngineError(400, f"the text exceeds {tts.max_input_chars} characters", "input_too_long")
+            check_input_length(len(text), tts.max_input_chars, "text")
         seed = tts.seed if tts.seed is not None else new_seed()
         job: SpeechJob | None = None
         watchdog = asyncio.create_task(self._watch_idle(text)) if streamed else None
         self.speaking = True
         try:
-            job = await tts.service.start(prompt, text, seed=seed, options=tts.options, started=started)
+            job = await tts.service.start(speech_request(text, prompt, tts.options, seed, param="text"), started)
             await self._send(AudioStart(rate=SAMPLE_RATE, width=SAMPLE_WIDTH, channels=CHANNELS).event())
             sent = await self._send_audio(job)
             if watchdog is not None and watchdog.done() and watchdog.result():
-                raise EngineError(
+                raise RequestRefused(
                     408, f"no new text for {tts.idle_timeout:g} s; send synthesize-stop to finish", "timeout"
                 )
             await self._send(AudioStop(timestamp=sent * 1000 // SAMPLE_RATE).event())
@@ -310,7 +307,7 @@ class TadaEventHandler(AsyncEventHandler):
     async def _next_chunk(job: SpeechJob):
         try:
             return await job.next_chunk()
-        except EngineError as exc:
+        except RequestRefused as exc:
             if exc.code == "empty_input":  # a stream stopped with no words: nothing to say
                 return None
             raise
@@ -332,11 +329,11 @@ class TadaEventHandler(AsyncEventHandler):
             async with asyncio.timeout(self.tts.send_timeout):
                 await self.write_event(event)
         except TimeoutError:
-            raise EngineError(
+            raise RequestRefused(
                 408, f"the client read nothing for {self.tts.send_timeout:g} s; synthesis stopped", "stalled"
             ) from None
 
-    async def _report(self, exc: EngineError) -> None:
+    async def _report(self, exc: RequestRefused) -> None:
         """Send an ``error`` event; the client may be gone or not reading, so failures are ignored."""
         logger.warning("Wyoming request refused (%s): %s", exc.code, exc.message)
         try:
@@ -372,25 +369,25 @@ def _declared_length(header: dict, key: str) -> int:
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise EngineError(400, f"the event header's {key} must be a count of bytes, got {value!r}", "bad_event")
+        raise RequestRefused(400, f"the event header's {key} must be a count of bytes, got {value!r}", "bad_event")
     return value
 
 
 def _parse_header(line: bytes, max_event_bytes: int) -> tuple[dict, int, int]:
-    """An event header line: (header, data_length, payload_length); EngineError when it is not a Wyoming
+    """An event header line: (header, data_length, payload_length); RequestRefused when it is not a Wyoming
     header (``bad_event``) or declares more than ``max_event_bytes`` in all (``event_too_large``)."""
     try:
         header = json.loads(line)
     except ValueError:
-        raise EngineError(400, "an event header must be one line of JSON", "bad_event") from None
+        raise RequestRefused(400, "an event header must be one line of JSON", "bad_event") from None
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-        raise EngineError(400, 'an event header must be a JSON object with a "type"', "bad_event")
+        raise RequestRefused(400, 'an event header must be a JSON object with a "type"', "bad_event")
     if not isinstance(header.get("data", {}), dict):
-        raise EngineError(400, "an event's data must be a JSON object", "bad_event")
+        raise RequestRefused(400, "an event's data must be a JSON object", "bad_event")
     data_length, payload_length = _declared_length(header, "data_length"), _declared_length(header, "payload_length")
     total = len(line) + data_length + payload_length
     if total > max_event_bytes:
-        raise EngineError(
+        raise RequestRefused(
             413,
             f"a {header['type'][:64]!r} event of {total} bytes exceeds the server's limit of {max_event_bytes}"
             " (--max-event-bytes)",

@@ -146,8 +146,8 @@ def _load_encoder(opts: argparse.Namespace, model):
 
 def build_app(opts: argparse.Namespace):
     """The app for parsed ``serve`` options: load the model, voices and encoder."""
+    from ..service import VoiceStore
     from .app import ServerSettings, create_app
-    from .voices import VoiceStore
 
     settings = ServerSettings(  # checked before the model loads: a bad flag fails in a second
         model_id=opts.model if isinstance(opts.model, str) else "tada",

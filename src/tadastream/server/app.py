@@ -1,6 +1,6 @@
 """FastAPI app: OpenAI-compatible speech endpoint, a WebSocket stream, voices and a demo page.
 
-Every generation request goes through one :class:`~tadastream.server.service.SpeechService`
+Every generation request goes through one :class:`~tadastream.service.speech.SpeechService`
 (admission, then a stream in the shared batched engine, seeded per request). This module wires
 the parts together; each lives in its own module: errors (:mod:`.errors`), auth, body limits
 and request logs (:mod:`.middleware`), the speech endpoint (:mod:`.speech`), the WebSocket
@@ -21,15 +21,14 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import SAMPLE_RATE
+from ..service import RequestRefused, SpeechService, VoiceStore
 from .docs import add_docs_routes
-from .errors import EngineError, engine_error_response, error_response, validation_message
+from .errors import error_response, refusal_response, validation_message
 from .metrics import ServerMetrics, add_metrics_route
 from .middleware import RequestGuard
-from .service import SpeechService
 from .settings import ServerSettings
 from .speech import SpeechRequest, require_json, speech_formats, speech_response
 from .voice_routes import add_voice_routes
-from .voices import VoiceStore
 from .websocket import websocket_session
 
 __all__ = ["ServerSettings", "create_app"]
@@ -143,10 +142,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     def outcome(request: Request, code: str) -> None:  # the log line's and the metrics' outcome
         request.scope.get("tadastream.log", {}).setdefault("outcome", code)
 
-    @app.exception_handler(EngineError)
-    async def _engine_error(request: Request, exc: EngineError):
+    @app.exception_handler(RequestRefused)
+    async def _engine_error(request: Request, exc: RequestRefused):
         outcome(request, exc.code)
-        return engine_error_response(exc)
+        return refusal_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

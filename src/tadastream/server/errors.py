@@ -1,7 +1,7 @@
 """Errors as OpenAI sends them: JSON ``{"error": {"message", "type", "code", "param"}}``.
 
-:class:`EngineError` is raised by the service, the voice store and request checks alike; this
-module imports no web framework at load time, so the service stays free of one.
+The service's :class:`~tadastream.service.refusals.RequestRefused` becomes such an error here;
+this module imports no web framework at load time (WebSocket messages use :func:`error_body`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+
+    from ..service.refusals import RequestRefused
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -26,14 +28,6 @@ ERROR_TYPES = {
     501: "server_error",
     503: "server_overloaded",
 }
-
-
-class EngineError(Exception):
-    """A request the service refuses; ``status`` and ``code`` map onto an HTTP error."""
-
-    def __init__(self, status: int, message: str, code: str, param: str | None = None, retry_after: float = 0):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.retry_after = status, message, code, param, retry_after
 
 
 def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
@@ -55,7 +49,7 @@ def error_response(
     return JSONResponse(error_body(status, message, code, param), status_code=status, headers=headers)
 
 
-def engine_error_response(exc: EngineError) -> JSONResponse:
+def refusal_response(exc: RequestRefused) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.code, exc.param, exc.retry_after)
 
 

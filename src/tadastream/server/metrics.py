@@ -37,7 +37,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, ge
 from prometheus_client.registry import Collector
 from starlette.routing import Mount, WebSocketRoute
 
-from .voices import VOICE_NAME
+from ..service.voices import VOICE_NAME
 
 __all__ = [
     "LIVE_METRICS",
@@ -188,7 +188,7 @@ LIVE_METRICS: tuple[MetricSpec, ...] = (
     VOICES,
 )
 
-#: The speech record's timings (see :meth:`~tadastream.server.service.SpeechJob.timings`) and the
+#: The speech record's timings (see :meth:`~tadastream.service.speech.SpeechJob.timings`) and the
 #: histogram each feeds; the last two only when the request ended ok (else they describe a cut).
 _TIMINGS = (
     ("time_to_first_audio", TIME_TO_FIRST_AUDIO, False),

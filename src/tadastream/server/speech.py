@@ -21,18 +21,21 @@ from pydantic import BaseModel, ConfigDict
 from ..audio import AudioError, StreamEncoder, available_formats
 from ..config import SAMPLE_RATE
 from ..generation import InferenceOptions
-from .errors import EngineError, engine_error_response, error_response
-from .service import (
+from ..service import (
+    RequestRefused,
     SpeechJob,
     check_first_chunk,
+    check_input_length,
     check_seed,
     check_text,
     check_timestamps,
+    check_voice_name,
     inference_options,
     new_seed,
+    speech_request,
 )
+from .errors import error_response, refusal_response
 from .settings import ServerSettings
-from .voices import check_voice_name
 
 logger = logging.getLogger("tadastream.server")
 
@@ -72,7 +75,7 @@ def require_json(request: Request) -> None:
     declared = request.headers.get("content-type")
     kind = (declared or "application/json").split(";")[0].strip().lower()
     if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
-        raise EngineError(
+        raise RequestRefused(
             415,
             f"the body is declared as {kind!r}: send JSON with Content-Type: application/json",
             "unsupported_media_type",
@@ -90,7 +93,7 @@ def _response_format(body: SpeechRequest, formats: list[str]) -> str:
         return "pcm" if body.stream_format == "sse" else ("mp3" if "mp3" in formats else "wav")
     fmt = body.response_format.lower()
     if fmt not in formats:
-        raise EngineError(
+        raise RequestRefused(
             400,
             f"response_format {fmt!r} is not supported; choose one of {', '.join(formats)}",
             "unsupported_format",
@@ -102,30 +105,24 @@ def _response_format(body: SpeechRequest, formats: list[str]) -> str:
 def speech_response(
     app: FastAPI, body: SpeechRequest, request: Request, formats: list[str], captioned: bool = False
 ) -> SpeechResponse:
-    """Check the request (raising EngineError 400) and log its choices; the audio is made while the response
+    """Check the request (raising RequestRefused 400) and log its choices; the audio is made while the response
     is sent: streamed, or with ``captioned`` as one JSON object with the words' times."""
     settings: ServerSettings = app.state.settings
     log = request.scope.get("tadastream.log", {})
     text = body.input
     log.update(input_chars=len(text), stream_format=body.stream_format)
     check_text(text)
-    if len(text) > settings.max_input_chars:
-        raise EngineError(
-            400,
-            f"input is {len(text)} characters; the limit is {settings.max_input_chars}",
-            "input_too_long",
-            "input",
-        )
+    check_input_length(len(text), settings.max_input_chars)
     check_timestamps(app.state.service.model, body.timestamps)
     if body.timestamps and body.stream_format != "sse" and not captioned:
-        raise EngineError(
+        raise RequestRefused(
             400,
             "timestamps come as SSE events: add stream_format 'sse', or POST /v1/audio/speech/with-timestamps",
             "invalid_request_error",
             "timestamps",
         )
     if captioned and body.stream_format == "sse":
-        raise EngineError(
+        raise RequestRefused(
             400,
             "with-timestamps answers in one JSON object: leave out stream_format",
             "invalid_request_error",
@@ -145,7 +142,7 @@ def _voice_name(voice: str | dict[str, Any] | None) -> str | None:
     """The checked voice name: a string, or OpenAI's ``{"id": NAME}`` object."""
     if isinstance(voice, dict):
         if set(voice) != {"id"} or not isinstance(voice["id"], str):
-            raise EngineError(400, 'voice objects are {"id": "<voice name>"}', "invalid_voice_name", "voice")
+            raise RequestRefused(400, 'voice objects are {"id": "<voice name>"}', "invalid_voice_name", "voice")
         voice = voice["id"]
     return check_voice_name(voice) if voice else None
 
@@ -230,18 +227,14 @@ class SpeechResponse(Response):
         started = scope.get("tadastream.start", time.perf_counter())
         try:
             prompt = await asyncio.to_thread(state.voices.resolve, self.voice)
-            self.job = await state.service.start(
-                prompt,
-                self.request.input,
-                seed=self.seed,
-                options=self.options,
-                started=started,
-                min_first_chunk_ms=self.request.min_first_chunk_ms,
+            speech = speech_request(
+                self.request.input, prompt, self.options, self.seed, self.request.min_first_chunk_ms
             )
+            self.job = await state.service.start(speech, started)
             return await self._encode(encoder, await self.job.next_chunk())
-        except EngineError as exc:
+        except RequestRefused as exc:
             log["outcome"] = exc.code
-            await engine_error_response(exc)(scope, None, send)
+            await refusal_response(exc)(scope, None, send)
         except AudioError:
             logger.exception("encoding %s failed (request %s)", self.fmt, log.get("request_id"))
             log["outcome"] = "encoding_failed"

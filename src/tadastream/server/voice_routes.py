@@ -1,4 +1,4 @@
-"""The voice routes: ``/v1/voices`` over the app's :class:`~tadastream.server.voices.VoiceStore`.
+"""The voice routes: ``/v1/voices`` over the app's :class:`~tadastream.service.voices.VoiceStore`.
 
 The routes carry their summaries, descriptions and error examples, so ``/docs`` and ``/openapi.json``
 tell a client what each answers without reading this code.
@@ -13,7 +13,8 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from .voices import VoiceStore, save_voice_upload
+from ..service import VoiceStore
+from .voice_uploads import save_voice_upload
 
 
 class VoiceInfo(BaseModel):

@@ -21,20 +21,23 @@ from starlette.websockets import WebSocketDisconnect
 from ..audio import float_to_pcm16
 from ..config import SAMPLE_RATE
 from ..generation import InferenceOptions, TextInput
-from .errors import EngineError, error_body
-from .middleware import authorized
-from .service import (
+from ..service import (
+    RequestRefused,
     SpeechJob,
     SpeechService,
     check_first_chunk,
+    check_input_length,
     check_piece,
     check_seed,
     check_timestamps,
+    check_voice_name,
     inference_options,
     new_seed,
+    speech_request,
 )
+from .errors import error_body
+from .middleware import authorized
 from .settings import ServerSettings
-from .voices import check_voice_name
 
 logger = logging.getLogger("tadastream.server")
 
@@ -45,13 +48,13 @@ class _ClientGone(Exception):
     """The client disconnected."""
 
 
-def _stalled(settings: ServerSettings) -> EngineError:
-    return EngineError(
+def _stalled(settings: ServerSettings) -> RequestRefused:
+    return RequestRefused(
         408, f"the client read nothing for {settings.send_timeout:g} s; the stream was stopped", "stalled"
     )
 
 
-def close_code(exc: EngineError) -> int:
+def close_code(exc: RequestRefused) -> int:
     """The close code for a refusal: 1013 when busy (try again later), 1003 for a malformed message, else 1008."""
     if exc.status in (429, 503):
         return 1013
@@ -91,7 +94,7 @@ class _Session:
             try:
                 prompt, seed, options = await self._configure()
                 self.text = await self._first_text()
-            except EngineError as exc:
+            except RequestRefused as exc:
                 await self._refuse(exc)
                 return
             if self.text is not None:
@@ -117,7 +120,7 @@ class _Session:
         self.timestamps = check_timestamps(self.service.model, config.get("timestamps", False))
         self.first_chunk_ms = check_first_chunk(config.get("min_first_chunk_ms"))
         if config.get("format", "pcm") != "pcm":
-            raise EngineError(400, "the WebSocket streams raw PCM16: use format 'pcm'", "unsupported_format")
+            raise RequestRefused(400, "the WebSocket streams raw PCM16: use format 'pcm'", "unsupported_format")
         prompt = await asyncio.to_thread(self.voices.resolve, voice)
         self.log.update(voice=voice or "default", seed=seed, format="pcm")
         await self.ws.send_json(
@@ -133,12 +136,12 @@ class _Session:
             if kind == "text":
                 return TextInput([self._text_piece(message, 0)])
             if kind == "end":
-                raise EngineError(400, "no text was sent before 'end'", "empty_input")
+                raise RequestRefused(400, "no text was sent before 'end'", "empty_input")
             if kind == "cancel":
                 self.log["outcome"] = "cancelled"
                 await self.ws.close(1000)
                 return None
-            raise EngineError(400, _UNEXPECTED, "invalid_message")
+            raise RequestRefused(400, _UNEXPECTED, "invalid_message")
 
     # -- generation: two tasks ----------------------------------------------------------------
     async def _speak(self, prompt, seed: int, options: InferenceOptions) -> None:
@@ -157,14 +160,14 @@ class _Session:
             reader.cancel()
             await asyncio.gather(work, reader, return_exceptions=True)
         if over_cap:
-            error = EngineError(408, f"the session reached its {cap:g} s limit; open a new one", "session_limit")
+            error = RequestRefused(408, f"the session reached its {cap:g} s limit; open a new one", "session_limit")
         elif not work.cancelled():
             error = work.exception()  # busy, the text was empty or too long, a stalled client, or a failure
         elif reader.done() and not reader.cancelled():
             error = reader.exception()  # what stopped generation early
         else:
             error = None
-        if isinstance(error, EngineError):
+        if isinstance(error, RequestRefused):
             await self._refuse(error)
         elif work.cancelled():
             self.log["outcome"] = "disconnected"
@@ -174,14 +177,8 @@ class _Session:
             await self._finish()
 
     async def _generate_and_send(self, prompt, seed: int, options: InferenceOptions) -> None:
-        self.job = await self.service.start(
-            prompt,
-            self.text,
-            seed=seed,
-            options=options,
-            started=self.started,
-            min_first_chunk_ms=self.first_chunk_ms,
-        )
+        speech = speech_request(self.text, prompt, options, seed, self.first_chunk_ms, "text")
+        self.job = await self.service.start(speech, self.started)
         if self.cancelled:
             self.job.cancel()
         while True:
@@ -209,7 +206,7 @@ class _Session:
             elif kind == "cancel":
                 self._cancel()
             else:
-                raise EngineError(400, _UNEXPECTED, "invalid_message")
+                raise RequestRefused(400, _UNEXPECTED, "invalid_message")
         self.log["input_chars"] = text.chars
         while True:  # from here on anything but "cancel" is ignored; a disconnect ends at once
             message = await self.ws.receive()
@@ -243,7 +240,7 @@ class _Session:
         self._idle_deadline = asyncio.get_running_loop().time() + self.settings.ws_idle_timeout
 
     async def _receive(self) -> dict[str, Any]:
-        """The next JSON object; raises EngineError for a bad message or silence, _ClientGone when the client left.
+        """The next JSON object; raises RequestRefused for a bad message or silence, _ClientGone when the client left.
 
         Silence is ``ws_idle_timeout`` seconds without a message that counts as activity: a text
         piece of only whitespace does not, so a client cannot hold its slot by sending spaces.
@@ -253,17 +250,17 @@ class _Session:
                 message = await self.ws.receive()
         except TimeoutError:
             timeout = self.settings.ws_idle_timeout
-            raise EngineError(408, f"no words for {timeout:g} s; send text, 'end' or 'cancel'", "timeout") from None
+            raise RequestRefused(408, f"no words for {timeout:g} s; send text, 'end' or 'cancel'", "timeout") from None
         if message["type"] == "websocket.disconnect":
             raise _ClientGone
         if message.get("text") is None:
-            raise EngineError(400, "send JSON text messages, not binary", "invalid_message")
+            raise RequestRefused(400, "send JSON text messages, not binary", "invalid_message")
         try:
             data = json.loads(message["text"])
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            raise EngineError(400, "messages must be JSON objects", "invalid_message")
+            raise RequestRefused(400, "messages must be JSON objects", "invalid_message")
         piece = data.get("text")
         if data.get("type") != "text" or not isinstance(piece, str) or piece.strip():
             self._active()
@@ -273,11 +270,9 @@ class _Session:
         """The message's text, checked to keep the whole text (``length`` so far) within the limit."""
         piece = message.get("text")
         if not isinstance(piece, str):
-            raise EngineError(400, "a text message needs a string 'text'", "invalid_message")
+            raise RequestRefused(400, "a text message needs a string 'text'", "invalid_message")
         check_piece(piece, "text")
-        limit = self.settings.max_input_chars
-        if length + len(piece) > limit:
-            raise EngineError(400, f"input exceeds {limit} characters", "input_too_long")
+        check_input_length(length + len(piece), self.settings.max_input_chars, "text")
         return piece
 
     async def _fail(
@@ -307,5 +302,5 @@ class _Session:
                 )
                 await self.ws.close(close)
 
-    async def _refuse(self, exc: EngineError) -> None:
+    async def _refuse(self, exc: RequestRefused) -> None:
         await self._fail(exc.status, exc.message, exc.code, close_code(exc), exc.retry_after, exc.param)

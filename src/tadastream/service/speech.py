@@ -1,4 +1,4 @@
-"""The server's speech service, free of any web framework.
+"""The speech service: one model, its batched engine and admission, for every front end.
 
 * **One batched engine.** Every admitted request is a stream in one
   :class:`~tadastream.engine.Engine` ticked by a background worker: each tick advances every
@@ -10,8 +10,8 @@
   audio, whatever else runs.
 * **Admission.** At most ``max_streams`` generations hold a slot; up to ``queue`` more wait in
   FIFO order for at most ``queue_timeout`` seconds (:class:`Admission`).
-* **Validation.** Seeds and request options are checked here (:func:`inference_options`), so the
-  HTTP and WebSocket routes refuse the same things with the same errors.
+* **One request type.** A front end checks its fields (:mod:`~tadastream.service.checks`) and
+  hands :meth:`SpeechService.start` a :class:`~tadastream.generation.SpeechRequest`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import dataclasses
 import math
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -32,121 +30,19 @@ from ..config import SAMPLE_RATE
 from ..drivers.longform import LongFormStream, open_stream
 from ..drivers.stream import AudioStream
 from ..engine import Engine
-from ..generation import EmptyTextError, GenerationInputError, InferenceOptions, StreamRng, TextInput, TextTooLongError
-from ..generation.options import check_encodable
-from ..limits import MAX_SEED, OPTION_LIMITS, SPEED_RANGE
-from ..playback import check_min_first_chunk_ms, playback_figures
-from ..text import is_blank, nothing_to_say
-from .errors import EngineError
+from ..generation import GenerationInputError, SpeechRequest, StreamRng, TextInput
+from ..playback import playback_figures
+from .checks import input_error
+from .refusals import RequestRefused
 
 T = TypeVar("T")
-
-
-def new_seed() -> int:
-    """A random seed for requests without one; it is reported back so the audio can be reproduced."""
-    return secrets.randbelow(2**31)
-
-
-def check_seed(seed: Any) -> int:
-    """``seed`` if it is an integer a stream's RNG accepts; else EngineError 400."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise EngineError(400, f"seed must be an integer in [0, {MAX_SEED}]", "invalid_seed", "seed")
-    return seed
-
-
-def check_timestamps(model, wanted: Any, param: str = "timestamps") -> bool:
-    """``wanted`` as a bool, refused (400) when it is not one or the model's tokenizer gives no offsets."""
-    if not isinstance(wanted, bool):
-        raise EngineError(400, f"{param} must be true or false", "invalid_request_error", param)
-    if wanted and not getattr(model.tokenizer, "is_fast", False):
-        raise EngineError(
-            400, "this model's tokenizer gives no character offsets, so no timestamps", "unsupported", param
-        )
-    return wanted
-
-
-def check_first_chunk(value: Any, param: str = "min_first_chunk_ms") -> float | None:
-    """A request's ``min_first_chunk_ms``: None (adaptive) or milliseconds; else EngineError 400."""
-    try:
-        return check_min_first_chunk_ms(value)
-    except GenerationInputError as exc:
-        raise EngineError(400, str(exc), "invalid_first_chunk", param) from None
-
-
-def check_text(text: str, param: str = "input") -> str:
-    """A whole text: ``text`` if it has something to say and a tokenizer can read it; else EngineError 400."""
-    if is_blank(text):
-        raise EngineError(400, nothing_to_say(param, "send the words to speak"), "empty_input", param)
-    return check_piece(text, param)
-
-
-def check_piece(text: str, param: str = "input") -> str:
-    """A piece of a text still arriving: ``text`` if a tokenizer can read it (see :func:`check_encodable`);
-    else EngineError 400. Whether the whole has something to say is known only at its end."""
-    try:
-        check_encodable(text)
-    except GenerationInputError as exc:
-        raise EngineError(400, str(exc), "invalid_input", param) from None
-    return text
-
-
-def input_error(exc: GenerationInputError, param: str = "input") -> EngineError:
-    """A generation's refusal of its text, in the words of a request's fields (400)."""
-    if isinstance(exc, EmptyTextError):
-        return EngineError(400, nothing_to_say(f"the {param}", "send the words to speak"), "empty_input", param)
-    if isinstance(exc, TextTooLongError):
-        message = (
-            f"the {param} is too long for one streamed generation ({exc.positions} positions with the voice prompt,"
-            f" the model allows {exc.limit}): send it over several requests"
-        )
-        return EngineError(400, message, "input_too_long", param)
-    return EngineError(400, str(exc), "invalid_input", param)
-
-
-def inference_options(options: dict[str, Any] | None, speed: float | None, model) -> InferenceOptions:
-    """Build validated InferenceOptions from a request's ``options`` and ``speed``.
-
-    ``speed`` maps to ``speed_up_factor`` (1.0 means unchanged); note that any other value makes
-    generation run two LLM passes (the first settles durations), roughly doubling time to first audio.
-    """
-    options = dict(options or {})
-    known = {f.name for f in dataclasses.fields(InferenceOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise EngineError(
-            400,
-            f"unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}",
-            "invalid_option",
-            "options",
-        )
-    for name, cap in OPTION_LIMITS.items():
-        value = options.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value > cap):
-            raise EngineError(400, f"{name} must be an integer <= {cap} on this server", "invalid_option", name)
-    low, high = SPEED_RANGE
-    if speed is not None:
-        if isinstance(speed, bool) or not isinstance(speed, int | float) or not low <= speed <= high:
-            raise EngineError(400, f"speed must be a number between {low} and {high}", "invalid_speed", "speed")
-        if speed != 1.0:
-            options["speed_up_factor"] = float(speed)
-    factor = options.get("speed_up_factor")
-    if factor is not None and (
-        isinstance(factor, bool) or not isinstance(factor, int | float) or not low <= factor <= high
-    ):
-        raise EngineError(400, f"speed_up_factor must be between {low} and {high}", "invalid_option", "speed_up_factor")
-    if options.get("scorer") == "spkr_verification" and model.acoustic_spkr_verf is None:
-        raise EngineError(400, "scorer 'spkr_verification' is not loaded on this server", "invalid_option", "scorer")
-    try:
-        return InferenceOptions(**options).validate()
-    except (GenerationInputError, TypeError) as exc:
-        raise EngineError(400, f"invalid options: {exc}", "invalid_option", "options") from None
 
 
 # -- admission --------------------------------------------------------------------------------
 class Admission:
     """At most ``max_active`` holders; up to ``max_waiting`` more wait (FIFO) for ``timeout`` s.
 
-    ``acquire`` raises :class:`EngineError` 429 when the queue is full and 503 when the wait
+    ``acquire`` raises :class:`RequestRefused` 429 when the queue is full and 503 when the wait
     times out; a waiter that is cancelled (client gone) leaves the queue.
     """
 
@@ -173,7 +69,7 @@ class Admission:
             self.active += 1
             return
         if self.waiting >= self.max_waiting:
-            raise EngineError(
+            raise RequestRefused(
                 429,
                 f"all {self.max_active} streams are busy and the queue is full; retry shortly",
                 "queue_full",
@@ -187,7 +83,7 @@ class Admission:
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():
                 return  # the slot arrived together with the timeout: keep it
-            raise EngineError(
+            raise RequestRefused(
                 503,
                 f"no stream became free within {self.timeout:g} s; retry later",
                 "queue_timeout",
@@ -320,35 +216,18 @@ class SpeechService:
         # Voice encoding (rare, seconds long) runs beside the engine, one at a time.
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tadastream-encode")
 
-    async def start(
-        self,
-        prompt,
-        text: str | TextInput,
-        *,
-        seed: int,
-        options: InferenceOptions,
-        started: float,
-        min_first_chunk_ms: float | None = None,
-    ) -> SpeechJob:
-        """Wait for a slot, then start a stream. Raises EngineError (400/429/503).
+    async def start(self, request: SpeechRequest, started: float) -> SpeechJob:
+        """Wait for a slot, then start speaking ``request`` (made by :func:`speech_request`, with a
+        seed); ``started``: when the request arrived. Raises RequestRefused (400/429/503).
 
-        ``text`` is the whole text, or a :class:`~tadastream.generation.TextInput` still being
+        Its text is the whole text, or a :class:`~tadastream.generation.TextInput` still being
         filled: generation starts at once and takes pieces as they come; the audio is the same.
-        ``min_first_chunk_ms``: see :class:`~tadastream.drivers.stream.AudioStream` (None: adaptive).
         """
         await self.admission.acquire()
 
         def create() -> AudioStream | LongFormStream:  # plans (tokenizes, checks) off the event loop
             # a text too long for one generation is spoken in segments (long form)
-            return open_stream(
-                self.model,
-                prompt,
-                text,
-                engine=self.engine,
-                seed=seed,
-                inference_options=options,
-                min_first_chunk_ms=min_first_chunk_ms,
-            )
+            return open_stream(self.model, request, self.engine)
 
         try:
             stream = await asyncio.to_thread(create)
@@ -358,7 +237,7 @@ class SpeechService:
         except BaseException:
             self.admission.release()
             raise
-        return SpeechJob(self, stream, seed, started)
+        return SpeechJob(self, stream, request.seed, started)
 
     def run(self, fn: Callable[[torch.Generator], T], seed: int = 0) -> concurrent.futures.Future:
         """Run other random work (voice encoding) off the event loop, with a generator seeded by ``seed``."""

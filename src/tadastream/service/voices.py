@@ -12,9 +12,7 @@ case) always means the built-in voice; OpenAI's other voice names mean it unless
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import dataclasses
 import datetime
 import json
 import os
@@ -26,15 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..audio import AudioError
 from ..config import SAMPLE_RATE
 from ..files import write_atomic
-from .errors import EngineError
-from .settings import ServerSettings
+from .refusals import RequestRefused
 
 if TYPE_CHECKING:  # the voice store serves without a web framework too (tadastream wyoming)
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    pass
 
 VOICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: OpenAI's built-in voice names; they mean "the default voice" unless a file of that name exists.
@@ -44,9 +39,9 @@ OPENAI_VOICES = frozenset(
 
 
 def check_voice_name(name: str, param: str = "voice") -> str:
-    """``name`` if it is a plain voice name (so it can never be a path); else EngineError 400."""
+    """``name`` if it is a plain voice name (so it can never be a path); else RequestRefused 400."""
     if not isinstance(name, str) or not VOICE_NAME.fullmatch(name):
-        raise EngineError(
+        raise RequestRefused(
             400,
             "voice names use 1-64 letters, digits, '-' or '_' (no paths or extensions)",
             "invalid_voice_name",
@@ -63,8 +58,8 @@ def _is_builtin_name(name: str) -> bool:
     return name.lower() in OPENAI_VOICES
 
 
-def _not_found(name: str) -> EngineError:
-    return EngineError(404, f"voice {name!r} not found", "voice_not_found", "name")
+def _not_found(name: str) -> RequestRefused:
+    return RequestRefused(404, f"voice {name!r} not found", "voice_not_found", "name")
 
 
 def _encoder_output_class():
@@ -104,13 +99,13 @@ class VoiceStore:
 
     def find(self, name: str, param: str = "name") -> str | None:
         """The stored name of the file voice ``name`` (any case), or None; the exact spelling wins when
-        files differ only by case, any other spelling is then ambiguous (EngineError 409)."""
+        files differ only by case, any other spelling is then ambiguous (RequestRefused 409)."""
         stems = self._stems(name)
         if name in stems:
             return name
         if len(stems) <= 1:
             return stems[0] if stems else None
-        raise EngineError(
+        raise RequestRefused(
             409,
             f"voice name {name!r} is ambiguous: the voices folder holds {', '.join(stems)} (names differ only "
             "by case); ask for one by its exact name, or delete the others",
@@ -155,7 +150,7 @@ class VoiceStore:
                 pass
         if _is_builtin_name(name):
             return self.default
-        raise EngineError(
+        raise RequestRefused(
             400,
             f"voice {name!r} not found; available: {', '.join(v['id'] for v in self.list()) or '(none)'}",
             "voice_not_found",
@@ -220,7 +215,7 @@ class VoiceStore:
         if self.default is None or not hasattr(self.default, "save"):
             return None
         if self._default_bytes is None:
-            self._default_bytes = _voice_bytes(self.default)
+            self._default_bytes = voice_bytes(self.default)
         return self._default_bytes
 
     def delete(self, name: str) -> str:
@@ -228,7 +223,7 @@ class VoiceStore:
 
         The built-in voice, and OpenAI's names while they mean it, cannot be deleted (403)."""
         check_voice_name(name, "name")
-        builtin = EngineError(
+        builtin = RequestRefused(
             403, f"{name!r} is the built-in default voice; it cannot be deleted", "builtin_voice", "name"
         )
         if _is_default_name(name):
@@ -266,7 +261,7 @@ class VoiceStore:
         return voice
 
     def parse(self, data: bytes, *, max_seconds: float | None) -> Any:
-        """Load and check an encoded voice (bytes of a ``.voice`` file); raises EngineError 400.
+        """Load and check an encoded voice (bytes of a ``.voice`` file); raises RequestRefused 400.
 
         ``.voice`` files are safetensors with JSON metadata (no pickle), so an upload cannot run code.
         """
@@ -280,7 +275,7 @@ class VoiceStore:
         except Exception as exc:
             reason = getattr(exc, "reason", None)
             detail = f" ({reason})" if reason else ""
-            raise EngineError(
+            raise RequestRefused(
                 400, f"not a valid .voice file{detail}: create one with `tadastream encode-voice`", "invalid_voice_file"
             ) from None
         finally:
@@ -294,7 +289,7 @@ class VoiceStore:
         values = getattr(voice, "token_values", None)
         dim = self.model.config.acoustic_dim
         if not isinstance(values, torch.Tensor) or values.dim() != 3 or values.shape[-1] != dim:
-            raise EngineError(
+            raise RequestRefused(
                 400, f"the voice does not fit this model (expected {dim}-d acoustic tokens)", "voice_mismatch"
             )
         problem = voice.problem() if hasattr(voice, "problem") else None
@@ -303,7 +298,7 @@ class VoiceStore:
         if problem is None and isinstance(tokens, torch.Tensor) and tokens.numel() and int(tokens.max()) >= vocab:
             problem = f"text_tokens has ids beyond this model's vocabulary ({vocab})"
         if problem:
-            raise EngineError(
+            raise RequestRefused(
                 400,
                 f"the voice is damaged: {problem}; re-encode it with `tadastream encode-voice`",
                 "invalid_voice_file",
@@ -311,31 +306,31 @@ class VoiceStore:
         if max_seconds is not None:
             seconds = voice_seconds(voice)
             if seconds > max_seconds:
-                raise EngineError(
+                raise RequestRefused(
                     413, f"the voice is {seconds:.1f} s long; the limit is {max_seconds:g} s", "voice_too_long"
                 )
         try:
-            from ..generation import plan_generation
+            from ..generation import SpeechRequest, plan_generation
 
-            plan_generation(self.model, voice, "Hello.")
+            plan_generation(self.model, SpeechRequest("Hello.", voice))
         except Exception as exc:
-            raise EngineError(400, f"the voice cannot be used with this model: {exc}", "voice_mismatch") from None
+            raise RequestRefused(400, f"the voice cannot be used with this model: {exc}", "voice_mismatch") from None
 
     def save(self, name: str, voice_bytes: bytes, *, overwrite: bool) -> Path:
         """Store an already checked voice atomically as ``NAME.voice``. With ``overwrite`` it replaces the
         voice of that name in any case, leaving one file spelt as ``name``; without, any case is a 409."""
         if self.directory is None:
-            raise _uploads_disabled()
+            raise uploads_disabled()
         check_voice_name(name, "name")
         if _is_builtin_name(name):
-            raise EngineError(400, f"{name!r} is reserved for the built-in voice", "invalid_voice_name", "name")
+            raise RequestRefused(400, f"{name!r} is reserved for the built-in voice", "invalid_voice_name", "name")
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._file(name)
         with self._write_lock:
             stems = self._stems(name)
             if stems and not overwrite:
                 spelt = "" if stems == [name] else f" as {', '.join(stems)} (names ignore case)"
-                raise EngineError(
+                raise RequestRefused(
                     409, f"voice {name!r} exists{spelt}; send overwrite=true to replace it", "voice_exists", "name"
                 )
             if stems:
@@ -365,13 +360,9 @@ def voice_seconds(voice) -> float:
     return audio.shape[-1] / rate if isinstance(audio, torch.Tensor) else 0.0
 
 
-def _uploads_disabled() -> EngineError:
-    return EngineError(403, "voice uploads are disabled: start the server with --voices DIR", "uploads_disabled")
-
-
-def _voices_disabled(what: str) -> EngineError:
+def _voices_disabled(what: str) -> RequestRefused:
     """The error for changing voices on a server without a voices folder (the upload error's code)."""
-    return EngineError(
+    return RequestRefused(
         403,
         f"voices cannot be {what}: this server has no voices folder (start it with --voices DIR)",
         "uploads_disabled",
@@ -404,126 +395,11 @@ def _voice_header(path: Path) -> tuple[str | None, float | None]:
     return language, samples / rate
 
 
-@dataclasses.dataclass
-class _Upload:
-    """What a ``POST /v1/voices`` request sent, before any check."""
-
-    name: str
-    overwrite: bool
-    voice_bytes: bytes | None = None
-    audio_bytes: bytes | None = None
-    transcript: str | None = None
+def uploads_disabled() -> RequestRefused:
+    return RequestRefused(403, "voice uploads are disabled: start the server with --voices DIR", "uploads_disabled")
 
 
-def _flag(value: str) -> bool:
-    return value.lower() in ("1", "true", "yes")
-
-
-async def _read_upload(request: Request) -> _Upload:
-    """multipart: ``name`` + ``file`` (.voice) or ``audio`` (WAV) + ``transcript``; or raw .voice bytes
-    with ``?name=`` and Content-Type application/octet-stream. ``overwrite=true`` replaces."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/octet-stream":
-        params = request.query_params
-        return _Upload(params.get("name", ""), _flag(params.get("overwrite", "")), voice_bytes=await request.body())
-    if content_type != "multipart/form-data":
-        raise EngineError(
-            415,
-            "send multipart/form-data (name + file, or name + audio + transcript) "
-            "or application/octet-stream with ?name=",
-            "unsupported_media_type",
-        )
-    try:
-        form = await request.form(max_files=2, max_fields=8, max_part_size=64 * 1024)
-    except AssertionError:  # Starlette's way of saying python-multipart is missing
-        raise EngineError(
-            501,
-            "multipart uploads need python-multipart: pip install 'tadastream[server]'",
-            "multipart_unavailable",
-        ) from None
-    upload = _Upload(str(form.get("name") or ""), _flag(str(form.get("overwrite") or "")))
-    file, audio = form.get("file"), form.get("audio")
-    upload.voice_bytes = await file.read() if hasattr(file, "read") else None
-    if audio is not None and hasattr(audio, "read"):
-        upload.audio_bytes = await audio.read()
-        upload.transcript = str(form.get("transcript") or "")
-    await form.close()
-    return upload
-
-
-async def save_voice_upload(app: FastAPI, request: Request) -> JSONResponse:
-    """``POST /v1/voices``: check the upload (encoding a WAV first), then store it as ``NAME.voice``."""
-    from fastapi.responses import JSONResponse
-
-    settings: ServerSettings = app.state.settings
-    store: VoiceStore = app.state.voices
-    if store.directory is None:
-        raise _uploads_disabled()
-    upload = await _read_upload(request)
-    check_voice_name(upload.name, "name")
-    if upload.voice_bytes is None and upload.audio_bytes is None:
-        raise EngineError(
-            400, "send a .voice file as 'file', or a WAV as 'audio' with its 'transcript'", "missing_file", "file"
-        )
-    for data in (upload.voice_bytes, upload.audio_bytes):
-        if data is not None and len(data) > settings.max_voice_bytes:
-            raise EngineError(413, f"the upload is larger than {settings.max_voice_bytes} bytes", "voice_too_large")
-    if upload.voice_bytes is not None:
-        voice_bytes = upload.voice_bytes
-        voice = await asyncio.to_thread(store.parse, voice_bytes, max_seconds=settings.max_voice_seconds)
-    else:
-        voice, voice_bytes = await _encode_voice(app, upload.audio_bytes, upload.transcript)
-    await asyncio.to_thread(store.save, upload.name, voice_bytes, overwrite=upload.overwrite)
-    body = {"id": upload.name, "object": "voice", "source": "file", "seconds": round(voice_seconds(voice), 3)}
-    return JSONResponse(body, status_code=201)
-
-
-async def _encode_voice(app: FastAPI, audio_bytes: bytes, transcript: str | None) -> tuple[Any, bytes]:
-    """(voice, its .voice bytes) for an uploaded WAV and its transcript, made by the server's encoder."""
-    from ..audio import check_prompt_audio, load_audio, to_mono
-
-    encoder = app.state.encoder
-    settings: ServerSettings = app.state.settings
-    if encoder is None:
-        raise EngineError(
-            415,
-            "this server has no codec encoder, so it cannot turn audio into a voice: run "
-            "`tadastream encode-voice` and upload the .voice file as 'file'",
-            "encoder_unavailable",
-            "audio",
-        )
-    if not transcript or not transcript.strip():
-        raise EngineError(400, "send the 'transcript' of the audio with it", "missing_transcript", "transcript")
-    try:
-        audio, rate = load_audio(audio_bytes)
-        audio = to_mono(audio)
-        check_prompt_audio(audio, rate)
-    except AudioError as exc:
-        raise EngineError(400, str(exc), "invalid_audio", "audio") from None
-    seconds = audio.shape[-1] / rate
-    if seconds > settings.max_voice_seconds:
-        raise EngineError(
-            413,
-            f"the audio is {seconds:.1f} s long; the limit is {settings.max_voice_seconds:g} s",
-            "voice_too_long",
-            "audio",
-        )
-
-    def encode(generator: torch.Generator):
-        with torch.inference_mode():
-            return encoder(audio, text=transcript.strip(), sample_rate=rate, generator=generator)
-
-    try:
-        # The encoder draws noise: from a generator seeded for this upload (seed 0), never the global one.
-        voice = await asyncio.wrap_future(app.state.service.run(encode))
-    except ValueError as exc:  # AudioError, TranscriptError: the message says what to fix
-        raise EngineError(400, f"could not encode this audio: {exc}", "encoding_failed", "audio") from None
-    app.state.voices.check(voice, settings.max_voice_seconds)
-    data = await asyncio.to_thread(_voice_bytes, voice)
-    return voice, data
-
-
-def _voice_bytes(voice) -> bytes:
+def voice_bytes(voice) -> bytes:
     """The ``.voice`` file of ``voice`` (it saves only to a path)."""
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "v.voice")
