@@ -239,7 +239,7 @@ def test_cuda_graphs_generation_matches_the_eager_engine_on_gpu():
     assert torch.equal(got.time_before, expected.time_before)
     assert got.audio[0].shape == expected.audio[0].shape == streamed.shape
     assert (got.audio[0] - expected.audio[0]).abs().max() <= 1e-3
-    assert (streamed - got.audio[0]).abs().max() <= 1e-4
+    assert (streamed - got.audio[0].cpu()).abs().max() <= 1e-4  # chunks come on the CPU, for sinks
 
 
 def test_the_server_uses_the_models_engine_and_leaves_it_usable(voice):
