@@ -15,7 +15,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 import torch  # noqa: E402
-from server_harness import demo_server, logged_requests  # noqa: E402
+
+from tests.helpers.server_harness import demo_server, logged_requests  # noqa: E402
 
 TEXT = "Hello from a voice agent. This reply is spoken while it is still being made."
 

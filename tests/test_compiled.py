@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from streams import take_turns
 
 from tadastream import InferenceOptions
 from tadastream.demo import build_demo_model, demo_voice
@@ -18,6 +17,7 @@ from tadastream.generation.requests import FlowSolve, LlmStep
 from tadastream.nn.kv_cache import ROWS_PER_SLOT, CacheFullError, CacheSpec, SlotPool
 from tadastream.nn.linear import packing_available
 from tadastream.nn.llama import Segment
+from tests.helpers.streams import take_turns
 
 TEXT = "Hello there, this is a test of the engine."
 

@@ -28,7 +28,6 @@ pytest.importorskip("fastapi")
 
 import ray  # noqa: E402
 import torch  # noqa: E402
-from server_harness import LiveServer  # noqa: E402
 
 from tadastream.deploy.ray import (  # noqa: E402
     DEPLOYMENT_NAME,
@@ -39,6 +38,7 @@ from tadastream.deploy.ray import (  # noqa: E402
     deployment_options,
     ray_options,
 )
+from tests.helpers.server_harness import LiveServer  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,9 @@ pytest.importorskip("uvicorn")
 
 from livekit.agents import APIConnectOptions, APIStatusError, utils  # noqa: E402
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT  # noqa: E402
-from server_harness import demo_server, logged_requests  # noqa: E402
 
 from tadastream.integrations.livekit import TTS  # noqa: E402
+from tests.helpers.server_harness import demo_server, logged_requests  # noqa: E402
 
 KEY = "lk-test-key"
 SEED = 11

@@ -45,10 +45,10 @@ from pipecat.transports.base_output import BaseOutputTransport  # noqa: E402
 from pipecat.transports.base_transport import TransportParams  # noqa: E402
 from pipecat.utils.errors import ErrorCategory  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
-from server_harness import demo_server, logged_requests  # noqa: E402
 from websockets.asyncio.server import serve  # noqa: E402
 
 from tadastream.integrations.pipecat import TadaTTSService, stream_url  # noqa: E402
+from tests.helpers.server_harness import demo_server, logged_requests  # noqa: E402
 
 KEY = "pipecat-test-key"
 RATE = 24000

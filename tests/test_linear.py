@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from streams import take_turns
 
 from tadastream.demo import build_demo_model, demo_voice
 from tadastream.generation import InferenceOptions
@@ -20,6 +19,7 @@ from tadastream.nn.linear import (
     linear_factory,
     packing_available,
 )
+from tests.helpers.streams import take_turns
 
 needs_packing = pytest.mark.skipif(not packing_available(torch.float32), reason="no oneDNN in this build")
 

@@ -15,12 +15,11 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from server_harness import demo_server  # noqa: E402
-from test_server import error_of, ws_speak  # noqa: E402
-from test_server_timestamps import sse_events, ws_session  # noqa: E402
-
 from tadastream.config import SAMPLE_RATE  # noqa: E402
 from tadastream.scripts import LANGUAGES  # noqa: E402
+from tests.helpers.server_harness import demo_server  # noqa: E402
+from tests.test_server import error_of, ws_speak  # noqa: E402
+from tests.test_server_timestamps import sse_events, ws_session  # noqa: E402
 
 TEXTS = Path(__file__).parent / "fixtures" / "texts"
 LANGS = ("en", "ar", "zh", "de", "es", "fr", "it", "ja", "pl", "pt")
@@ -212,7 +211,7 @@ def test_voice_list_shows_each_voices_language(server):
 def wy():
     """The Wyoming test module (its LiveWyoming server and helpers), once wyoming is installed."""
     pytest.importorskip("wyoming", reason="pip install 'tadastream[wyoming]'")
-    import test_integration_wyoming
+    from tests import test_integration_wyoming
 
     return test_integration_wyoming
 

@@ -20,13 +20,13 @@ httpx = pytest.importorskip("httpx")
 
 import soundfile  # noqa: E402
 import torch  # noqa: E402
-from server_harness import LiveServer  # noqa: E402
 
 from tadastream.audio import float_to_pcm16, load_audio  # noqa: E402
 from tadastream.demo import build_demo_model, demo_voice  # noqa: E402
 from tadastream.drivers.stream import AudioStream  # noqa: E402
 from tadastream.model import generate  # noqa: E402
 from tadastream.server.app import ServerSettings, create_app  # noqa: E402
+from tests.helpers.server_harness import LiveServer  # noqa: E402
 
 SHORT = "Hello there, how are you today?"
 LONG = " ".join(["This sentence keeps the only stream busy for a good while."] * 40)

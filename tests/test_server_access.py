@@ -19,10 +19,10 @@ import soundfile as sf
 import websockets
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_harness import LiveServer, logged_requests
 
 from tadastream.server.access import AccessRules, host_name
 from tadastream.server.app import ServerSettings, create_app
+from tests.helpers.server_harness import LiveServer, logged_requests
 
 KEY = "sk-access-test"
 TEXT = "Hello there, general."

@@ -20,9 +20,9 @@ prometheus_client = pytest.importorskip("prometheus_client")
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from server_harness import demo_server  # noqa: E402
 
 from tadastream.server.metrics import LIVE_METRICS, REQUEST_METRICS  # noqa: E402
+from tests.helpers.server_harness import demo_server  # noqa: E402
 
 SPEECH = "/v1/audio/speech"
 STREAM = "/v1/audio/stream"

@@ -10,10 +10,9 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from server_harness import demo_server  # noqa: E402
-
 from tadastream.config import SAMPLE_RATE  # noqa: E402
 from tadastream.demo import build_demo_model, demo_voice  # noqa: E402
+from tests.helpers.server_harness import demo_server  # noqa: E402
 
 TEXT = "Captions follow the voice — word by word, exactly. Interrupted agents know what was heard!"
 SEED = 21

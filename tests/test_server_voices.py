@@ -16,11 +16,11 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 import torch  # noqa: E402
-from server_harness import LiveServer  # noqa: E402
 
 from tadastream.files import write_atomic  # noqa: E402
 from tadastream.server.app import ServerSettings, create_app  # noqa: E402
 from tadastream.server.voices import voice_seconds  # noqa: E402
+from tests.helpers.server_harness import LiveServer  # noqa: E402
 
 SHORT = "Hello there."
 
