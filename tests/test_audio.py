@@ -25,8 +25,9 @@ from tadastream.audio import (
     to_mono,
     wav_header,
 )
+from tests.helpers.paths import FIXTURES
 
-LJSPEECH = Path(__file__).resolve().parent / "fixtures" / "ljspeech.flac"  # the shared clip, lossless
+LJSPEECH = FIXTURES / "ljspeech.flac"  # the shared clip, lossless
 
 
 def sine(freq: float, sample_rate: int, seconds: float, amplitude: float = 0.5) -> torch.Tensor:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.helpers.paths import ROOT
+
+SHARED = ROOT.parent / "shared"  # the folder beside the checkout
 MODEL_DIR = os.environ.get("TADA_MODEL_DIR")
 CODEC_DIR = os.environ.get("TADA_CODEC_DIR")
 pytestmark = [

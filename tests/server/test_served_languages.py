@@ -8,7 +8,6 @@ import base64
 import concurrent.futures
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 
@@ -17,11 +16,12 @@ pytest.importorskip("uvicorn")
 
 from tadastream.config import SAMPLE_RATE  # noqa: E402
 from tadastream.scripts import LANGUAGES  # noqa: E402
+from tests.helpers.paths import FIXTURES  # noqa: E402
 from tests.helpers.server_harness import demo_server  # noqa: E402
-from tests.test_server import error_of, ws_speak  # noqa: E402
-from tests.test_server_timestamps import sse_events, ws_session  # noqa: E402
+from tests.server.test_server import error_of, ws_speak  # noqa: E402
+from tests.server.test_server_timestamps import sse_events, ws_session  # noqa: E402
 
-TEXTS = Path(__file__).parent / "fixtures" / "texts"
+TEXTS = FIXTURES / "texts"
 LANGS = ("en", "ar", "zh", "de", "es", "fr", "it", "ja", "pl", "pt")
 SEED = 13
 NOTHING = ["😀😀🎉🎉", "!!! ... ???", "\u200b\u200b"]  # emoji, punctuation, zero-width spaces
@@ -211,9 +211,9 @@ def test_voice_list_shows_each_voices_language(server):
 def wy():
     """The Wyoming test module (its LiveWyoming server and helpers), once wyoming is installed."""
     pytest.importorskip("wyoming", reason="pip install 'tadastream[wyoming]'")
-    from tests import test_integration_wyoming
+    from tests.integrations import test_wyoming
 
-    return test_integration_wyoming
+    return test_wyoming
 
 
 @pytest.fixture(scope="module")

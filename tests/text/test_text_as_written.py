@@ -1,7 +1,7 @@
 """Text as people have it: hard-wrapped files, the ten languages of TADA-3B-ML, emoji and symbols.
 
 Property tests (hypothesis) throw random Unicode at segmentation, the text the model reads, text
-arriving in pieces and word timing; the fixture texts (``fixtures/texts``, public-domain text
+arriving in pieces and word timing; the fixture texts (``tests/fixtures/texts``, public-domain text
 written out, see SOURCES.md there) go through each stage as a user's file would.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import random
 import re
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,8 +31,9 @@ from tadastream.scripts import (
 )
 from tadastream.text import IncrementalText, model_text, model_text_mapped, prepare_mapped, tokenize_joint
 from tadastream.timestamps import WordClock, WordTiming
+from tests.helpers.paths import FIXTURES
 
-TEXTS = Path(__file__).resolve().parent / "fixtures" / "texts"
+TEXTS = FIXTURES / "texts"
 CHAPTER = (TEXTS / "alice-ch2-pool-of-tears.txt").read_text(encoding="utf-8")
 PARAGRAPHS = {lang: (TEXTS / f"{lang}.txt").read_text(encoding="utf-8") for lang in LANGUAGES}
 

@@ -4,15 +4,15 @@ Fixtures come from ``scripts/make_parity_fixtures.py``, run in the reference's o
 """
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tadastream import Decoder, EncoderOutput, InferenceOptions, TadaForCausalLM
+from tests.helpers.paths import FIXTURES
 
-FIX = Path(__file__).parent / "fixtures" / "parity"
+FIX = FIXTURES / "parity"
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,8 @@ from tadastream.codec import aligner as aligner_mod
 from tadastream.codec.aligner import Aligner, TranscriptError, align_tokens, wav2vec2_large_config
 from tadastream.config import AlignerConfig
 from tadastream.hub import CheckpointError
+from tests.helpers.paths import TINY_TOKENIZER
 
-TINY_TOKENIZER = Path(__file__).resolve().parents[1] / "src" / "tadastream" / "assets" / "tiny_tokenizer"
 TINY_W2V = dict(
     hidden_size=32,
     num_hidden_layers=2,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from tadastream.generation import InferenceOptions, plan_generation
 from tadastream.generation.outputs import leading_trim_frames
 from tadastream.text import normalize_mapped, normalize_text
 from tadastream.timestamps import WordClock, WordTiming, words_heard
+from tests.helpers.paths import FIXTURES
 
 TEXT = 'Hello — world, this is a "quick" test… of timing (twice)! Okay?'
 FRAME = SAMPLES_PER_FRAME / SAMPLE_RATE
@@ -58,7 +58,7 @@ def check_tiling(words: list[WordTiming], text: str, audio_seconds: float) -> No
 
 # -- the character map of normalisation ------------------------------------------------------------
 def test_normalize_mapped_is_normalize_text_with_a_map():
-    fixture = json.loads((Path(__file__).parent / "fixtures/parity/text_normalization.json").read_text())
+    fixture = json.loads((FIXTURES / "parity" / "text_normalization.json").read_text())
     alphabet = list("ab AB.,;:!?-()\"'  \u201c\u201d\u2014\u2026\u00ab\u00bbßİΣσ1\t\n") + ["ŉ"]
     rng = random.Random(5)
     fuzz = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16))) for _ in range(3000)]

@@ -18,8 +18,8 @@ from tadastream.codec.aligner import Aligner, TranscriptError, wav2vec2_large_co
 from tadastream.codec.encoder import Encoder, EncoderOutput, VoiceFileError, aligner_subfolder, finish_transcript
 from tadastream.config import AlignerConfig, EncoderConfig
 from tadastream.hub import CheckpointError
+from tests.helpers.paths import TINY_TOKENIZER
 
-TINY_TOKENIZER = Path(__file__).resolve().parents[1] / "src" / "tadastream" / "assets" / "tiny_tokenizer"
 TINY = dict(hidden_dim=64, embed_dim=32, num_attn_layers=2, num_attn_heads=4, attn_dim_feedforward=128)
 TINY_W2V = dict(
     hidden_size=32,

@@ -38,11 +38,11 @@ from tadastream.deploy.ray import (  # noqa: E402
     deployment_options,
     ray_options,
 )
+from tests.helpers.paths import ROOT, SRC  # noqa: E402
 from tests.helpers.server_harness import LiveServer  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 APP = "tadastream-test"
 SHORT = "Hello from one of the replicas."
 MEDIUM = " ".join(["A sentence or two that keeps a stream going for a few seconds."] * 6)
@@ -114,7 +114,7 @@ def voices_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cluster(voices_dir):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    pythonpath = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
+    pythonpath = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
     ray.init(
         address="local",
         num_cpus=4,  # logical: 2 replicas of 1 CPU, and room for a replacement while one stops
@@ -242,7 +242,7 @@ def test_cmd_ray_serves_until_interrupted(tmp_path):
         "import sys; from tadastream.deploy.ray import run_ray, ray_options; "
         f"sys.exit(run_ray(ray_options(model='demo', dtype='float32', threads=1, port={port}, log_level='warning')))"
     )
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(SRC)}
     log = (tmp_path / "run_ray.log").open("w+")
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +43,7 @@ from tadastream.integrations.wyoming import (  # noqa: E402
     wyoming_options,
 )
 from tadastream.optionsets import OptionError  # noqa: E402
+from tests.helpers.paths import SRC  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -57,7 +57,6 @@ SEED = 7
 SAMPLES_PER_CHUNK = 4096
 TEXT = "Hello there, this is a small test of the streaming server with several words."
 LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog, and then it runs far away."] * 24)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class LiveWyoming:
@@ -488,7 +487,7 @@ def test_bad_options_fail_before_loading(capsys):
 
 
 def test_module_runs_and_imports_no_wyoming_until_served():
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
     code = (
         "import argparse, sys\n"
         "from tadastream.integrations.wyoming import add_wyoming_arguments\n"

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import soundfile
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "src"
-SAMPLE = Path(__file__).resolve().parent / "fixtures" / "ljspeech.flac"  # the shared clip, lossless
+from tests.helpers.paths import FIXTURES, SRC
+
+SAMPLE = FIXTURES / "ljspeech.flac"  # the shared clip, lossless
 FAST = ["--flow-steps", "2"]  # fewer flow-matching steps: same machinery, less time
 
 
@@ -421,7 +421,7 @@ def test_a_text_file_is_spoken_in_segments(tmp_path):
     assert_user_error(run_cli("speak", "-f", tmp_path / "latin1.txt", "--model", "demo"), 2, "UTF-8")
 
 
-TEXTS = Path(__file__).resolve().parent / "fixtures" / "texts"
+TEXTS = FIXTURES / "texts"
 
 
 def _opening(name: str, segments: int) -> str:

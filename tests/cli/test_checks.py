@@ -17,9 +17,10 @@ import pytest
 import soundfile
 
 from tadastream.cli import main
+from tests.helpers.paths import FIXTURES
 
 FAST = ["--flow-steps", "2"]
-SAMPLE = Path(__file__).resolve().parent / "fixtures" / "ljspeech.flac"
+SAMPLE = FIXTURES / "ljspeech.flac"
 
 
 def run(capsys, *args: object) -> tuple[int, str]:
