@@ -20,16 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+import ray
+import torch
+from ray import serve
 
-serve = pytest.importorskip("ray.serve", reason="pip install 'tadastream[ray]'")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("fastapi")
-
-import ray  # noqa: E402
-import torch  # noqa: E402
-
-from tadastream.deploy.ray import (  # noqa: E402
+from tadastream.deploy.ray import (
     DEPLOYMENT_NAME,
     REPLICA_HEADER,
     application,
@@ -38,8 +35,8 @@ from tadastream.deploy.ray import (  # noqa: E402
     deployment_options,
     ray_options,
 )
-from tests.helpers.paths import ROOT, SRC  # noqa: E402
-from tests.helpers.server_harness import LiveServer  # noqa: E402
+from tests.helpers.paths import ROOT, SRC
+from tests.helpers.server_harness import LiveServer
 
 pytestmark = pytest.mark.slow
 
@@ -198,7 +195,7 @@ def test_limits_follow_the_engine_and_the_queue_is_bounded():
 
 
 def test_builder_takes_serve_run_strings_and_the_example_config():
-    yaml = pytest.importorskip("yaml")
+    import yaml  # a dependency of ray
     from ray.serve.schema import ServeDeploySchema
 
     app = build_app({"model": "demo", "max_streams": "3", "num_replicas": "2", "voices": "/srv/voices"})
@@ -269,7 +266,7 @@ def test_cmd_ray_serves_until_interrupted(tmp_path):
 
 # -- through Ray's proxy ----------------------------------------------------------------------------
 def test_openai_client_streams_a_wav_through_the_proxy(cluster, reference):
-    openai = pytest.importorskip("openai", reason="pip install openai to test the OpenAI client")
+    import openai
     client = openai.OpenAI(
         base_url=f"{cluster.url}/v1", api_key="unused", http_client=httpx.Client(trust_env=False), max_retries=0
     )
@@ -307,7 +304,7 @@ def test_sse_through_the_proxy(cluster, reference):
 
 
 def test_websocket_through_the_proxy(cluster, reference):
-    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    from websockets.sync import client as ws_client
     url = cluster.url.replace("http", "ws") + "/v1/audio/stream"
     frames, messages = [], []
     with ws_client.connect(url, open_timeout=30, close_timeout=5, proxy=None) as ws:
@@ -368,7 +365,7 @@ def test_a_disconnect_stops_the_generation_on_its_replica(cluster, transport):
         res.close()
         client.close()
     else:
-        ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+        from websockets.sync import client as ws_client
         url = cluster.url.replace("http", "ws") + "/v1/audio/stream"
         with ws_client.connect(url, open_timeout=30, close_timeout=2, proxy=None) as ws:
             replica = ws.response.headers[REPLICA_HEADER]
@@ -448,7 +445,7 @@ def test_voices_are_shared_by_the_replicas(cluster, voices_dir, tmp_path):
 def test_metrics_of_every_replica(cluster):
     """/metrics through the proxy answers from one replica at a time; Ray's metrics endpoint (one per node)
     has every replica's figures, published by each replica under the same names with a ``ray_`` prefix."""
-    parser = pytest.importorskip("prometheus_client.parser")
+    from prometheus_client import parser
 
     def samples(text: str) -> list:
         return [s for family in parser.text_string_to_metric_families(text) for s in family.samples]

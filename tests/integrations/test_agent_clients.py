@@ -1,7 +1,7 @@
 """Voice-agent frameworks' own OpenAI TTS clients, with their default settings, against a real server.
 
-LiveKit's ``openai.TTS`` asks for mp3 over SSE; Pipecat's ``OpenAITTSService`` for raw pcm. Both are
-optional test dependencies: each test is skipped, with the reason, where its framework cannot install.
+LiveKit's ``openai.TTS`` asks for mp3 over SSE; Pipecat's ``OpenAITTSService`` for raw pcm. Both
+frameworks come with the ``test`` extra.
 """
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ import asyncio
 import logging
 
 import pytest
+import torch
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
-import torch  # noqa: E402
-
-from tests.helpers.server_harness import demo_server, logged_requests  # noqa: E402
+from tests.helpers.server_harness import demo_server, logged_requests
 
 TEXT = "Hello from a voice agent. This reply is spoken while it is still being made."
 
@@ -28,7 +24,7 @@ def server():
 
 
 def test_livekit_openai_tts_with_its_defaults(server, caplog):
-    lk_openai = pytest.importorskip("livekit.plugins.openai", reason="pip install livekit-plugins-openai")
+    from livekit.plugins import openai as lk_openai
     caplog.set_level(logging.INFO, logger="tadastream.server")
 
     async def synthesize():
@@ -51,7 +47,6 @@ def test_livekit_openai_tts_with_its_defaults(server, caplog):
 
 
 def test_pipecat_openai_tts_service_with_its_defaults(server, caplog):
-    pytest.importorskip("pipecat", reason="pip install pipecat-ai")
     from pipecat.frames.frames import EndFrame, ErrorFrame, TTSAudioRawFrame, TTSSpeakFrame
     from pipecat.pipeline.pipeline import Pipeline
     from pipecat.pipeline.worker import PipelineParams, PipelineWorker

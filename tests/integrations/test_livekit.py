@@ -15,16 +15,11 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from livekit.agents import APIConnectOptions, APIStatusError, utils
+from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 
-pytest.importorskip("livekit.agents", reason="pip install 'tadastream[livekit]'")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
-from livekit.agents import APIConnectOptions, APIStatusError, utils  # noqa: E402
-from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT  # noqa: E402
-
-from tadastream.integrations.livekit import TTS  # noqa: E402
-from tests.helpers.server_harness import demo_server, logged_requests  # noqa: E402
+from tadastream.integrations.livekit import TTS
+from tests.helpers.server_harness import demo_server, logged_requests
 
 KEY = "lk-test-key"
 SEED = 11

@@ -17,13 +17,8 @@ import socket
 import struct
 
 import pytest
-
-pytest.importorskip("pipecat", reason="pip install 'tadastream[pipecat]'")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
-import torch  # noqa: E402
-from pipecat.frames.frames import (  # noqa: E402
+import torch
+from pipecat.frames.frames import (
     EndFrame,
     ErrorFrame,
     InterruptionFrame,
@@ -36,19 +31,19 @@ from pipecat.frames.frames import (  # noqa: E402
     TTSStoppedFrame,
     TTSTextFrame,
 )
-from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
-from pipecat.processors.aggregators.llm_context import LLMContext  # noqa: E402
-from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator  # noqa: E402
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
-from pipecat.transports.base_output import BaseOutputTransport  # noqa: E402
-from pipecat.transports.base_transport import TransportParams  # noqa: E402
-from pipecat.utils.errors import ErrorCategory  # noqa: E402
-from pipecat.workers.runner import WorkerRunner  # noqa: E402
-from websockets.asyncio.server import serve  # noqa: E402
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.transports.base_output import BaseOutputTransport
+from pipecat.transports.base_transport import TransportParams
+from pipecat.utils.errors import ErrorCategory
+from pipecat.workers.runner import WorkerRunner
+from websockets.asyncio.server import serve
 
-from tadastream.integrations.pipecat import TadaTTSService, stream_url  # noqa: E402
-from tests.helpers.server_harness import demo_server, logged_requests  # noqa: E402
+from tadastream.integrations.pipecat import TadaTTSService, stream_url
+from tests.helpers.server_harness import demo_server, logged_requests
 
 KEY = "pipecat-test-key"
 RATE = 24000

@@ -16,15 +16,12 @@ import time
 
 import pytest
 import torch
-
-pytest.importorskip("wyoming", reason="pip install 'tadastream[wyoming]'")
-
-from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
-from wyoming.client import AsyncTcpClient  # noqa: E402
-from wyoming.error import Error  # noqa: E402
-from wyoming.event import Event, async_read_event  # noqa: E402
-from wyoming.info import Describe, Info  # noqa: E402
-from wyoming.tts import (  # noqa: E402
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event, async_read_event
+from wyoming.info import Describe, Info
+from wyoming.tts import (
     Synthesize,
     SynthesizeChunk,
     SynthesizeStart,
@@ -33,25 +30,24 @@ from wyoming.tts import (  # noqa: E402
     SynthesizeVoice,
 )
 
-from tadastream.audio import float_to_pcm16  # noqa: E402
-from tadastream.cli import main as cli_main  # noqa: E402
-from tadastream.integrations.wyoming import (  # noqa: E402
+from tadastream.audio import float_to_pcm16
+from tadastream.cli import main as cli_main
+from tadastream.drivers.stream import AudioStream
+from tadastream.integrations.wyoming import (
     DEFAULT_EVENT_TIMEOUT,
     DEFAULT_MAX_EVENT_BYTES,
     build_wyoming,
     run_wyoming,
     wyoming_options,
 )
-from tadastream.optionsets import OptionError  # noqa: E402
-from tests.helpers.paths import SRC  # noqa: E402
+from tadastream.optionsets import OptionError
+from tests.helpers.paths import SRC
 
 
 def main(argv: list[str]) -> int:
     """``tadastream wyoming ARGV``, in this process."""
     return cli_main(["wyoming", *argv])
 
-
-from tadastream.drivers.stream import AudioStream  # noqa: E402
 
 SEED = 7
 SAMPLES_PER_CHUNK = 4096

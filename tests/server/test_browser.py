@@ -1,26 +1,22 @@
 """The demo page in headless Chromium: type, press Play, audio arrives and is scheduled.
 
-Needs ``apt-get install -y chromium chromium-driver`` (Debian) and ``pip install selenium``;
-skips with the reason otherwise. Everything stays on 127.0.0.1.
+Needs ``apt-get install -y chromium chromium-driver`` (Debian) and skips with the reason without
+them; selenium comes with the ``test`` extra. Everything stays on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import shutil
 
+import httpx
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
-webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
-
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-from tests.helpers.server_harness import demo_server  # noqa: E402
+from tests.helpers.server_harness import demo_server
 
 BROWSER = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 DRIVER = shutil.which("chromedriver")

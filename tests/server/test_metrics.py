@@ -12,17 +12,11 @@ import json
 import time
 
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
-prometheus_client = pytest.importorskip("prometheus_client")
-
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from tadastream.server.metrics import LIVE_METRICS, REQUEST_METRICS  # noqa: E402
-from tests.helpers.server_harness import demo_server  # noqa: E402
+from tadastream.server.metrics import LIVE_METRICS, REQUEST_METRICS
+from tests.helpers.server_harness import demo_server
 
 SPEECH = "/v1/audio/speech"
 STREAM = "/v1/audio/stream"
@@ -154,7 +148,7 @@ def test_refusals_and_unknown_paths_are_counted_without_new_series(server):
 
 
 def test_gauges_follow_open_websocket_streams_and_the_queue(server):
-    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    from websockets.sync import client as ws_client
     url = server.url.replace("http", "ws") + STREAM
     cancelled = dict(route=STREAM, method="WS", status="101", outcome="cancelled")
     count_before = scrape(server).value("tadastream_requests_total", **cancelled)

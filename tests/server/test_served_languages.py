@@ -11,15 +11,12 @@ import re
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
-from tadastream.config import SAMPLE_RATE  # noqa: E402
-from tadastream.scripts import LANGUAGES  # noqa: E402
-from tests.helpers.paths import FIXTURES  # noqa: E402
-from tests.helpers.server_harness import demo_server  # noqa: E402
-from tests.server.test_server import error_of, ws_speak  # noqa: E402
-from tests.server.test_server_timestamps import sse_events, ws_session  # noqa: E402
+from tadastream.config import SAMPLE_RATE
+from tadastream.scripts import LANGUAGES
+from tests.helpers.paths import FIXTURES
+from tests.helpers.server_harness import demo_server
+from tests.server.test_server import error_of, ws_speak
+from tests.server.test_server_timestamps import sse_events, ws_session
 
 TEXTS = FIXTURES / "texts"
 LANGS = ("en", "ar", "zh", "de", "es", "fr", "it", "ja", "pl", "pt")
@@ -209,8 +206,7 @@ def test_voice_list_shows_each_voices_language(server):
 
 @pytest.fixture(scope="module")
 def wy():
-    """The Wyoming test module (its LiveWyoming server and helpers), once wyoming is installed."""
-    pytest.importorskip("wyoming", reason="pip install 'tadastream[wyoming]'")
+    """The Wyoming test module (its LiveWyoming server and helpers)."""
     from tests.integrations import test_wyoming
 
     return test_wyoming

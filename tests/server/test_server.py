@@ -12,21 +12,17 @@ import socket
 import struct
 import time
 
+import httpx
 import pytest
+import soundfile
+import torch
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
-
-import soundfile  # noqa: E402
-import torch  # noqa: E402
-
-from tadastream.audio import float_to_pcm16, load_audio  # noqa: E402
-from tadastream.demo import build_demo_model, demo_voice  # noqa: E402
-from tadastream.drivers.stream import AudioStream  # noqa: E402
-from tadastream.model import generate  # noqa: E402
-from tadastream.server.app import ServerSettings, create_app  # noqa: E402
-from tests.helpers.server_harness import LiveServer  # noqa: E402
+from tadastream.audio import float_to_pcm16, load_audio
+from tadastream.demo import build_demo_model, demo_voice
+from tadastream.drivers.stream import AudioStream
+from tadastream.model import generate
+from tadastream.server.app import ServerSettings, create_app
+from tests.helpers.server_harness import LiveServer
 
 SHORT = "Hello there, how are you today?"
 LONG = " ".join(["This sentence keeps the only stream busy for a good while."] * 40)
@@ -257,7 +253,7 @@ def test_speech_takes_json_only(tight):
 
 
 def test_websocket_refuses_a_lone_surrogate(server):
-    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    from websockets.sync import client as ws_client
     url = server.url.replace("http", "ws") + "/v1/audio/stream"
     with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
         ws.send(json.dumps({"seed": 1}))
@@ -268,7 +264,7 @@ def test_websocket_refuses_a_lone_surrogate(server):
 
 
 def test_websocket_refuses_a_bad_first_chunk_setting_before_ready(server):
-    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    from websockets.sync import client as ws_client
     url = server.url.replace("http", "ws") + "/v1/audio/stream"
     with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
         ws.send(json.dumps({"seed": 1, "min_first_chunk_ms": -1}))
@@ -298,7 +294,7 @@ def test_api_key_and_body_limit(tight):
 
 
 def test_openai_client_streams_a_file(server, tmp_path):
-    openai = pytest.importorskip("openai", reason="pip install openai to test the OpenAI client")
+    import openai
     client = openai.OpenAI(
         base_url=f"{server.url}/v1", api_key="unused", http_client=httpx.Client(trust_env=False), max_retries=0
     )
@@ -350,7 +346,7 @@ def test_first_chunk_policy_moves_only_chunk_boundaries(server):
 
 
 def test_websocket_round_trip(server):
-    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    from websockets.sync import client as ws_client
     url = server.url.replace("http", "ws") + "/v1/audio/stream"
     frames, messages = [], []
     with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
@@ -506,7 +502,7 @@ def ws_speak(server, pieces, seed: int, *, delay: float = 0.0, first_audio_befor
     first text message to the first audio frame ("audio") and to sending "end". With
     ``first_audio_before=k`` the first k pieces go out, then the client waits for audio (which
     must come while the text is still open) before sending the rest and ``end``."""
-    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    from websockets.sync import client as ws_client
     url = server.url.replace("http", "ws") + "/v1/audio/stream"
     frames, messages, times = [], [], {}
     with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
@@ -560,7 +556,7 @@ def test_websocket_audio_starts_before_end(server):
 
 
 def test_websocket_empty_text_is_an_error_and_frees_the_slot(tight):
-    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    from websockets.sync import client as ws_client
     url = tight.url.replace("http", "ws") + f"/v1/audio/stream?api_key={KEY}"
     with ws_client.connect(url, open_timeout=10, close_timeout=5, proxy=None) as ws:
         ws.send(json.dumps({"seed": 3}))
@@ -799,7 +795,7 @@ def test_a_websocket_that_stops_reading_loses_its_slot(guarded, caplog):
 
 def ws_session(server, send_piece, *, pieces: int, every: float) -> tuple[list[dict], float]:
     """Send ``send_piece(i)`` every ``every`` s (then 'end'), reading all the while: (JSON messages, seconds)."""
-    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    from websockets.sync import client as ws_client
     messages = []
     start = time.perf_counter()
     with ws_client.connect(server.url.replace("http", "ws") + "/v1/audio/stream", proxy=None) as ws:

@@ -7,12 +7,9 @@ import json
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
-from tadastream.config import SAMPLE_RATE  # noqa: E402
-from tadastream.demo import build_demo_model, demo_voice  # noqa: E402
-from tests.helpers.server_harness import demo_server  # noqa: E402
+from tadastream.config import SAMPLE_RATE
+from tadastream.demo import build_demo_model, demo_voice
+from tests.helpers.server_harness import demo_server
 
 TEXT = "Captions follow the voice — word by word, exactly. Interrupted agents know what was heard!"
 SEED = 21
@@ -107,7 +104,7 @@ def test_timestamp_requests_that_cannot_work_are_400(server, path, extra, param)
 def ws_session(server, pieces: list[str], seed: int) -> list:
     """A WebSocket session with timestamps: ``pieces`` sent, then ``end``; what came back in order,
     ``("audio", samples)`` for audio and the parsed message otherwise, up to ``result`` or ``error``."""
-    ws_client = pytest.importorskip("websockets.sync.client", reason="pip install websockets")
+    from websockets.sync import client as ws_client
     received = []
     with ws_client.connect(server.url.replace("http", "ws") + "/v1/audio/stream", proxy=None) as ws:
         ws.send(json.dumps({"seed": seed, "timestamps": True}))

@@ -9,18 +9,14 @@ import datetime
 import os
 from pathlib import Path
 
+import httpx
 import pytest
+import torch
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
-
-import torch  # noqa: E402
-
-from tadastream.files import write_atomic  # noqa: E402
-from tadastream.server.app import ServerSettings, create_app  # noqa: E402
-from tadastream.server.voices import voice_seconds  # noqa: E402
-from tests.helpers.server_harness import LiveServer  # noqa: E402
+from tadastream.files import write_atomic
+from tadastream.server.app import ServerSettings, create_app
+from tadastream.server.voices import voice_seconds
+from tests.helpers.server_harness import LiveServer
 
 SHORT = "Hello there."
 
