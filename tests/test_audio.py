@@ -25,8 +25,9 @@ from tadastream.audio import (
     to_mono,
     wav_header,
 )
+from tests.helpers.paths import FIXTURES
 
-LJSPEECH = Path(__file__).resolve().parent / "fixtures" / "ljspeech.flac"  # the shared clip, lossless
+LJSPEECH = FIXTURES / "ljspeech.flac"  # the shared clip, lossless
 
 
 def sine(freq: float, sample_rate: int, seconds: float, amplitude: float = 0.5) -> torch.Tensor:
@@ -290,7 +291,7 @@ def test_available_formats() -> None:
 
 
 def test_aac_streams_as_adts_frames_equal_to_the_whole_file() -> None:
-    av = pytest.importorskip("av", reason="aac needs PyAV: pip install av")
+    import av
     tone = (0.3 * np.sin(np.arange(36000) * 0.05)).astype(np.float32)
     whole = encode_audio(tone, 24000, "aac")
     encoder = StreamEncoder(24000, "aac")

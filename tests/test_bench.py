@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from tadastream.playback import playback_figures
+from tests.helpers.paths import ROOT
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = ROOT / "bench"
 
 
 def _assert_playback(row: dict) -> None:
@@ -98,8 +99,7 @@ def test_concurrency_bench_tiny_serves_concurrent_streams(tmp_path):
 
 
 def test_ab_bench_tiny_compares_against_a_commit(tmp_path):
-    repo = BENCH.parent
-    if subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
         pytest.skip("bench_ab.py extracts a commit: needs the git checkout")
     _run("bench_ab.py", "--rev", "HEAD", "--mode", "tiny", "--rounds", "1", "--tokens", "6", "--out", str(tmp_path))
     (path,) = tmp_path.glob("*-ab-HEAD-tiny-fp32-6tok.json")

@@ -2,7 +2,7 @@
 
 Parameter names are those of transformers' ``LlamaModel`` (``embed_tokens``, ``layers.N.self_attn.
 {q,k,v,o}_proj``, ``layers.N.mlp.{gate,up,down}_proj``, the two norms, ``norm``), so published
-checkpoints load unchanged; ``tests/test_llama.py`` holds the forward to transformers'.
+checkpoints load unchanged; ``tests/nn/test_llama.py`` holds the forward to transformers'.
 
 One call takes the input rows of several :class:`Segment` s side by side, a matrix of
 ``(tokens, hidden)``: every matmul reads its weight once for all of them, and only attention runs

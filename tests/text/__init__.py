@@ -1,0 +1,1 @@
+"""Tests of ``tadastream.text`` and the text-handling modules beside it: scripts, timestamps, timecode."""
