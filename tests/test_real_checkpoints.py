@@ -1,7 +1,7 @@
 """Real checkpoints: run with TADA_MODEL_DIR (e.g. a local HumeAI/tada-1b) and TADA_CODEC_DIR
 (a local HumeAI/tada-codec); TADA_TOKENIZER_DIR if the model directory has no tokenizer files.
 
-    TADA_MODEL_DIR=... TADA_CODEC_DIR=... python -m pytest -m integration
+    TADA_MODEL_DIR=... TADA_CODEC_DIR=... python -m pytest -m real_checkpoints
 """
 
 import os
@@ -16,7 +16,7 @@ SHARED = ROOT.parent / "shared"  # the folder beside the checkout
 MODEL_DIR = os.environ.get("TADA_MODEL_DIR")
 CODEC_DIR = os.environ.get("TADA_CODEC_DIR")
 pytestmark = [
-    pytest.mark.integration,
+    pytest.mark.real_checkpoints,
     pytest.mark.skipif(not (MODEL_DIR and CODEC_DIR), reason="set TADA_MODEL_DIR and TADA_CODEC_DIR to checkpoints"),
 ]
 CLIP = SHARED / "samples" / "ljspeech.wav"

@@ -216,7 +216,7 @@ def test_aligner_too_long_fails_before_network(tiny_aligner, monkeypatch):
         tiny_aligner.align(torch.randn(8000), torch.arange(30))  # 0.5 s = 24 frames
 
 
-@pytest.mark.integration
+@pytest.mark.real_checkpoints
 @pytest.mark.skipif(not os.environ.get("TADA_CODEC_DIR"), reason="set TADA_CODEC_DIR to a local tada-codec")
 def test_real_aligner_loads():
     tok = os.environ.get("TADA_TOKENIZER_DIR")

@@ -390,7 +390,7 @@ def test_output_to_and_alignment_text(encoder, encoded):
     assert text.startswith(f"{encoded.token_positions.shape[1]} tokens | 0.50s audio")
 
 
-@pytest.mark.integration
+@pytest.mark.real_checkpoints
 @pytest.mark.skipif(not os.environ.get("TADA_CODEC_DIR"), reason="set TADA_CODEC_DIR to a local tada-codec")
 def test_real_encoder():
     enc = Encoder.from_pretrained(os.environ["TADA_CODEC_DIR"], tokenizer=os.environ.get("TADA_TOKENIZER_DIR"))

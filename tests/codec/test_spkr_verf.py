@@ -60,7 +60,7 @@ def test_reference_config_and_bad_keys(tmp_path):
         AcousticSpkrVerf.from_pretrained(folder)
 
 
-@pytest.mark.integration
+@pytest.mark.real_checkpoints
 @pytest.mark.skipif(not os.environ.get("TADA_CODEC_DIR"), reason="set TADA_CODEC_DIR to a local tada-codec")
 def test_real_checkpoint():
     model = AcousticSpkrVerf.from_pretrained(os.environ["TADA_CODEC_DIR"])
