@@ -20,6 +20,7 @@ import pytest
 import soundfile
 
 from tests.helpers.paths import FIXTURES, SRC
+from tests.helpers.processes import interruptible
 
 SAMPLE = FIXTURES / "ljspeech.flac"  # the shared clip, lossless
 FAST = ["--flow-steps", "2"]  # fewer flow-matching steps: same machinery, less time
@@ -629,6 +630,7 @@ class TerminalRun:
             stdout=subprocess.DEVNULL,
             stderr=slave,
             env=environment,
+            preexec_fn=interruptible,
         )
         os.close(slave)
         self.seen = b""

@@ -36,6 +36,7 @@ from tadastream.deploy.ray import (
     ray_options,
 )
 from tests.helpers.paths import ROOT, SRC
+from tests.helpers.processes import interruptible
 from tests.helpers.server_harness import LiveServer
 
 pytestmark = pytest.mark.slow
@@ -241,7 +242,9 @@ def test_cmd_ray_serves_until_interrupted(tmp_path):
     )
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(SRC)}
     log = (tmp_path / "run_ray.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=interruptible
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
