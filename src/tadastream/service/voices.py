@@ -26,6 +26,7 @@ import torch
 
 from ..config import SAMPLE_RATE
 from ..files import write_atomic
+from ..generation import SpeechRequest, plan_generation
 from .refusals import RequestRefused
 
 if TYPE_CHECKING:  # the voice store serves without a web framework too (tadastream wyoming)
@@ -310,10 +311,8 @@ class VoiceStore:
                     413, f"the voice is {seconds:.1f} s long; the limit is {max_seconds:g} s", "voice_too_long"
                 )
         try:
-            from ..generation import SpeechRequest, plan_generation
-
             plan_generation(self.model, SpeechRequest("Hello.", voice))
-        except Exception as exc:
+        except (ValueError, IndexError, RuntimeError) as exc:  # what a voice can cause; a bug stays a 500
             raise RequestRefused(400, f"the voice cannot be used with this model: {exc}", "voice_mismatch") from None
 
     def save(self, name: str, voice_bytes: bytes, *, overwrite: bool) -> Path:
