@@ -163,6 +163,7 @@ class TadaForCausalLM(TadaWeights):
         """Speak ``request`` as it is made: an :class:`~tadastream.drivers.stream.AudioStream`, or a
         :class:`~tadastream.drivers.longform.LongFormStream` for a text that goes in segments.
         ``engine``: one shared with other streams (default: :attr:`engine`, else one of its own)."""
+        _check_requests([request], "stream(request)")
         return open_stream(self, request, engine if engine is not None else self.engine)
 
     def speak(self, requests: list[SpeechRequest], engine: Engine | None = None) -> GenerationOutput:
@@ -171,6 +172,11 @@ class TadaForCausalLM(TadaWeights):
         Each text is spoken as it would be alone: those that fit one generation side by side on
         the engine (default: :attr:`engine`), the others in segments; request i > 0 draws from
         generators derived from the first one's (``rng.derive(i)``)."""
+        _check_requests(requests, "speak([requests])")
+        if not requests:
+            raise GenerationInputError("speak() needs at least one SpeechRequest")
+        if not all(request.whole for request in requests):
+            raise GenerationInputError("speak() takes whole texts; use stream(request) for text that arrives in pieces")
         engine = engine if engine is not None else self.engine
         self.require_decoder()
         for request in requests:
@@ -189,6 +195,11 @@ class TadaForCausalLM(TadaWeights):
             if isinstance(plan, LongFormPlan):
                 outputs[i] = speak_whole(self, requests[i], plan, rngs[i], engine)
         return merge_outputs(outputs)
+
+
+def _check_requests(requests: Any, call: str) -> None:
+    if not isinstance(requests, list | tuple) or not all(isinstance(r, SpeechRequest) for r in requests):
+        raise GenerationInputError(f"{call} takes SpeechRequest objects: SpeechRequest('Hello.', voice=prompt)")
 
 
 # ``generate(model, prompt, text, ...)`` as a plain function, for callers that prefer one.

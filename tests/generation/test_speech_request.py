@@ -133,3 +133,14 @@ def test_the_stream_carries_the_request_it_was_given(demo_model, demo_voice):
         chunks = [chunk for chunk, _ in stream]
     again = demo_model.generate(demo_voice, "Hello there.", inference_options=FAST, seed=9).audio[0]
     assert (torch.cat(chunks) - again).abs().max() <= 1e-4
+
+
+def test_stream_and_speak_refuse_what_they_cannot_take(demo_model, demo_voice):
+    with pytest.raises(GenerationInputError, match="at least one"):
+        demo_model.speak([])
+    with pytest.raises(GenerationInputError, match="use stream"):
+        demo_model.speak([SpeechRequest(iter(["Hello ", "there."]), demo_voice)])
+    with pytest.raises(GenerationInputError, match="SpeechRequest"):
+        demo_model.speak(["Hello."])
+    with pytest.raises(GenerationInputError, match="SpeechRequest"):
+        demo_model.stream("Hello.")

@@ -101,7 +101,7 @@ def plan_segments(prepared: PreparedPrompt, request: SpeechRequest) -> LongFormP
     except ValueError as exc:
         raise GenerationInputError(str(exc)) from None
     plans = [prepared.plan(s.text) for s in segments]
-    return LongFormPlan(segments, list(plans), sum(p.tokens_spoken for p in plans))
+    return LongFormPlan(segments, plans, sum(p.tokens_spoken for p in plans))
 
 
 def open_stream(
