@@ -7,8 +7,8 @@ import resource
 import pytest
 import torch
 
-from tadastream.drivers.longform import FADE_SECONDS, LongFormStream, _Joiner
-from tadastream.drivers.segments import CLAUSE_PAUSE, PARAGRAPH_PAUSE, SENTENCE_PAUSE, split_text
+from tadastream.drivers.longform import FADE_SECONDS, LongFormStream
+from tadastream.drivers.segments import CLAUSE_PAUSE, PARAGRAPH_PAUSE, SENTENCE_PAUSE, Joiner, split_text
 from tadastream.drivers.stream import AudioStream
 from tadastream.generation import GenerationInputError, InferenceOptions, SpeechRequest, StreamRng, TextTooLongError
 from tadastream.timeline import simulate_playback
@@ -107,7 +107,7 @@ def test_joins_are_faded_and_paused(demo_model, demo_voice):
         for i, t in enumerate((first, second))
     ]
     fade, pause = round(FADE_SECONDS * 24000), round(PARAGRAPH_PAUSE * 24000)
-    ramp = _Joiner(24000).fade_in
+    ramp = Joiner(24000).fade_in
     n0 = alone[0].numel()
     assert joined.numel() == n0 + pause + alone[1].numel()
     assert torch.equal(joined[: n0 - fade], alone[0][: n0 - fade]), "a segment's audio is untouched but its ends"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from ..playback import FirstChunkHold
 from ..scripts import script_warning
 from ..timestamps import CharTiming, WordTiming
 from ..weights import TadaWeights
-from .segments import Segment, split_text
+from .segments import FADE_SECONDS, Joiner, Segment, split_text
 from .stream import AudioStream, ClosingStream
 
 __all__ = [
@@ -56,10 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("tadastream")
-
-#: Length of the fades at each join.
-FADE_SECONDS = 0.005
-
 
 def warn_about_scripts(model: TadaWeights, text: Text) -> None:
     """Log a one-line warning when ``text`` (a string) is in a script ``model`` was not trained on."""
@@ -128,41 +123,6 @@ def speak_whole(
     return result
 
 
-class _Joiner:
-    """Fades each join and adds its pause; holds back only the last 5 ms of audio until it knows
-    whether a join follows."""
-
-    def __init__(self, sample_rate: int):
-        n = max(1, round(FADE_SECONDS * sample_rate))
-        ramp = torch.sin(torch.linspace(0.0, math.pi / 2, n + 2)[1:-1]) ** 2  # raised cosine, ends excluded
-        self.fade_in, self.fade_out = ramp, ramp.flip(0)
-        self.sample_rate = sample_rate
-        self.tail = torch.zeros(0)
-        self.faded = len(ramp)  # samples of the current segment already past its fade-in
-
-    def start(self, fade_in: bool) -> None:
-        self.faded = 0 if fade_in else len(self.fade_in)
-
-    def add(self, chunk: torch.Tensor) -> torch.Tensor:
-        if self.faded < len(self.fade_in):
-            n = min(len(self.fade_in) - self.faded, chunk.numel())
-            chunk = chunk.clone()
-            chunk[:n] *= self.fade_in[self.faded : self.faded + n]
-            self.faded += n
-        joined = torch.cat([self.tail, chunk])
-        keep = min(len(self.fade_out), joined.numel())
-        self.tail = joined[joined.numel() - keep :]
-        return joined[: joined.numel() - keep]
-
-    def end(self, pause: float | None) -> torch.Tensor:
-        """The held samples at a segment's end: faded, then ``pause`` seconds of silence (None: the very end)."""
-        tail, self.tail = self.tail, torch.zeros(0)
-        if pause is None:
-            return tail
-        tail = tail * self.fade_out[len(self.fade_out) - tail.numel() :]
-        return torch.cat([tail, torch.zeros(round(pause * self.sample_rate))])
-
-
 class LongFormStream(ClosingStream):
     """Iterate ``for chunk, sample_rate in stream`` (or ``async for``), as an :class:`AudioStream`.
 
@@ -199,7 +159,7 @@ class LongFormStream(ClosingStream):
         self._current: AudioStream | None = None
         self._tokens_before = 0  # tokens of the segments already spoken
         self._results: list[GenerationOutput] = []
-        self._joiner = _Joiner(SAMPLE_RATE)
+        self._joiner = Joiner(SAMPLE_RATE)
         self._ready: collections.deque[torch.Tensor] = collections.deque()
         self._done = False
         self.result: GenerationOutput | None = None

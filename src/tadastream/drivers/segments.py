@@ -27,15 +27,20 @@ paragraph break gets a longer pause than a sentence end, and a cut inside a sent
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 
 import regex
+import torch
 
 from ..scripts import display_width, grapheme_bounds, spaceless, word_units
 from ..text import is_blank
 
-__all__ = ["CLAUSE_PAUSE", "PARAGRAPH_PAUSE", "SENTENCE_PAUSE", "Segment", "split_text"]
+__all__ = ["CLAUSE_PAUSE", "FADE_SECONDS", "PARAGRAPH_PAUSE", "SENTENCE_PAUSE", "Joiner", "Segment", "split_text"]
+
+#: Length of the fades at each join.
+FADE_SECONDS = 0.005
 
 #: Seconds of silence added after a segment, by how it ends. Within one generation the model makes
 #: its own pauses; these stand in for them at the joins (its leading silence is trimmed there).
@@ -236,3 +241,38 @@ def _graphemes(text: str, start: int, end: int, max_chars: int) -> list[tuple[in
             piece_start = prev
     pieces.append((piece_start, end))
     return pieces
+
+
+class Joiner:
+    """Joins segments' audio: fades each join and adds its pause; holds back only the last 5 ms
+    of audio until it knows whether a join follows."""
+
+    def __init__(self, sample_rate: int):
+        n = max(1, round(FADE_SECONDS * sample_rate))
+        ramp = torch.sin(torch.linspace(0.0, math.pi / 2, n + 2)[1:-1]) ** 2  # raised cosine, ends excluded
+        self.fade_in, self.fade_out = ramp, ramp.flip(0)
+        self.sample_rate = sample_rate
+        self.tail = torch.zeros(0)
+        self.faded = len(ramp)  # samples of the current segment already past its fade-in
+
+    def start(self, fade_in: bool) -> None:
+        self.faded = 0 if fade_in else len(self.fade_in)
+
+    def add(self, chunk: torch.Tensor) -> torch.Tensor:
+        if self.faded < len(self.fade_in):
+            n = min(len(self.fade_in) - self.faded, chunk.numel())
+            chunk = chunk.clone()
+            chunk[:n] *= self.fade_in[self.faded : self.faded + n]
+            self.faded += n
+        joined = torch.cat([self.tail, chunk])
+        keep = min(len(self.fade_out), joined.numel())
+        self.tail = joined[joined.numel() - keep :]
+        return joined[: joined.numel() - keep]
+
+    def end(self, pause: float | None) -> torch.Tensor:
+        """The held samples at a segment's end: faded, then ``pause`` seconds of silence (None: the very end)."""
+        tail, self.tail = self.tail, torch.zeros(0)
+        if pause is None:
+            return tail
+        tail = tail * self.fade_out[len(self.fade_out) - tail.numel() :]
+        return torch.cat([tail, torch.zeros(round(pause * self.sample_rate))])
