@@ -17,6 +17,7 @@ from ..captions import SUBTITLE_FORMATS
 from ..config import DEFAULT_CODEC, QUANTIZE_ACTIVATIONS, SAMPLE_RATE
 from ..loading import DEMO
 from ..scripts import canonical_language
+from .book import check_book_run, is_book_run, run_book
 from .checks import (
     VoiceRequest,
     check_folder,
@@ -34,8 +35,10 @@ from .checks import (
     read_text_file,
 )
 from .errors import CliError, Interrupted, UsageError, one_line
-from .progress import Progress
+from .progress import BookProgress, Progress
 from .sinks import FileSink, NullSink, PlayerSink, StdoutSink
+
+STDOUT_FORMATS = ("wav", "raw")
 
 DEMO_NOTICE = (
     "note: the demo model has random weights, so its audio is noise-like; it shows the streaming machinery "
@@ -43,7 +46,7 @@ DEMO_NOTICE = (
 )
 
 
-def _load_model(args: argparse.Namespace, device: str, progress: Progress):
+def _load_model(args: argparse.Namespace, device: str, progress: Progress, max_streams: int = 1):
     """(model, default voice) for ``--model``; a checkpoint that cannot be had is one line with the demo hint."""
     from ..hub import CheckpointError
     from ..loading import choose_dtype, load_model
@@ -61,7 +64,7 @@ def _load_model(args: argparse.Namespace, device: str, progress: Progress):
             quantize=args.quantize,
             compile=args.compile,
             warmup=args.warmup,
-            max_streams=1,
+            max_streams=max_streams,
             max_positions=args.max_positions,
         )
     except CheckpointError as exc:
@@ -250,7 +253,9 @@ class _SpeakRequest(NamedTuple):
 
 def cmd_speak(args: argparse.Namespace) -> int:
     """``tadastream speak``: check everything (nothing is loaded before), then the voice, the
-    generation and the report."""
+    generation and the report. A file read into files is a book run (:mod:`.book`)."""
+    if is_book_run(args):
+        return _speak_book(args)
     request = _check_speak(args)
     progress = Progress(enabled=not args.quiet)  # stderr: with -o - too, the audio goes to stdout
     sink = _speak_sink(args, request)
@@ -264,6 +269,24 @@ def cmd_speak(args: argparse.Namespace) -> int:
     result, seconds = _speak_generate(args.stream, model, speech.with_voice(prompt), sink, progress, extras)
     _speak_report(request, result, seconds, extras, progress)
     return 0
+
+
+def _speak_book(args: argparse.Namespace) -> int:
+    """``speak -f FILE -o OUT``: the book and its outputs checked, then the voice, then the narration."""
+    run = check_book_run(args)
+    if run is None:  # --list-chapters
+        return 0
+    voice = _speak_voice_request(args)
+    speech = _speech_request(args, run.book.chapters[0].text)  # the chapters bring their own text
+    device = _speak_device(args)
+    progress = BookProgress(enabled=not args.quiet)
+
+    import torch
+
+    torch.manual_seed(speech.seed)  # a recording is encoded the same way every time
+    request = _SpeakRequest(speech, False, run.target, None, None, None, voice, device)
+    model, prompt = _speak_voice(args, request, progress, max_streams=run.parallel)
+    return run_book(args, run, speech.with_voice(prompt), model, progress)
 
 
 # -- cmd_speak's phases: the checks, the voice, the generation, the report -------------------------
@@ -298,6 +321,8 @@ def _speak_destination(args: argparse.Namespace) -> tuple[bool, Path | None]:
     output = None if args.output is None or to_stdout else check_output_file(args.output)
     if args.format is not None and not to_stdout:
         raise UsageError("--format is for -o - (stdout); a file's format comes from its extension (.wav, .flac, .ogg)")
+    if to_stdout and args.format not in (None, *STDOUT_FORMATS):
+        raise UsageError(f"--format {args.format}: stdout takes {' or '.join(STDOUT_FORMATS)}")
     if to_stdout and sys.stdout.isatty():
         raise UsageError(
             "-o - would write binary audio to the terminal: pipe it (| ffplay -nodisp -autoexit -) or use -o out.wav"
@@ -350,9 +375,9 @@ def _speak_sink(args: argparse.Namespace, request: _SpeakRequest):
     return None
 
 
-def _speak_voice(args: argparse.Namespace, request: _SpeakRequest, progress: Progress):
+def _speak_voice(args: argparse.Namespace, request: _SpeakRequest, progress: Progress, max_streams: int = 1):
     """(the model, the prompt to speak in): the model's own voice, an encoded one, or a recording encoded now."""
-    model, default_voice = _load_model(args, request.device, progress)
+    model, default_voice = _load_model(args, request.device, progress, max_streams)
     voice = request.voice
     if voice is None:
         return model, default_voice

@@ -16,11 +16,11 @@ from ..integrations.wyoming import add_wyoming_arguments
 from ..limits import FLOAT_RANGES, MAX_SEED, OPTION_LIMITS, SPEED_RANGE
 from ..optionsets import add_compile_arguments
 from ..server import add_serve_arguments
+from .book import CHAPTER_FORMATS
 from .checks import FILE_EXTENSIONS
-from .commands import cmd_demo, cmd_encode_voice, cmd_ray, cmd_serve, cmd_speak, cmd_wyoming
+from .commands import STDOUT_FORMATS, cmd_demo, cmd_encode_voice, cmd_ray, cmd_serve, cmd_speak, cmd_wyoming
 from .errors import one_line
 
-STDOUT_FORMATS = ("wav", "raw")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEMO_TEXT = "Streaming speech starts playing while the rest of the sentence is still being generated."
 # argparse defaults = InferenceOptions defaults (tests check they agree); kept here for a torch-free --help.
@@ -222,7 +222,8 @@ def _add_speak(sub) -> None:
         "--output",
         metavar="FILE|-",
         help="write a file (" + ", ".join(f".{e}" for e in FILE_EXTENSIONS) + " where this soundfile supports it), "
-        "or - for stdout",
+        "or - for stdout; with -f: also an audiobook with chapters (.m4b, .m4a), a FOLDER/ of chapter files, "
+        "or a read-along EPUB (.epub, from an EPUB)",
     )
     g.add_argument(
         "--stream",
@@ -231,8 +232,9 @@ def _add_speak(sub) -> None:
     )
     g.add_argument(
         "--format",
-        choices=STDOUT_FORMATS,
-        help="stdout encoding: wav (default; streaming header) or raw (16-bit little-endian PCM, 24 kHz mono)",
+        choices=tuple(dict.fromkeys((*STDOUT_FORMATS, *CHAPTER_FORMATS))),
+        help="stdout encoding: wav (default; streaming header) or raw (16-bit little-endian PCM, 24 kHz mono); "
+        "with -o FOLDER/, the chapter files' format (m4a default)",
     )
     _add_first_chunk(g)
     g.add_argument("--timeline", metavar="PNG", help="also draw chunk timings and token durations (tadastream[plot])")
@@ -248,6 +250,23 @@ def _add_speak(sub) -> None:
         help="also write every word's and character's start and end (seconds) and place in the text, as .json",
     )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
+    g = speak.add_argument_group("books (-f book.epub, .md, .html or .txt)")
+    g.add_argument("--chapters", metavar="RANGE", help="speak only these chapters: 3-7, 2, 1,4,6-, -5")
+    g.add_argument(
+        "--list-chapters", action="store_true", help="print the chapters, their lengths and audio time, and stop"
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the narration beside -o until the book is done; after an interruption, the same command "
+        "with --resume goes on where it stopped (same audio as an uninterrupted run)",
+    )
+    g.add_argument(
+        "--parallel",
+        type=_number(int, 1, 64),
+        metavar="N",
+        help="segments generated at once on one engine (default 4); the audio is the same for any N",
+    )
     _add_model_options(speak)
     _add_generation_options(speak)
     _add_common(speak)

@@ -56,3 +56,61 @@ class Progress:
         if self.live:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
+
+
+class BookProgress(Progress):
+    """A book's progress: chapter n of m, share of the text spoken, audio made, real-time factor
+    and the time left; a live line on a terminal, otherwise a plain line per chapter and at most
+    one a minute between."""
+
+    LOG_EVERY = 60.0
+
+    def begin(self, book, plan, narrator) -> None:
+        self.book, self.plan, self.narrator = book, plan, narrator
+        self.tokens_total = sum(plan.tokens)
+        self.tokens_before = narrator.tokens  # spoken by an earlier, interrupted run
+        self.samples_before = narrator.samples
+        self.chapter = 0
+        self.start = time.perf_counter()
+        self._logged = self.start
+
+    def event(self, event) -> None:
+        from ..books.narrate import ChapterEnd, ChapterStart, SegmentDone
+
+        if isinstance(event, ChapterStart):
+            self.chapter = event.index
+        elif isinstance(event, SegmentDone):
+            now = time.perf_counter()
+            if self.live:
+                self._draw_book(now)
+            elif self.enabled and now - self._logged >= self.LOG_EVERY:
+                self._logged = now
+                say(self.line(now))
+        elif isinstance(event, ChapterEnd) and self.enabled and not self.live:
+            self._logged = time.perf_counter()
+            say(self.line(self._logged))
+
+    def line(self, now: float) -> str:
+        narrator, chapters = self.narrator, len(self.book.chapters)
+        share = narrator.tokens / self.tokens_total if self.tokens_total else 1.0
+        audio = narrator.samples / SAMPLE_RATE
+        wall = now - self.start
+        audio_made = (narrator.samples - self.samples_before) / SAMPLE_RATE
+        made = (narrator.tokens - self.tokens_before) / self.tokens_total if self.tokens_total else 0.0
+        rtf = f"RTF {wall / audio_made:.2f}" if audio_made > 0 else "RTF n/a"
+        left = f"ETA {_clock(wall / made * (1 - share))}" if made > 0 else "ETA n/a"
+        shown = f"{audio:.1f} s" if audio < 3600 else f"{audio / 3600:.2f} h"
+        where = f"chapter {self.chapter + 1} of {chapters} | {100 * share:.1f}% of the text"
+        return f"{where} | {shown} of audio | {rtf} | {left}"
+
+    def _draw_book(self, now: float) -> None:
+        if now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        sys.stderr.write("\r" + self.line(now)[:120] + "\x1b[K")
+        sys.stderr.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
