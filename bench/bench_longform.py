@@ -2,6 +2,7 @@
 
     python bench/bench_longform.py                                  # demo model, a 10-minute text
     python bench/bench_longform.py --mode 1b --dtype bf16 --max-seconds 120
+    python bench/bench_longform.py --mode 1b --dtype bf16 --parallel 1,2,4,8   # book segments at once
 
 Speaks one sentence (a single generation), then a text that takes ``--minutes`` to read aloud
 (about 150 words a minute, in paragraphs) through long-form streaming, and reports time to first
@@ -11,6 +12,11 @@ means the document's length does not cost memory). Durations follow bench_stream
 pattern, so the audio length is the same on every machine. ``--max-seconds`` stops the long
 text early (the TADA-1B shapes on a CPU need minutes per minute of audio); the figures then
 cover the part spoken.
+
+``--parallel 1,2,4,8`` instead narrates a book of ``--segments`` segments with the book narrator
+at each level (that many segments generating at once on one engine) and reports wall time,
+tokens per second and the speed-up over one at a time, and checks that every level made the
+same audio (batched segments are their solo audio).
 """
 
 from __future__ import annotations
@@ -82,6 +88,50 @@ def speak(model, voice, text: str, options, max_seconds: float | None, long_form
     }
 
 
+def narrate_book(model, voice, options, segments: int, levels: list[int]) -> list[dict]:
+    """The same book narrated with 1, 2, 4 ... segments at once: wall time, tokens/s, equal audio."""
+    from tadastream.books import Book, Chapter
+    from tadastream.books.narrate import Audio, Narrator, plan_book
+    from tadastream.engine import Engine
+    from tadastream.generation import SpeechRequest
+
+    sentences = narration(segments * 0.2).replace("\n\n", " ").split(". ")
+    text = "\n\n".join(". ".join(sentences[i : i + 2]) + "." for i in range(0, 2 * segments, 2))
+    book = Book("bench", (Chapter("bench", text),))
+    rows, reference = [], None
+    for level in levels:
+        bs.reset_durations(0)
+        request = SpeechRequest(text, voice=voice, options=options, seed=1, segment_chars=200)
+        plan = plan_book(model, book, request)
+        engine = Engine(model, max_streams=level)
+        start = time.perf_counter()
+        with Narrator(model, plan, request, engine, parallel=level) as narrator:
+            audio = torch.cat([e.samples for e in narrator if isinstance(e, Audio)])
+        wall = time.perf_counter() - start
+        reference = audio if reference is None else reference
+        same = float((audio - reference).abs().max()) if audio.shape == reference.shape else None
+        rows.append(
+            {
+                "parallel": level,
+                "segments": plan.total,
+                "tokens": sum(plan.tokens),
+                "audio_s": round(audio.numel() / SAMPLE_RATE, 2),
+                "wall_s": round(wall, 2),
+                "tokens_per_s": round(sum(plan.tokens) / wall, 2),
+                "rtf": round(wall / (audio.numel() / SAMPLE_RATE), 3),
+                "max_diff_vs_1": same,
+            }
+        )
+    for row in rows:
+        row["speedup"] = round(rows[0]["wall_s"] / row["wall_s"], 2)
+        print(
+            f"parallel {row['parallel']}: {row['segments']} segments, {row['tokens']} tokens, {row['audio_s']} s audio "
+            f"in {row['wall_s']} s ({row['tokens_per_s']} tokens/s, RTF {row['rtf']}), speed-up {row['speedup']}x, "
+            f"max |diff| vs parallel 1: {row['max_diff_vs_1']}"
+        )
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=("tiny", "1b"), default="tiny")
@@ -92,6 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=None, help="stop the long text after this wall time")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON result")
+    ap.add_argument("--parallel", default=None, help="narrate a book at these levels instead, e.g. 1,2,4,8")
+    ap.add_argument("--segments", type=int, default=16, help="segments of the --parallel book (default 16)")
     args = ap.parse_args(argv)
     args.layout = "optimized"
     if args.threads:
@@ -100,6 +152,12 @@ def main(argv=None) -> int:
     model, _ = bs.build_model(args)
     voice = demo_voice(model)
     options = InferenceOptions(num_flow_matching_steps=args.flow_steps)
+    if args.parallel:
+        levels = [int(x) for x in args.parallel.split(",")]
+        rows = narrate_book(model, voice, options, args.segments, levels)
+        name = f"longform-parallel-{args.mode}-{args.dtype}"
+        bs.save_result(args.out, name, "bench_longform.py", argv, mode=args.mode, dtype=args.dtype, levels=rows)
+        return 0
     short = speak(model, voice, "The river keeps running past old stone bridges.", options, None, long_form=False)
     long = speak(model, voice, narration(args.minutes), options, args.max_seconds, long_form=True)
     for name, row in (("one sentence", short), (f"{args.minutes:g}-minute text", long)):
