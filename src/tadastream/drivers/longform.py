@@ -158,7 +158,9 @@ class LongFormStream(ClosingStream):
         self.segment_index = -1
         self._current: AudioStream | None = None
         self._tokens_before = 0  # tokens of the segments already spoken
-        self._results: list[GenerationOutput] = []
+        # each segment's durations, for the merged result; not the segments' whole results, which
+        # hold their acoustic features and ids (tens of KB a segment, kept for a whole book)
+        self._time_before: list[torch.Tensor | None] = []
         self._joiner = Joiner(SAMPLE_RATE)
         self._ready: collections.deque[torch.Tensor] = collections.deque()
         self._done = False
@@ -204,7 +206,7 @@ class LongFormStream(ClosingStream):
             self._finish(None)
             return False
         self._take_words()
-        self._results.append(stream.result)
+        self._time_before.append(stream.result.time_before)
         self._tokens_before += stream.tokens_done
         seconds, chars = self._samples_before / self.sample_rate, self.segments[self.segment_index].start
         self.characters.extend(c.shifted(seconds, chars) for c in (stream.result.characters or [[]])[0])
@@ -225,11 +227,9 @@ class LongFormStream(ClosingStream):
         self._done, self._current, self.result = True, None, result
 
     def _merged_result(self) -> GenerationOutput:
-        def cat(name: str):
-            parts = [getattr(r, name) for r in self._results]
-            return torch.cat(parts, dim=-1) if all(isinstance(p, torch.Tensor) for p in parts) else None
-
-        out = GenerationOutput(text=[self.full_text], input_str=[self.full_text], time_before=cat("time_before"))
+        parts = self._time_before
+        time_before = torch.cat(parts, dim=-1) if all(isinstance(p, torch.Tensor) for p in parts) else None
+        out = GenerationOutput(text=[self.full_text], input_str=[self.full_text], time_before=time_before)
         out.words, out.characters = [list(self.words)], [list(self.characters)]
         self._stamp(out)
         out.total_time = time.perf_counter() - self.started_at
