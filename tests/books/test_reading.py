@@ -240,15 +240,32 @@ def test_a_zip_without_a_package_is_not_a_readable_epub(tmp_path):
         read_book(path)
 
 
-def test_a_broken_package_is_not_a_readable_epub(tmp_path):
-    good = build_epub(tmp_path / "good.epub")
-    broken = tmp_path / "broken.epub"
-    with zipfile.ZipFile(good) as source, zipfile.ZipFile(broken, "w") as target:
-        for info in source.infolist():
-            if info.filename != "EPUB/chapter2.xhtml":  # listed in the manifest, missing from the zip
-                target.writestr(info, source.read(info))
-    with pytest.raises(BookError, match="broken.epub is not a readable EPUB"):
-        read_book(broken)
+def rewritten(source: Path, target: Path, changes: dict[str, bytes | None]) -> Path:
+    """A copy of the zip at ``source`` with some files replaced (bytes) or left out (None)."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            data = changes.get(info.filename, old.read(info))
+            if data is not None:
+                new.writestr(info, data)
+    return target
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"EPUB/content.opf": None}, {"EPUB/content.opf": b"<package><unclosed></package>"}],
+    ids=["package missing", "package not XML"],
+)
+def test_a_broken_package_is_not_a_readable_epub(tmp_path, epub_path, changes):
+    with pytest.raises(BookError, match=r"broken.epub is not a readable EPUB \(ebooklib: .*\): .*check that"):
+        read_book(rewritten(epub_path, tmp_path / "broken.epub", changes))
+
+
+def test_files_missing_from_the_zip_are_skipped_not_fatal(tmp_path, epub_path):
+    changes = {"EPUB/chapter2.xhtml": None, "EPUB/images/cover.png": None}
+    book = read_book(rewritten(epub_path, tmp_path / "lossy.epub", changes))
+    assert [c.title for c in book.chapters] == [NAV_TITLES[0], NAV_TITLES[2]]
+    assert "missing from the EPUB (chapter2.xhtml)" in book.skipped
+    assert book.cover is None
 
 
 def test_a_book_with_nothing_to_speak(tmp_path):
@@ -457,3 +474,85 @@ def test_fragments_match_their_elements_for_any_text(tmp_path, paras):
     root = etree.fromstring(f"<body>{body}</body>")
     expected = [spoken(el) for el in root]
     assert chapter.text == "\n\n".join(t for t in expected if any(ch.isalnum() for ch in t))
+
+
+# --------------------------------------------------------------------------- a hand-made EPUB 2 package
+
+_XHTML11 = (
+    '<?xml version="1.0" encoding="utf-8"?>\n'
+    '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.1//EN" "http://www.w3.org/TR/xhtml11/DTD/xhtml11.dtd">\n'
+    '<html xmlns="http://www.w3.org/1999/xhtml"><head><title>Sea Tales</title>'
+    '<link rel="stylesheet" href="../Styles/style.css" type="text/css"/></head><body>{}</body></html>'
+)
+_LONG = " ".join(["The tide came in and went out again, as tides do."] * 50)
+_PACKAGE = {
+    "mimetype": "application/epub+zip",
+    "META-INF/container.xml": '<?xml version="1.0"?><container version="1.0" '
+    'xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles>'
+    '<rootfile full-path="OEBPS/content.opf" media-type="application/oebps-package+xml"/></rootfiles></container>',
+    "OEBPS/content.opf": """<?xml version="1.0" encoding="utf-8"?>
+<package xmlns="http://www.idpf.org/2007/opf" version="2.0" unique-identifier="uid">
+ <metadata xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:opf="http://www.idpf.org/2007/opf">
+  <dc:title>Sea Tales</dc:title><dc:identifier id="uid">x-1</dc:identifier>
+  <dc:creator opf:role="aut">Jon Brine</dc:creator><dc:creator opf:role="ill">Ink Maker</dc:creator>
+  <dc:language>en-GB</dc:language><meta name="cover" content="cover-jpg"/>
+ </metadata>
+ <manifest>
+  <item id="ncx" href="toc.ncx" media-type="application/x-dtbncx+xml"/>
+  <item id="title" href="Text/title.xhtml" media-type="application/xhtml+xml"/>
+  <item id="ch1" href="Text/ch1.xhtml" media-type="application/xhtml+xml"/>
+  <item id="ch2" href="Text/chapter%20two.xhtml" media-type="application/xhtml+xml"/>
+  <item id="notes" href="Text/notes.xhtml" media-type="application/xhtml+xml"/>
+  <item id="cover-jpg" href="Images/cover.jpg" media-type="image/jpeg"/>
+  <item id="css" href="Styles/style.css" media-type="text/css"/>
+ </manifest>
+ <spine toc="ncx">
+  <itemref idref="title"/><itemref idref="ch1"/><itemref idref="ch2"/><itemref idref="notes" linear="no"/>
+ </spine>
+ <guide>
+  <reference type="title-page" title="Title" href="Text/title.xhtml"/>
+  <reference type="toc" title="Contents" href="Text/ch1.xhtml#contents"/>
+ </guide>
+</package>""",
+    "OEBPS/toc.ncx": """<?xml version="1.0" encoding="utf-8"?>
+<ncx xmlns="http://www.daisy.org/z3986/2005/ncx/" version="2005-1"><head/><docTitle><text>Sea Tales</text></docTitle>
+<navMap>
+ <navPoint id="n1" playOrder="1"><navLabel><text>
+   I. The   Tide</text></navLabel><content src="Text/ch1.xhtml#chap1"/>
+  <navPoint id="n1a" playOrder="2"><navLabel><text>A Section</text></navLabel>
+   <content src="Text/ch1.xhtml#sec"/></navPoint>
+ </navPoint>
+ <navPoint id="n2" playOrder="3"><navLabel><text>II. The Wreck</text></navLabel>
+  <content src="Text/chapter%20two.xhtml"/></navPoint>
+</navMap></ncx>""",
+    "OEBPS/Text/title.xhtml": _XHTML11.format("<h1>Sea Tales</h1><p>by Jon Brine</p>"),
+    "OEBPS/Text/ch1.xhtml": _XHTML11.format(
+        '<div id="contents"><p>Contents: I, II.</p></div><hr/>'
+        '<h2 id="chap1">I.&nbsp;The Tide</h2>'
+        '<p>It rose&mdash;and fell.<a href="notes.xhtml#n1" class="pginternal">[1]</a> Again.</p>'
+        f'<p>&#160;</p><p>{_LONG}</p><h3 id="sec">A Section</h3>'
+        "<p class='poem'>Wave upon wave,<br/>\nstone upon stone.</p>"
+    ),
+    "OEBPS/Text/chapter two.xhtml": _XHTML11.format("<h2>II. The Wreck</h2><p>Timbers creaked.</p>"),
+    "OEBPS/Text/notes.xhtml": _XHTML11.format('<p id="n1">[1] A note about tides.</p>'),
+    "OEBPS/Images/cover.jpg": b"\xff\xd8\xff\xe0" + b"\x00" * 32 + b"\xff\xd9",
+    "OEBPS/Styles/style.css": "p { margin: 0 }",
+}
+
+
+def test_a_hand_made_epub2_package_in_subfolders(tmp_path):
+    path = tmp_path / "sea.epub"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in _PACKAGE.items():
+            archive.writestr(name, data)
+    book = read_book(path)
+    assert (book.title, book.author, book.language) == ("Sea Tales", "Jon Brine", "en-GB")
+    assert book.cover is not None and book.cover.media_type == "image/jpeg"
+    assert book.skipped == ("title page (Text/title.xhtml)", "outside the reading order (Text/notes.xhtml)")
+    tide, wreck = book.chapters
+    assert (tide.title, tide.href) == ("I. The Tide", "OEBPS/Text/ch1.xhtml")
+    assert (wreck.title, wreck.href) == ("II. The Wreck", "OEBPS/Text/chapter two.xhtml")
+    assert tide.text.startswith("Contents: I, II.\n\nI. The Tide\n\nIt rose\u2014and fell. Again.\n\nThe tide came")
+    assert tide.text.endswith("A Section\n\nWave upon wave, stone upon stone.")
+    for chapter in book.chapters:
+        check_fragments(chapter)

@@ -735,11 +735,28 @@ def _ncx_entries(data: bytes, base: str) -> list[tuple[str, str, str]]:
 
 
 def _load_epub(path: Path):
-    """ebooklib's view of the package, without its own nav/NCX parsing (it fails on books that
-    readers accept; ours tolerates them), and the OPF's folder."""
+    """ebooklib's view of the package, the OPF's folder, and the manifest files missing from the zip.
+
+    Two leniencies readers have too: ebooklib's nav/NCX parsing is left out (it fails on odd but
+    readable navigation; :func:`_nav_entries` and :func:`_ncx_entries` tolerate it), and a file the
+    manifest lists but the zip lacks reads as empty instead of failing the book (a lost image is
+    common); only the package document itself must be there."""
     from ebooklib import epub
 
     class Reader(epub.EpubReader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.missing: set[str] = set()
+
+        def read_file(self, name):
+            try:
+                return super().read_file(name)
+            except KeyError:
+                if not self.opf_file or posixpath.normpath(name) == posixpath.normpath(self.opf_file):
+                    raise
+                self.missing.add(posixpath.normpath(name))
+                return b""
+
         def _parse_nav(self, data, base_path, navtype="toc"):  # parsed by _nav_entries
             pass
 
@@ -749,7 +766,7 @@ def _load_epub(path: Path):
     reader = Reader(str(path), {"ignore_ncx": True})
     book = reader.load()
     reader.process()
-    return book, reader.opf_dir
+    return book, reader.opf_dir, reader.missing
 
 
 def _metadata(book, name: str) -> list[tuple[str, dict]]:
@@ -796,7 +813,7 @@ def _read_epub(path: Path) -> Book:
         raise BookError(f"reading {path.name} needs ebooklib: {_INSTALL_HINT}") from err
     _check_container(path)
     try:
-        book, opf_dir = _load_epub(path)
+        book, opf_dir, missing = _load_epub(path)
     except Exception as err:  # ebooklib raises whatever its parsing meets on a broken package
         raise _broken(path, f"ebooklib: {type(err).__name__}", err) from err
 
@@ -837,6 +854,10 @@ def _read_epub(path: Path) -> Book:
         if item is nav_item:
             skipped.append(f"table of contents ({name})")
             continue
+        href = posixpath.normpath(posixpath.join(opf_dir, name)) if opf_dir else name
+        if href in missing:
+            skipped.append(f"missing from the EPUB ({name})")
+            continue
         doc = _read_document(item.content or b"")
         short = doc is None or len(doc.text) < SHORT_DOCUMENT
         label = next(
@@ -860,7 +881,6 @@ def _read_epub(path: Path) -> Book:
         if not title and doc.title and doc.title.casefold() != book_title.casefold():
             title = doc.title
         title = title or f"Chapter {len(chapters) + 1}"
-        href = posixpath.normpath(posixpath.join(opf_dir, name)) if opf_dir else name
         if doc.is_xml:
             document, fragments = _mark_fragments(doc)
             chapters.append(Chapter(title, doc.text, href, document, fragments))
