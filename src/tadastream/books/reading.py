@@ -23,6 +23,9 @@ joined by a blank line, and lists what it left out in ``Book.skipped``.
    index, these apply to short documents only, so a chapter is never dropped for its name;
 6. it has no speakable text (an image page): "no speakable text".
 
+A spine document the manifest lists but the zip lacks is listed as "missing from the EPUB";
+a missing image or font is ignored, as reading systems do.
+
 Each spine document is one chapter, even where the navigation points at ``#fragments`` inside
 it (several sections of one file read as one chapter, titled by the first entry). Titles come
 from the navigation (EPUB 3 ``nav.xhtml`` toc, else the EPUB 2 NCX), else the document's first
@@ -34,6 +37,13 @@ a block where some sentence crosses inline markup (``<em>``, a link, a line brea
 fragment, on the block element (its own id, else ``tada-bN``), or on a new ``<span>`` holding
 the run where the block also holds other blocks. A document that is not well-formed XML is
 still read (with lxml's HTML parser) but has no document or fragments.
+
+**Markdown and HTML files** are split into chapters at the highest heading level that gives more
+than one chapter (``#``/setext or ``<h1>``, else the next level down). Text before the first
+such heading is a chapter of its own ("Opening", or its own heading) when it holds prose; a
+heading alone there (the book's title) opens the first chapter. Markdown keeps link text and
+inline code, drops images, fenced code, comments, footnotes and markers, and joins hard-wrapped
+lines; YAML front matter may give ``title``, ``author`` and ``lang``. These have no read-along.
 """
 
 from __future__ import annotations
