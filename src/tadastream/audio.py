@@ -16,6 +16,7 @@ import io
 import os
 import struct
 import threading
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
 
@@ -384,56 +385,86 @@ def _sf_command(handle: sf.SoundFile, command: int, ctype: str, value: float) ->
     lib.sf_command(handle._file, command, ffi.new(f"{ctype}*", value), ffi.sizeof(ctype))
 
 
+def _import_av(what: str, install: str):
+    """PyAV, or an :class:`AudioError` saying what needs it and how to install it (it is an extra)."""
+    try:
+        import av
+    except ImportError as err:
+        raise AudioError(f"{what} needs PyAV: pip install {install}") from err
+    return av
+
+
+class _AacEncoder:
+    """AAC-LC packets from float audio in chunks of any size, for a PyAV container to mux.
+
+    FFmpeg's native encoder takes exactly ``FRAME`` samples a call, so audio is queued in a FIFO
+    and encoded a frame at a time as soon as one is full. Each frame carries its position in
+    samples, so the encoder's packets carry it too, less its priming (the first packet's pts is
+    -1024): a container that can (MP4, with its edit list) then plays from the first sample given.
+    """
+
+    FRAME = 1024  # AAC-LC's frame; the codec context reports 0 until it is opened
+
+    def __init__(self, av, container, sample_rate: int, layout: str, bit_rate: int):
+        self._av = av
+        self._rate, self._layout = sample_rate, layout
+        self._time_base = Fraction(1, sample_rate)
+        self.stream = container.add_stream("aac", rate=sample_rate)
+        self.stream.bit_rate = bit_rate
+        self.stream.layout = layout
+        self._fifo = av.AudioFifo()
+        self._sent = 0  # samples handed to the encoder
+
+    def encode(self, planar: np.ndarray) -> list:
+        """Queue ``(channels, samples)`` float32 audio; the packets of every frame now complete."""
+        if not planar.shape[1]:
+            return []
+        frame = self._av.AudioFrame.from_ndarray(planar, format="fltp", layout=self._layout)
+        frame.sample_rate = self._rate
+        self._fifo.write(frame)
+        packets = []
+        while self._fifo.samples >= self.FRAME:
+            packets += self._encode(self._fifo.read(self.FRAME))
+        return packets
+
+    def flush(self) -> list:
+        """The packets of what is queued (the last frame padded by the encoder) and of the encoder's delay."""
+        rest = self._fifo.read()
+        packets = self._encode(rest) if rest is not None and rest.samples else []
+        return packets + list(self.stream.encode(None))
+
+    def _encode(self, frame) -> list:
+        frame.pts, frame.time_base = self._sent, self._time_base
+        self._sent += frame.samples
+        return list(self.stream.encode(frame))
+
+
 class _AacWriter:
     """AAC-LC in ADTS frames through PyAV (FFmpeg's native encoder).
 
     ADTS repeats its header on every frame (about 43 ms at 24 kHz), so a player can start from
-    any byte, as with MP3. The encoder takes exactly ``frame_size`` samples a call, so audio is
-    queued in a FIFO; every encoded frame is written to the buffer as soon as FFmpeg returns it.
+    any byte, as with MP3. Every encoded frame is written to the buffer as soon as FFmpeg returns it.
     """
 
     BIT_RATE = 64000
 
     def __init__(self, out: _ForwardBuffer, sample_rate: int, channels: int):
-        try:
-            import av
-        except ImportError as err:
-            raise AudioError("audio format 'aac' needs PyAV: pip install av") from err
-        self._av = av
-        self._layout = "mono" if channels == 1 else "stereo" if channels == 2 else None
-        if self._layout is None:
+        av = _import_av("audio format 'aac'", "av")
+        layout = "mono" if channels == 1 else "stereo" if channels == 2 else None
+        if layout is None:
             raise AudioError(f"aac takes mono or stereo audio, not {channels} channels")
-        self._rate = sample_rate
         self._container = av.open(out, mode="w", format="adts", options={"flush_packets": "1"})
-        self._stream = self._container.add_stream("aac", rate=sample_rate)
-        self._stream.bit_rate = self.BIT_RATE
-        self._stream.layout = self._layout
-        self._frame_size = 1024  # AAC-LC's frame; the codec context reports 0 until it is opened
-        self._fifo = av.AudioFifo()
-        self._queued = 0
+        self._encoder = _AacEncoder(av, self._container, sample_rate, layout, self.BIT_RATE)
 
     def write(self, frames: np.ndarray) -> None:
-        planar = np.ascontiguousarray(frames.T, dtype=np.float32)
-        frame = self._av.AudioFrame.from_ndarray(planar, format="fltp", layout=self._layout)
-        frame.sample_rate, frame.pts = self._rate, self._queued
-        self._queued += planar.shape[1]
-        self._fifo.write(frame)
-        while self._fifo.samples >= self._frame_size:
-            self._encode(self._fifo.read(self._frame_size))
-
-    def _encode(self, frame) -> None:
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        self._container.mux(self._encoder.encode(np.ascontiguousarray(frames.T, dtype=np.float32)))
 
     def close(self) -> None:
-        """Encode what is queued (the last frame padded by the encoder), flush, and end the stream."""
+        """Encode what is queued, flush, and end the stream."""
         if self._container is None:
             return
         try:
-            rest = self._fifo.read()
-            if rest is not None and rest.samples:
-                self._encode(rest)
-            self._encode(None)
+            self._container.mux(self._encoder.flush())
         finally:
             self._container.close()
             self._container = None
