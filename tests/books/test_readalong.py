@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-import shutil
 import struct
 import subprocess
 import zipfile
@@ -30,6 +29,7 @@ from tadastream.books.readalong import (  # noqa: E402
     write_readalong,
 )
 from tadastream.timestamps import WordTiming  # noqa: E402
+from tests.helpers.books import epubcheck_command  # noqa: E402
 
 OPF = "{http://www.idpf.org/2007/opf}"
 SMIL = "{http://www.w3.org/ns/SMIL}"
@@ -311,17 +311,6 @@ def test_narrating_a_read_along_again_replaces_its_overlays(made, tmp_path):
         assert overlays(after)["EPUB/text/ch2.xhtml"] == overlays(before)["EPUB/text/ch2.xhtml"]
         styles = etree.fromstring(after.read("EPUB/ch1.xhtml")).findall(".//{http://www.w3.org/1999/xhtml}style")
         assert len(styles) == 1
-
-
-def epubcheck_command() -> list[str] | None:
-    """epubcheck as this machine runs it (Debian ships a bare jar as /usr/bin/epubcheck)."""
-    found = shutil.which("epubcheck")
-    if found is None:
-        return None
-    if Path(found).resolve().suffix == ".jar":
-        java = shutil.which("java")
-        return [java, "-jar", found] if java else None
-    return [found]
 
 
 @pytest.mark.skipif(epubcheck_command() is None, reason="epubcheck (and Java) is not installed; CI installs it")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import io
 import re
+import shutil
 import struct
 import zipfile
 import zlib
@@ -241,3 +242,14 @@ def _as_epub2(opf: bytes) -> bytes:
     text = re.sub(r'\s(?:properties|prefix)="[^"]*"', "", text)
     text = re.sub(r'<meta property="dcterms:modified">[^<]*</meta>', "", text)
     return text.encode()
+
+
+def epubcheck_command() -> list[str] | None:
+    """epubcheck as this machine runs it (Debian ships a bare jar as /usr/bin/epubcheck)."""
+    found = shutil.which("epubcheck")
+    if found is None:
+        return None
+    if Path(found).resolve().suffix == ".jar":
+        java = shutil.which("java")
+        return [java, "-jar", found] if java else None
+    return [found]

@@ -42,6 +42,7 @@ __all__ = ["AUDIO_MEDIA_TYPES", "ChapterAudio", "Clip", "clock_value", "fragment
 #: Audio a read-along may carry, by suffix: the EPUB 3 core media types for audio.
 AUDIO_MEDIA_TYPES = {".m4a": "audio/mp4", ".mp4": "audio/mp4", ".mp3": "audio/mpeg"}
 ACTIVE_CLASS = "-epub-media-overlay-active"
+_SCRIPT = re.compile(rb"<(?:[\w-]+:)?script[\s/>]")
 #: A soft yellow that leaves the text's own colour readable on light and dark pages.
 HIGHLIGHT_CSS = "background-color: rgba(255, 214, 10, 0.45);"
 
@@ -376,6 +377,10 @@ class _Package:
             attrib = {"id": item_id, "href": _href(self.dir, item_path), "media-type": media_type}
             _append(self.manifest, f"{{{OPF}}}item", attrib)
         item.set("media-overlay", smil_id)
+        if _SCRIPT.search(document):  # EPUB 3 asks a scripted document's item to say so
+            properties = (item.get("properties") or "").split()
+            if "scripted" not in properties:
+                item.set("properties", " ".join([*properties, "scripted"]))
         self._set_meta("media:duration", clock_value(math.floor(entry.seconds * 1000 + 1e-6)), f"#{smil_id}")
         self.replaced[path] = document
         self.added += [(audio_path, entry.audio), (smil_path, _smil(path, audio_path, smil_path, clips))]

@@ -31,9 +31,11 @@ PLAYLIST = "playlist.m3u8"
 
 
 def is_book_run(args: argparse.Namespace) -> bool:
-    """Whether ``speak`` reads a file into files: ``-f FILE`` (not stdin) with ``-o`` a file or a
-    folder (not stdout, not the player), or any of the book options."""
+    """Whether ``speak`` reads a file into files: a book (EPUB, Markdown, HTML), a text file with
+    ``-o`` a file or a folder (not stdout, not the player, no --timeline), or any book option."""
     if args.list_chapters or args.resume or args.parallel is not None or args.chapters is not None:
+        return True
+    if args.file is not None and Path(args.file).suffix.lower() in BOOK_SUFFIXES:
         return True
     output = args.output
     if args.file in (None, "-") or output in (None, "-") or args.timeline is not None:
