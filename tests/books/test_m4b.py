@@ -10,16 +10,14 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
 
 from tadastream.audio import AudioError
 from tadastream.books import Cover
-
-av = pytest.importorskip("av")
-
-from tadastream.books.m4b import AudiobookWriter  # noqa: E402 - after the PyAV check
+from tadastream.books.m4b import AudiobookWriter
 
 RATE = 24000
 FRAME = 1024  # AAC-LC's frame: the precision the brief asks of chapters at worst

@@ -12,15 +12,14 @@ import zlib
 from dataclasses import replace
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
+from ebooklib import epub
 from lxml import etree
 
-av = pytest.importorskip("av")
-epub = pytest.importorskip("ebooklib.epub")
-
-from tadastream.books import Book, BookError, Chapter, Fragment  # noqa: E402
-from tadastream.books.readalong import (  # noqa: E402
+from tadastream.books import Book, BookError, Chapter, Fragment
+from tadastream.books.readalong import (
     ACTIVE_CLASS,
     ChapterAudio,
     Clip,
@@ -28,8 +27,8 @@ from tadastream.books.readalong import (  # noqa: E402
     fragment_clips,
     write_readalong,
 )
-from tadastream.timestamps import WordTiming  # noqa: E402
-from tests.helpers.books import epubcheck_command  # noqa: E402
+from tadastream.timestamps import WordTiming
+from tests.helpers.books import epubcheck_command
 
 OPF = "{http://www.idpf.org/2007/opf}"
 SMIL = "{http://www.w3.org/ns/SMIL}"
