@@ -44,9 +44,9 @@ from tadastream.codec.streaming import StreamingDecoder  # noqa: E402
 from tadastream.config import TADA_1B, tada_config  # noqa: E402
 from tadastream.demo import build_demo_model, demo_tokenizer, demo_voice  # noqa: E402
 from tadastream.drivers import generate_steps  # noqa: E402
-from tadastream.model import TadaForCausalLM  # noqa: E402
 from tadastream.generation.options import check_min_first_chunk_ms  # noqa: E402
 from tadastream.limits import MAX_FIRST_CHUNK_MS  # noqa: E402
+from tadastream.model import TadaForCausalLM  # noqa: E402
 from tadastream.playback import playable_start, playback_figures  # noqa: E402
 from tadastream.timecode import decode_time  # noqa: E402
 

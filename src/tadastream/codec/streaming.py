@@ -136,6 +136,13 @@ class StreamingDecoder:
 
     @torch.no_grad()
     def _decode_queued(self, final: bool = False) -> torch.Tensor:
+        # Each call's frame count differs, and oneDNN compiles and keeps a kernel for every new
+        # shape of every layer: over a book that cache grew the process by hundreds of MB. PyTorch's
+        # own CPU kernels keep nothing per shape (on CUDA the flag changes nothing).
+        with torch.backends.mkldnn.flags(enabled=False):
+            return self._decode_queued_now(final)
+
+    def _decode_queued_now(self, final: bool) -> torch.Tensor:
         blocks, self._blocks = self._blocks, []
         frames, self._queued_frames = self._queued_frames, 0
         self._decoded_frames += frames

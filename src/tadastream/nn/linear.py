@@ -35,6 +35,14 @@ def packing_available(dtype: torch.dtype) -> bool:
     return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+#: Row counts above _FAST_ROWS are padded up to a multiple of this (a bounded set of kernel shapes).
+ROW_BUCKET = 16
+
+
+def _bucketed(rows: int) -> int:
+    return rows if rows <= _FAST_ROWS else -(-rows // ROW_BUCKET) * ROW_BUCKET
+
+
 class PackedLinear(nn.Module):
     """Bias-free ``x @ W.T`` with W reordered once for oneDNN (CPU, fp32/bf16).
 
@@ -55,10 +63,14 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, rows = x.shape[:-1], x.reshape(-1, self.in_features)
         n = rows.shape[0]
-        if n < _FAST_ROWS and self._pad_rows:
-            # oneDNN's 1-2 row kernel reads the weight ~1/3 slower than its 4-row one: pad with
-            # zero rows (free when reading the weight is the cost) and drop them after.
-            rows = torch.cat([rows, rows.new_zeros(_FAST_ROWS - n, self.in_features)])
+        # oneDNN's 1-2 row kernel reads the weight ~1/3 slower than its 4-row one: pad with zero
+        # rows (free when reading the weight is the cost) and drop them after. Above that, rows go
+        # up to a multiple of ROW_BUCKET: oneDNN keeps a compiled kernel for every row count it
+        # sees, and a book's prefills and batches of every size grew that cache by hundreds of MB.
+        # A row's result does not depend on how many rows are beside it, so padding changes nothing.
+        target = _FAST_ROWS if n < _FAST_ROWS and self._pad_rows else _bucketed(n)
+        if target > n:
+            rows = torch.cat([rows, rows.new_zeros(target - n, self.in_features)])
         out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), self._packed, None, "none", [], "")
         return out[:n].reshape(*lead, self.out_features)
 
