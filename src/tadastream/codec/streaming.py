@@ -139,8 +139,13 @@ class StreamingDecoder:
         # Each call's frame count differs, and oneDNN compiles and keeps a kernel for every new
         # shape of every layer: over a book that cache grew the process by hundreds of MB. PyTorch's
         # own CPU kernels keep nothing per shape (on CUDA the flag changes nothing).
-        with torch.backends.mkldnn.flags(enabled=False):
+        # (not torch.backends.mkldnn.flags(): it also resets TF32 and warns about it on every call)
+        enabled = torch._C._get_mkldnn_enabled()
+        torch._C._set_mkldnn_enabled(False)
+        try:
             return self._decode_queued_now(final)
+        finally:
+            torch._C._set_mkldnn_enabled(enabled)
 
     def _decode_queued_now(self, final: bool) -> torch.Tensor:
         blocks, self._blocks = self._blocks, []
