@@ -137,7 +137,9 @@ def test_a_folder_gets_a_file_per_chapter_and_a_playlist(book, tmp_path):
 def test_book_options_are_checked_before_any_work(book, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("Some words.", encoding="utf-8")
+    old = build_epub(tmp_path / "old.epub", epub2=True)
     cases = [
+        (["-f", old, "-o", tmp_path / "x.epub"], "EPUB 3"),
         (["-f", text, "-o", tmp_path / "x.epub"], "read-along"),
         (["Hi.", "--resume", "-o", tmp_path / "x.wav"], "-f FILE"),
         (["-f", book, "--chapters", "9", "-o", tmp_path / "x.wav"], "chapters"),
@@ -147,4 +149,4 @@ def test_book_options_are_checked_before_any_work(book, tmp_path):
     ]
     for args, needle in cases:
         assert_user_error(run_cli("speak", *args, "--model", "demo"), 2, needle)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.epub", "t.txt"]

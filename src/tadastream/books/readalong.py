@@ -226,6 +226,25 @@ def _append(parent: etree._Element, tag: str, attrib: dict[str, str]) -> etree._
     return element
 
 
+def check_readalong(source: Path, book: Book) -> None:
+    """Raise :class:`BookError` now, before hours of narration, when ``book`` (read from ``source``)
+    cannot become a read-along EPUB: not EPUB 3, or a chapter without its document."""
+    for chapter in book.chapters:
+        if chapter.document is None:
+            raise BookError(
+                f"chapter {chapter.title!r} is not well-formed XHTML, so its sentences cannot be marked for "
+                "read-along; write an audiobook (-o book.m4b) instead"
+            )
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise BookError(f"cannot read {source} as an EPUB: {error}") from error
+    with archive:
+        package = _Package(archive)
+        for chapter in book.chapters:
+            package.item(chapter)
+
+
 def write_readalong(target: Path, source: Path, book: Book, chapters: Sequence[ChapterAudio]) -> None:
     """Write ``source`` (an EPUB 3) to ``target`` with ``chapters`` narrated as Media Overlays.
 

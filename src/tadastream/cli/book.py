@@ -117,6 +117,14 @@ def _target(output: str, book) -> tuple[Path, str]:
     if suffix == ".epub":
         if book.kind != "epub":
             raise UsageError(f"-o {output}: a read-along EPUB is made from an EPUB; give -f book.epub")
+        from ..books import BookError
+        from ..books.readalong import check_readalong
+
+        try:
+            check_readalong(book.source, book)
+        except BookError as exc:
+            raise UsageError(f"-o {output}: {one_line(exc)}") from None
+        _require_av(output)
         check_folder(target, "-o")
         return target, "readalong"
     if suffix in AUDIOBOOK_SUFFIXES:
