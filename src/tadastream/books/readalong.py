@@ -235,14 +235,17 @@ def check_readalong(source: Path, book: Book) -> None:
                 f"chapter {chapter.title!r} is not well-formed XHTML, so its sentences cannot be marked for "
                 "read-along; write an audiobook (-o book.m4b) instead"
             )
-    try:
-        archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise BookError(f"cannot read {source} as an EPUB: {error}") from error
-    with archive:
+    with _epub(source) as archive:
         package = _Package(archive)
         for chapter in book.chapters:
             package.item(chapter)
+
+
+def _epub(source: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise BookError(f"cannot read {source} as an EPUB: {error}") from error
 
 
 def write_readalong(target: Path, source: Path, book: Book, chapters: Sequence[ChapterAudio]) -> None:
@@ -254,11 +257,7 @@ def write_readalong(target: Path, source: Path, book: Book, chapters: Sequence[C
     """
     if not chapters:
         raise BookError("no narrated chapters to put in the read-along EPUB")
-    try:
-        archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise BookError(f"cannot read {source} as an EPUB: {error}") from error
-    with archive:
+    with _epub(source) as archive:
         package = _Package(archive)
         items = [package.item(entry.chapter) for entry in chapters]
         package.drop_overlays([item for _, item in items])
