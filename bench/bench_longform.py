@@ -122,6 +122,7 @@ def narrate_book(model, voice, options, segments: int, levels: list[int]) -> lis
                 "max_diff_vs_1": same,
             }
         )
+        print(f"parallel {level}: {wall:.2f} s", flush=True)
     for row in rows:
         row["speedup"] = round(rows[0]["wall_s"] / row["wall_s"], 2)
         print(
