@@ -440,7 +440,8 @@ def run_book(args: argparse.Namespace, run: BookRun, speech, model, progress) ->
         wrote = outputs.close()
     except KeyboardInterrupt:
         progress.clear()
-        if spool is not None:
+        if spool is not None:  # the spool is what is kept; a half-written output from its replay goes
+            outputs.abort()
             spool.close()
             raise Interrupted(
                 f"interrupted: {spool.done + 1} of {plan.total} segments kept in {spool.folder}; "
