@@ -501,11 +501,11 @@ def _sentence_spans(text: str) -> list[tuple[int, int]]:
     """Sentences of one block, as the narrator's splitter finds them; a piece with nothing to say
     (a dash, a lone quote) joins its neighbour so every fragment is heard."""
     # The narrator's own sentence rules (imported here: the drivers package loads the engine).
-    from ..drivers.segments import _sentences
+    from ..drivers.segments import sentences
 
     spans: list[tuple[int, int]] = []
     carry: int | None = None
-    for start, end in _sentences(text, 0, len(text)):
+    for start, end in sentences(text, 0, len(text)):
         if is_blank(text[start:end]):
             if spans:
                 spans[-1] = (spans[-1][0], end)

@@ -37,7 +37,16 @@ import torch
 from ..scripts import display_width, grapheme_bounds, spaceless, word_units
 from ..text import is_blank
 
-__all__ = ["CLAUSE_PAUSE", "FADE_SECONDS", "PARAGRAPH_PAUSE", "SENTENCE_PAUSE", "Joiner", "Segment", "split_text"]
+__all__ = [
+    "CLAUSE_PAUSE",
+    "FADE_SECONDS",
+    "PARAGRAPH_PAUSE",
+    "SENTENCE_PAUSE",
+    "Joiner",
+    "Segment",
+    "sentences",
+    "split_text",
+]
 
 #: Length of the fades at each join.
 FADE_SECONDS = 0.005
@@ -103,7 +112,7 @@ def split_text(text: str, max_chars: int = 400) -> list[Segment]:
         raise TypeError(f"text must be a string, got {type(text).__name__}")
     segments: list[Segment] = []
     for start, end in _paragraphs(text):
-        pieces = [s for s in _pack(text, _sentences(text, start, end), max_chars) if not is_blank(s.text)]
+        pieces = [s for s in _pack(text, sentences(text, start, end), max_chars) if not is_blank(s.text)]
         if not pieces:
             continue
         if segments:  # the previous paragraph's last segment ends the paragraph
@@ -131,7 +140,7 @@ def _paragraphs(text: str) -> list[tuple[int, int]]:
     return [span for a, b in bounds if (span := _trimmed(text, a, b))[0] < span[1]]
 
 
-def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
+def sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """The sentences of ``text[start:end]``, each with its closing punctuation and quotes."""
     sentences, begin = [], start
     for match in _SENTENCE_END.finditer(text, start, end):
