@@ -273,7 +273,9 @@ def test_half_precision_pads_rows_only_where_the_cpu_has_native_kernels(demo_mod
     model = build_demo_model().to(torch.bfloat16).eval()  # the shared fixture stays fp32
     expected_rows = linear.MIN_ROWS if native else 1
     assert linear.invariant_rows("cpu", torch.bfloat16) == expected_rows
-    assert linear.invariant_rows("cpu", torch.float32) == linear.invariant_rows("cuda", torch.bfloat16) == 4
+    packed = linear.invariant_rows("cpu", torch.float32, "PackedLinear")
+    assert packed == linear.invariant_rows("cuda", torch.bfloat16) == 4
+    assert linear.invariant_rows("cpu", torch.float32) == linear.UNPACKED_CPU_MIN_ROWS  # MKL's own row paths
     seen = []
     hook = model.prediction_head.register_forward_pre_hook(
         lambda mod, args, kw: seen.append(args[0].shape[0]), with_kwargs=True

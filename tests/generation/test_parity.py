@@ -90,9 +90,10 @@ def test_generate_matches_reference(ref_model, case, stream):
     # Durations and ids are exact. Vectors differ by float rounding only: our matmul kernels are not
     # the reference's (the batched engine feeds every matmul at least 4 rows, for batch
     # invariance), and each step's vector feeds the next, so rounding grows to ~1e-5 over an
-    # utterance (up to 4e-5 in these cases) and the decoder turns that into up to ~1.4e-4 of audio.
-    assert (out.acoustic_features - expected["acoustic_features"]).abs().max() < 1e-4
-    assert (audio - expected["audio"]).abs().max() < 2.5e-4
+    # utterance (up to 4e-5 in these cases on AMD Zen, 1.1e-4 on an Intel Xeon whose MKL rounds
+    # differently) and the decoder turns that into up to ~3.5e-4 of audio.
+    assert (out.acoustic_features - expected["acoustic_features"]).abs().max() < 2e-4
+    assert (audio - expected["audio"]).abs().max() < 5e-4
     if not stream:
         assert torch.equal(out.output_text_ids, expected["output_text_ids"])
 

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -39,6 +40,16 @@ if TYPE_CHECKING:  # the weights sit below the engine: a type only
 logger = logging.getLogger("tadastream.engine")
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
+TICK_LOG_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    """One tick as the engine saw it: LLM rows x positions, running streams, wall seconds."""
+
+    rows: int
+    streams: int
+    seconds: float
 
 
 class Sink(Protocol):
@@ -69,6 +80,9 @@ class EngineStream:
         self.cancel_requested = False
         self.submitted_at = time.perf_counter()
         self._run = None
+        self.steps = 0  # LLM steps answered (prefill chunks included)
+        #: Settled audio frames this stream has handed its sink (the frames it will hear).
+        self.frames_settled = 0
 
     @property
     def done(self) -> bool:
@@ -133,6 +147,8 @@ class Engine:
         # Seconds spent, over all ticks: each batched call, and resuming programs (their own logic
         # and delivering frames, i.e. codec decoding where a sink decodes).
         self.seconds = dict.fromkeys(("llm", "flow", "logits", "programs"), 0.0)
+        #: The latest ticks that ran an LLM step (what a capacity model learns tick time from).
+        self.tick_log: collections.deque[TickRecord] = collections.deque(maxlen=TICK_LOG_LENGTH)
 
     # -- submitting and cancelling (any thread) ---------------------------------------------
     def submit(self, program: SpeechProgram, sink: Sink, text: TextInput | None = None) -> EngineStream:
@@ -203,15 +219,18 @@ class Engine:
     def tick(self) -> bool:
         """One tick; returns False when nothing could move (every stream parked, or none)."""
         with self._tick_lock:
+            started = time.perf_counter()
             self._apply_cancellations()
             moved = self._admit()
             moved = self._wake_parked() or moved
             llm = [s for s in self._running if isinstance(s.pending, LlmStep)]
             if llm:
+                rows = sum(s.pending.rows * s.pending.length for s in llm)
                 self._phase(llm, LlmStep, "llm", lambda reqs: self.runner.llm([(s.slot, r) for s, r in reqs]))
                 self._phase(llm, FlowSolve, "flow", lambda reqs: self.runner.flow([r for _, r in reqs]))
                 self._phase(llm, Logits, "logits", lambda reqs: self.runner.logits([r for _, r in reqs]))
                 self.ticks += 1
+                self.tick_log.append(TickRecord(rows, len(llm), time.perf_counter() - started))
             self._apply_cancellations()
         self.notify()
         return moved or bool(llm)
@@ -225,6 +244,8 @@ class Engine:
             return
         if kind is LlmStep:
             self.tick_rows += sum(s.pending.rows * s.pending.length for s in todo)
+            for s in todo:
+                s.steps += 1
         try:
             results = call([(s, s.pending) for s in todo])
         except Exception as exc:  # a batched call failed: no row of it can be trusted

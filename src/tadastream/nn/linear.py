@@ -253,6 +253,10 @@ class FusedGatedMLP(nn.Module):
 #: does not depend on how many rows share the call, which makes batched generation equal solo
 #: generation bit for bit.
 MIN_ROWS = 4
+#: The same for ATen's unpacked CPU matmuls in float32 (a model loaded with ``optimize=False``): MKL
+#: switches kernels at 2 and again at 11-16 rows on Intel CPUs with AMX (measured on a Xeon), so a
+#: row's result is the same at any row count only from 16 on.
+UNPACKED_CPU_MIN_ROWS = 16
 
 
 @functools.cache
@@ -283,6 +287,8 @@ def invariant_rows(device: torch.device | str, dtype: torch.dtype, layout: str |
         return 1
     if torch.device(device).type == "cpu" and not native_cpu_kernels(dtype):
         return 1
+    if torch.device(device).type == "cpu" and layout is None and dtype == torch.float32:
+        return UNPACKED_CPU_MIN_ROWS
     return MIN_ROWS
 
 
