@@ -81,12 +81,16 @@ class EngineStream:
         self.submitted_at = time.perf_counter()
         self._run = None
         self.steps = 0  # LLM steps answered (prefill chunks included)
-        #: Settled audio frames this stream has handed its sink (the frames it will hear).
-        self.frames_settled = 0
 
     @property
     def done(self) -> bool:
         return self.state == DONE
+
+    @property
+    def frames_settled(self) -> int:
+        """Audio frames (50 a second) this stream has settled for its listener so far."""
+        decoder = getattr(self.sink, "decoder", None)
+        return decoder.frames_in if decoder is not None else 0
 
     @property
     def waiting_for_text(self) -> bool:
