@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..nn.attention import BlockCache
+from .batch import DecodeCall, decode_calls
 from .decoder import Decoder
 
 
@@ -39,18 +40,23 @@ class StreamingDecoder:
             changes the audio. The state carried between calls is a fixed few frames per layer
             plus one block, whatever the utterance length.
         skip_leading_frames: frames of output audio to drop at the start (leading silence).
+        deferred: compute nothing here: calls wait in :meth:`take_call` for a caller that decodes
+            many streams' calls at once (the engine's decode phase), which hands each back with
+            :meth:`complete`. The calls, and so the audio, are the same either way.
     """
 
-    CNN_PIECE_FRAMES = 32  # frames per waveform-CNN call within a decode call
     #: Frames of the call after the first audible one; calls double from there. Small, so that a
     #: first chunk long enough to play through is ready soon after the first sample.
     FIRST_FLOWING_CALL_FRAMES = 8
     CALL_GROWTH = 2
 
-    def __init__(self, decoder: Decoder, window_size: int = 100, skip_leading_frames: int = 0):
+    def __init__(
+        self, decoder: Decoder, window_size: int = 100, skip_leading_frames: int = 0, *, deferred: bool = False
+    ):
         if window_size < 1:
             raise ValueError(f"window_size must be at least 1 frame, got {window_size}")
         self.decoder = decoder
+        self.deferred = deferred
         self.window_size = int(window_size)
         self.skip_leading_frames = int(skip_leading_frames)
         self.reset()
@@ -64,7 +70,6 @@ class StreamingDecoder:
         self._cache = BlockCache()
         self._cnn = self.decoder.wav_decoder.init_state()
         self._to_skip = self.skip_leading_frames * self.decoder.samples_per_frame
-        self._like: torch.Tensor | None = None
         self.frames_in = 0
         self.samples_out = 0
         self.calls = 0
@@ -73,11 +78,13 @@ class StreamingDecoder:
         self._decoded_frames = 0
         self._cnn_backlog: torch.Tensor | None = None  # decoder states (1, C, n) the CNN has yet to take
         self._frames_for_first_audio: int | None = None
+        self._outstanding: DecodeCall | None = None  # taken, not yet completed
+        self._ending = False  # flushed: the tail's calls are left
         self.finished = False
 
     def set_skip_leading_frames(self, frames: int) -> None:
         """Change the leading skip before any frame has been decoded."""
-        if self._like is not None:
+        if self.calls:
             raise RuntimeError("the leading skip can only be set before decoding starts")
         self.skip_leading_frames = int(frames)
         self._to_skip = self.skip_leading_frames * self.decoder.samples_per_frame
@@ -88,8 +95,9 @@ class StreamingDecoder:
         return self.decoder.decoder_proj.weight
 
     def push_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Add decoder input frames (T, embed); returns the newly final samples (1-D)."""
-        if self.finished:
+        """Add decoder input frames (T, embed); returns the newly final samples (1-D). A deferred
+        decoder returns none: its calls wait in :meth:`take_call` for whoever decodes in batches."""
+        if self.finished or self._ending:
             raise RuntimeError("this stream was flushed; call reset() to start a new one")
         frames = frames.reshape(-1, frames.shape[-1]).to(self._param)
         marks = (torch.linalg.vector_norm(frames.float(), dim=-1) != 0).tolist()
@@ -103,8 +111,8 @@ class StreamingDecoder:
                 self._queued_frames += self._blocks[-1].shape[0]
                 self._pending = []
                 start = i + 1
-                if self._should_decode():
-                    out.append(self._decode_queued())
+                if not self.deferred and self._should_decode():
+                    out.append(self._run(self._make_call()))
         if start < frames.shape[0]:
             self._pending.append(frames[start:])
         return self._emit(out)
@@ -116,8 +124,9 @@ class StreamingDecoder:
         return self.push_frames(torch.cat((gap, vector), dim=0))
 
     def flush(self, trailing_frames: int = 0) -> torch.Tensor:
-        """End of the utterance: ``trailing_frames`` silent frames, then all remaining samples."""
-        if self.finished:
+        """End of the utterance: ``trailing_frames`` silent frames, then all remaining samples (a
+        deferred decoder queues them as calls no longer than its current ones, and returns none)."""
+        if self.finished or self._ending:
             raise RuntimeError("this stream was already flushed; call reset() to start a new one")
         if trailing_frames:
             self._pending.append(self._param.new_zeros(int(trailing_frames), self._param.shape[1]))
@@ -126,53 +135,83 @@ class StreamingDecoder:
             self._blocks.append(torch.cat(self._pending, dim=0))
             self._queued_frames += self._blocks[-1].shape[0]
             self._pending = []
-        out = [self._decode_queued(final=True)] if self._blocks or self._cnn_backlog is not None else []
-        self.finished = True
-        if self._like is None:  # nothing was ever decoded
+        self._ending = True
+        if self._decoded_frames + self._queued_frames == 0:  # nothing was ever decoded
+            self.finished = True
             return self._param.new_zeros(0)
-        with torch.no_grad():
-            out.append(self.decoder.wav_decoder.flush(self._cnn, self._like))
+        if self.deferred:
+            return self._param.new_zeros(0)
+        out = []
+        while (call := self.take_call()) is not None:
+            out.append(self._run(call))
         return self._emit(out)
 
-    @torch.no_grad()
-    def _decode_queued(self, final: bool = False) -> torch.Tensor:
-        # Each call's frame count differs, and oneDNN compiles and keeps a kernel for every new
-        # shape of every layer: over a book that cache grew the process by hundreds of MB. PyTorch's
-        # own CPU kernels keep nothing per shape (on CUDA the flag changes nothing).
-        # (not torch.backends.mkldnn.flags(): it also resets TF32 and warns about it on every call)
-        enabled = torch._C._get_mkldnn_enabled()
-        torch._C._set_mkldnn_enabled(False)
-        try:
-            return self._decode_queued_now(final)
-        finally:
-            torch._C._set_mkldnn_enabled(enabled)
+    # -- calls, for whoever computes them (one stream alone, or the engine for all at once) ----------
+    @property
+    def idle(self) -> bool:
+        """Nothing to decode now (no call due, no tail left to flush)."""
+        return self._outstanding is None and not self._due()
 
-    def _decode_queued_now(self, final: bool) -> torch.Tensor:
-        blocks, self._blocks = self._blocks, []
-        frames, self._queued_frames = self._queued_frames, 0
+    def take_call(self) -> DecodeCall | None:
+        """The call due now, if any: compute it (:func:`~tadastream.codec.batch.decode_calls`), then
+        :meth:`complete` it before taking another. An ending stream's tail comes in several calls."""
+        if self._outstanding is not None or self.finished or not self._due():
+            return None
+        return self._make_call()
+
+    def complete(self, call: DecodeCall) -> torch.Tensor:
+        """Samples a computed call made final (after the leading skip)."""
+        if call is not self._outstanding:
+            raise RuntimeError("complete() takes the call this decoder's take_call() gave")
+        return self._emit([self._finish_call(call)])
+
+    def _due(self) -> bool:
+        if self._ending:
+            return not self.finished
+        return bool(self._blocks) and self._should_decode()
+
+    def _make_call(self) -> DecodeCall:
+        if self._ending:  # the tail, in calls no longer than the stream's current ones
+            limit = self.window_size if self._batch else max(self._next_call_frames, self.FIRST_FLOWING_CALL_FRAMES)
+            blocks, frames = [], 0
+            while self._blocks and (not blocks or frames + self._blocks[0].shape[0] <= limit):
+                frames += self._blocks[0].shape[0]
+                blocks.append(self._blocks.pop(0))
+            self._queued_frames -= frames
+            final = not self._blocks
+        else:
+            blocks, self._blocks = self._blocks, []
+            frames, self._queued_frames = self._queued_frames, 0
+            final = False
         self._decoded_frames += frames
         self.calls += 1
-        parts = [] if self._cnn_backlog is None else [self._cnn_backlog]
-        self._cnn_backlog = None
-        if blocks:
-            x = self.decoder.decoder_proj(torch.cat(blocks, dim=0).unsqueeze(0))
-            hidden = self.decoder.local_attention_decoder.forward_blocks(x, [b.shape[0] for b in blocks], self._cache)
-            parts.append(hidden.transpose(1, 2))
-        hidden = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
-        if self._like is None:
-            self._like = hidden[:, :, :0]
-        if not (self._audio_flowing or self._batch or final):
+        backlog = 0 if self._cnn_backlog is None else self._cnn_backlog.shape[2]
+        cnn_frames = backlog + frames
+        if not (self._audio_flowing or self._batch or self._ending):
             # the first audible call: the CNN stops at the last frame its first sample needs
-            consumed = self._decoded_frames - hidden.shape[2]  # frames the CNN took in earlier calls
+            consumed = self._decoded_frames - cnn_frames  # frames the CNN took in earlier calls
             keep = self._first_audio_frames() - consumed
-            if 0 < keep < hidden.shape[2]:
-                hidden, self._cnn_backlog = hidden[:, :, :keep], hidden[:, :, keep:]
-        # The CNN's activations (up to 96 x 480 samples a frame) dominate memory; its weights are a
-        # third of the decoder's, so running it in smaller pieces costs little and caps the peak.
-        cnn, piece = self.decoder.wav_decoder, min(self.window_size, self.CNN_PIECE_FRAMES)
-        pieces = [cnn.push(self._cnn, hidden[:, :, i : i + piece]) for i in range(0, hidden.shape[2], piece)]
-        audio = torch.cat(pieces, dim=2)
+            if 0 < keep < cnn_frames:
+                cnn_frames = keep
+        call = DecodeCall(blocks, self._cache, self._cnn, self._cnn_backlog, cnn_frames, final)
+        self._cnn_backlog = None
+        self._outstanding = call
+        return call
+
+    def _run(self, call: DecodeCall) -> torch.Tensor:
+        """Compute one call alone and settle it (the immediate path)."""
+        # oneDNN keeps a compiled kernel per shape: decode_calls keeps shapes to a bounded set
+        decode_calls(self.decoder, [call])
+        return self._finish_call(call)
+
+    def _finish_call(self, call: DecodeCall) -> torch.Tensor:
+        self._outstanding = None
+        self._cnn_backlog = call.backlog_out
+        audio = call.audio
+        if call.final:
+            self.finished = True
         if audio.shape[2] > self._to_skip:  # audio is flowing: gather more per call from now on
+            frames = call.block_frames
             grown = round(self.CALL_GROWTH * frames) if self._next_call_frames else self.FIRST_FLOWING_CALL_FRAMES
             self._next_call_frames = min(self.window_size, max(grown, self._next_call_frames))
         return audio

@@ -224,6 +224,61 @@ class WaveDecoder(nn.Module):
             return self._conv_length(op.block[3], held[i], 1, n)
         return n
 
+    @staticmethod
+    def state_signature(states: list) -> tuple:
+        """What a state's tensor shapes are, by lengths: streams with equal signatures (and equal
+        input lengths) can be pushed as one batch."""
+        key: list = []
+        for state in states:
+            if isinstance(state, ConvState):
+                key.append(-1 if state.buffer is None else state.buffer.shape[2])
+            elif isinstance(state, TransposeState):
+                key.append((state.prev is None, state.to_crop))
+            elif isinstance(state, ResidualState):
+                pending = -1 if state.pending is None else state.pending.shape[2]
+                key.append((pending, *(-1 if b.buffer is None else b.buffer.shape[2] for b in state.branch)))
+        return tuple(key)
+
+    @staticmethod
+    def stack_states(group: list[list]) -> list:
+        """Several streams' states (equal signatures) as one batched state, rows in ``group`` order."""
+        def cat(tensors):
+            return None if tensors[0] is None else torch.cat(tensors, dim=0)
+
+        stacked: list = []
+        for parts in zip(*group):
+            first = parts[0]
+            if isinstance(first, ConvState):
+                stacked.append(ConvState(cat([p.buffer for p in parts])))
+            elif isinstance(first, TransposeState):
+                stacked.append(TransposeState(cat([p.prev for p in parts]), first.to_crop))
+            elif isinstance(first, ResidualState):
+                branch = [ConvState(cat([p.branch[i].buffer for p in parts])) for i in range(len(first.branch))]
+                stacked.append(ResidualState(cat([p.pending for p in parts]), branch))
+            else:
+                stacked.append(None)
+        return stacked
+
+    @staticmethod
+    def unstack_states(stacked: list, rows: int) -> list[list]:
+        """The inverse of :meth:`stack_states`: one state per row, each owning its (small) tensors."""
+        def row(t, i):
+            return None if t is None else t[i : i + 1].clone()
+
+        out: list[list] = [[] for _ in range(rows)]
+        for state in stacked:
+            for i in range(rows):
+                if isinstance(state, ConvState):
+                    out[i].append(ConvState(row(state.buffer, i)))
+                elif isinstance(state, TransposeState):
+                    out[i].append(TransposeState(row(state.prev, i), state.to_crop))
+                elif isinstance(state, ResidualState):
+                    branch = [ConvState(row(b.buffer, i)) for b in state.branch]
+                    out[i].append(ResidualState(row(state.pending, i), branch))
+                else:
+                    out[i].append(None)
+        return out
+
     def push(self, states: list, x: torch.Tensor) -> torch.Tensor:
         for op, state in zip(self._ops, states):
             x = self._push_op(op, state, x)

@@ -74,8 +74,12 @@ class LocalSelfAttention(nn.Module):
         self.layer_norm = nn.LayerNorm(d_model)
 
     def _project(self, x: torch.Tensor, positions: torch.Tensor):
-        b, t, _ = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return self.heads(self.qkv(x), positions)
+
+    def heads(self, qkv: torch.Tensor, positions: torch.Tensor):
+        """Rotated queries and keys, and values (B, H, T, D), from the ``qkv`` projection (B, T, 3 C)."""
+        b, t, _ = qkv.shape
+        q, k, v = qkv.view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         cos, sin = rope_cos_sin(positions, self.head_dim)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
@@ -140,6 +144,32 @@ class BlockCache:
     next_position: int = 0
 
 
+@dataclass
+class BlockRun:
+    """One stream's share of a multi-stream decoder call: its complete blocks sit at rows
+    ``start .. start + sum(block_lengths)`` of the packed input, after the blocks in ``cache``."""
+
+    start: int
+    block_lengths: list[int]
+    cache: BlockCache
+
+    @property
+    def length(self) -> int:
+        return sum(self.block_lengths)
+
+    def allowed(self, device: torch.device) -> torch.Tensor | None:
+        """The decoder rule over this call's frames and the cached block (None: a lone block sees all)."""
+        if len(self.block_lengths) == 1:
+            return None
+        prev = 0 if self.cache.kv is None else self.cache.kv[0][0].shape[2]
+        ids = torch.repeat_interleave(
+            torch.arange(len(self.block_lengths), device=device), torch.tensor(self.block_lengths, device=device)
+        )
+        key_ids = torch.cat((torch.full((prev,), -1, device=device), ids))
+        diff = ids.unsqueeze(1) - key_ids.unsqueeze(0)
+        return ((diff == 0) | (diff == 1)).unsqueeze(0).unsqueeze(0)
+
+
 class LocalAttentionStack(nn.Module):
     def __init__(self, d_model: int, num_layers: int, num_heads: int, d_ff: int):
         super().__init__()
@@ -174,6 +204,38 @@ class LocalAttentionStack(nn.Module):
             new_kv.append(kv)
         cache.kv = new_kv
         cache.next_position += x.shape[1]
+        return self.final_norm(x)
+
+    def forward_runs(self, x: torch.Tensor, runs: list[BlockRun]) -> torch.Tensor:
+        """Several streams' complete blocks in one pass: ``x`` (rows, d_model) packs every run's frames
+        (rows past the last run are padding). Every linear layer reads its weights once for all rows;
+        attention runs per stream, against that stream's cached block. Returns (rows, d_model)."""
+        masks = [run.allowed(x.device) for run in runs]
+        positions = [
+            torch.arange(run.cache.next_position, run.cache.next_position + run.length, device=x.device) for run in runs
+        ]
+        new_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in runs]
+        for i, layer in enumerate(self.layers):
+            attn_layer = layer.self_attn
+            qkv = attn_layer.qkv(x)
+            attn = torch.zeros_like(x)
+            for j, run in enumerate(runs):
+                rows = slice(run.start, run.start + run.length)
+                q, k, v = attn_layer.heads(qkv[rows].unsqueeze(0), positions[j])
+                prev = None if run.cache.kv is None else run.cache.kv[i]
+                keys = k if prev is None else torch.cat((prev[0], k), 2)
+                values = v if prev is None else torch.cat((prev[1], v), 2)
+                out = F.scaled_dot_product_attention(
+                    q, keys, values, attn_mask=masks[j], scale=1.0 / math.sqrt(attn_layer.head_dim)
+                )
+                attn[rows] = out[0].transpose(0, 1).reshape(run.length, -1)
+                last = run.block_lengths[-1]
+                new_kv[j].append((k[:, :, -last:], v[:, :, -last:]))
+            x = attn_layer.layer_norm(x + attn_layer.out_proj(attn))
+            x = layer.norm(x + layer.ffn(x))
+        for run, kv in zip(runs, new_kv):
+            run.cache.kv = kv
+            run.cache.next_position += run.length
         return self.final_norm(x)
 
     def forward_block(self, x: torch.Tensor, cache: BlockCache) -> torch.Tensor:
