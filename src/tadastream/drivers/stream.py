@@ -1,8 +1,9 @@
 """AudioStream: audio chunks out while the LLM is still generating.
 
 A stream is a program in an :class:`~tadastream.engine.Engine`. Each frame its program settles
-goes to this stream's :class:`~tadastream.codec.streaming.StreamingDecoder` (on the engine's
-ticking thread), and the samples that became final are queued for the consumer. On its own a
+goes to this stream's :class:`~tadastream.codec.streaming.StreamingDecoder`, whose calls the
+engine decodes together with every other stream's in its decode phase (on its ticking thread),
+and the samples that became final are queued for the consumer. On its own a
 stream gets a private engine that its consumer ticks inline, at batch 1; given a shared engine
 (``engine=``) it is batched with every other stream there. Nothing is stored on the shared
 model, and closing (``close()``, ``break`` + garbage collection, leaving a ``with`` block) frees
@@ -46,13 +47,15 @@ _POLL = 0.5  # seconds between checks while waiting on another thread (a safety 
 
 
 class _Delivery:
-    """The engine's side of a stream, called on its ticking thread: settled frames go through the
-    StreamingDecoder, and the samples they make final are queued for the consumer, the first of
-    them once :class:`~tadastream.playback.FirstChunkHold` lets them go."""
+    """The engine's side of a stream, called on its ticking thread: settled frames go into the
+    stream's deferred StreamingDecoder, whose calls the engine's decode phase computes with every
+    other stream's; the samples they make final are queued for the consumer, the first of them once
+    :class:`~tadastream.playback.FirstChunkHold` lets them go."""
 
     def __init__(self, model: TadaWeights, plan: GenerationPlan, window_size: int, hold: FirstChunkHold):
         self.model, self.plan, self.hold = model, plan, hold
-        self.decoder: StreamingDecoder | None = StreamingDecoder(model.require_decoder(), window_size)
+        self.decoder: StreamingDecoder | None = StreamingDecoder(model.require_decoder(), window_size, deferred=True)
+        self.raw: SyncTokGenerationOutput | None = None  # the program's result, once it has ended
         # (samples, words completed by then): a word always travels with or before its audio
         self.chunks: collections.deque[tuple[torch.Tensor, list[WordTiming]]] = collections.deque()
         self.held: list[torch.Tensor] = []  # final samples the first chunk is still gathering
@@ -80,19 +83,26 @@ class _Delivery:
         if self.clock is not None:
             self.words.extend(self.clock.add(step.index, before))
         vector = step.acoustic_features[0] * cfg.acoustic_std + cfg.acoustic_mean
-        calls, started = self.decoder.calls, time.perf_counter()
-        samples = self.decoder.decode_block(vector, before)
-        if self.decoder.calls != calls:
-            self.hold.decoded(time.perf_counter() - started)
+        self.decoder.decode_block(vector, before)  # deferred: the engine's decode phase computes it
         self.hold.produced(self.decoder.frames_in, self.tokens_done)
-        self._deliver(samples)
+
+    def decoded(self, samples: torch.Tensor, seconds: float) -> None:
+        """A decode call's samples (the engine's decode phase); after the tail's last, the end."""
+        self.hold.decoded(seconds)
+        if self.decoder.finished and self.raw is not None:
+            if self.clock is not None:
+                self.words.extend(self.clock.finish(self.samples + samples.numel()))
+            self.result = finish_output(self.model, self.plan, self.raw, None, self.clock)
+            self._deliver(samples, last=True)
+        else:
+            self._deliver(samples)
 
     def finish(self, raw: SyncTokGenerationOutput) -> None:
-        tail = self.decoder.flush(int(raw.time_before[0, -1]))
-        if self.clock is not None:
-            self.words.extend(self.clock.finish(self.samples + tail.numel()))
-        self.result = finish_output(self.model, self.plan, raw, None, self.clock)
-        self._deliver(tail, last=True)
+        """Generation ended: the decoder's tail is queued for the decode phase (nothing to decode: the end)."""
+        self.raw = raw
+        self.decoder.flush(int(raw.time_before[0, -1]))
+        if self.decoder.finished:
+            self.decoded(self.decoder.decoder.decoder_proj.weight.new_zeros(0), 0.0)
 
     def fail(self, error: BaseException) -> None:
         self.error = error

@@ -35,6 +35,7 @@ from .graphs import CompileOptions, StepGraphs, bucket_for
 from .runner import Runner
 
 if TYPE_CHECKING:  # the weights sit below the engine: a type only
+    from ..codec.streaming import StreamingDecoder
     from ..weights import TadaWeights
 
 logger = logging.getLogger("tadastream.engine")
@@ -57,8 +58,15 @@ class Sink(Protocol):
 
     The program's ``emit`` delivers settled frames as they come; ``parked`` says the stream now
     waits for text that has not arrived; exactly one of ``finish``, ``fail`` and ``cancelled``
-    ends the stream.
+    ends the stream. A sink that speaks has a deferred
+    :class:`~tadastream.codec.streaming.StreamingDecoder` as ``decoder`` (None once it needs no more
+    decoding): the engine's decode phase computes its calls with every other stream's and hands
+    each call's samples to ``decoded``, also after ``finish``, until the decoder has flushed.
     """
+
+    decoder: StreamingDecoder | None
+
+    def decoded(self, samples: torch.Tensor, seconds: float) -> None: ...
 
     def parked(self) -> None: ...
 
@@ -148,9 +156,12 @@ class Engine:
         self._stopping = False
         self.ticks = 0
         self.tick_rows = 0  # LLM rows computed, over all ticks
-        # Seconds spent, over all ticks: each batched call, and resuming programs (their own logic
-        # and delivering frames, i.e. codec decoding where a sink decodes).
-        self.seconds = dict.fromkeys(("llm", "flow", "logits", "programs"), 0.0)
+        # Seconds spent, over all ticks: each batched call (the codec's decode phase included) and
+        # resuming programs (their own logic, delivering frames to their sinks).
+        self.seconds = dict.fromkeys(("llm", "flow", "logits", "programs", "decode"), 0.0)
+        self.decode_calls = 0  # batched decode calls, and the streams' calls in them
+        self.decoded_streams = 0
+        self._draining: list[Sink] = []  # ended streams whose decoders still have a tail to decode
         #: The latest ticks that ran an LLM step (what a capacity model learns tick time from).
         self.tick_log: collections.deque[TickRecord] = collections.deque(maxlen=TICK_LOG_LENGTH)
 
@@ -211,7 +222,7 @@ class Engine:
                 return True
             if isinstance(s.pending, NeedText) and s.text is not None and s.text.has_news:
                 return True
-        return False
+        return any(sink.decoder is not None and not sink.decoder.idle for sink in list(self._draining))
 
     def wait(self, ready: Callable[[], bool], timeout: float | None = None) -> bool:
         """Block until ``ready()`` (checked whenever the engine's state changes) or the timeout."""
@@ -233,11 +244,46 @@ class Engine:
                 self._phase(llm, LlmStep, "llm", lambda reqs: self.runner.llm([(s.slot, r) for s, r in reqs]))
                 self._phase(llm, FlowSolve, "flow", lambda reqs: self.runner.flow([r for _, r in reqs]))
                 self._phase(llm, Logits, "logits", lambda reqs: self.runner.logits([r for _, r in reqs]))
+            decoded = self._decode()
+            if llm:
                 self.ticks += 1
                 self.tick_log.append(TickRecord(rows, len(llm), time.perf_counter() - started))
             self._apply_cancellations()
         self.notify()
-        return moved or bool(llm)
+        return moved or bool(llm) or decoded
+
+    def _decode(self) -> bool:
+        """The decode phase: every stream's due decode call (ended streams' tails included), as one
+        batched call; each sink gets its samples."""
+        self._draining = [sink for sink in self._draining if sink.decoder is not None and not sink.decoder.finished]
+        work = []
+        for sink in [s.sink for s in self._running] + self._draining:
+            decoder = getattr(sink, "decoder", None)
+            call = decoder.take_call() if decoder is not None else None
+            if call is not None:
+                work.append((sink, decoder, call))
+        if not work:
+            return False
+        try:
+            seconds = self.runner.decode([call for _, _, call in work])
+        except Exception as exc:  # no stream's audio from this call can be trusted
+            logger.exception("batched decode call failed for %d stream(s)", len(work))
+            for sink, _, _ in work:
+                stream = next((s for s in self._running if s.sink is sink), None)
+                if stream is not None:
+                    self._retire(stream, functools.partial(sink.fail, exc))
+                else:
+                    sink.fail(exc)
+            return True
+        self.seconds["decode"] += seconds
+        self.decode_calls += 1
+        self.decoded_streams += len(work)
+        for sink, decoder, call in work:
+            try:
+                sink.decoded(decoder.complete(call), seconds)
+            except Exception:
+                logger.exception("a stream's sink failed while taking decoded audio")
+        return True
 
     def _phase(self, streams: list[EngineStream], kind: type, name: str, call) -> None:
         """Answer every ``kind`` request among ``streams`` with one call, and resume them."""
@@ -348,6 +394,9 @@ class Engine:
             deliver()
         except Exception:
             logger.exception("a stream's sink failed while ending it")
+        decoder = getattr(stream.sink, "decoder", None)
+        if decoder is not None and not decoder.finished:
+            self._draining.append(stream.sink)
 
     # -- warm-up --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -456,6 +505,8 @@ class Engine:
             "kv_cache_bytes_in_use": self.kv_cache_bytes_in_use,
             "compiled": self.graphs is not None,
             "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
+            "decode_calls": self.decode_calls,
+            "decoded_streams": self.decoded_streams,
         }
 
 

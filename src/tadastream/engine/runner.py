@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
+from ..codec.batch import DecodeCall, decode_calls
 from ..generation.requests import Computed, FlowSolve, LlmStep, Logits
 from ..nn.kv_cache import SlotCache
 from ..nn.linear import invariant_rows, pad_rows
@@ -123,3 +124,10 @@ class Runner:
             out.append(Computed(logits[offset : offset + r.hidden.shape[0]], seconds))
             offset += r.hidden.shape[0]
         return out
+
+    def decode(self, calls: Sequence[DecodeCall]) -> float:
+        """Every stream's decode call at once (:func:`~tadastream.codec.batch.decode_calls`); the
+        results land in the calls. Returns the seconds it took."""
+        decoder = self.model.require_decoder()
+        _, seconds = self.clock.time("decode", lambda: decode_calls(decoder, list(calls)))
+        return seconds
