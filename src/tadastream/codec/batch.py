@@ -13,8 +13,12 @@ at once over the shared :class:`~tadastream.codec.decoder.Decoder`:
 
 A stream's pieces and rows depend on its own call alone, never on its neighbours, so a call
 computes the same numbers in any company where the kernels give a row the same result at any
-batch size. The shapes are a bounded set (row buckets, power-of-two pieces), which keeps
-oneDNN's per-shape kernel cache bounded over hours of audio.
+batch size. On a CPU that is measured once per decoder (:func:`batch_invariance`: oneDNN's
+float32 convolutions with few channels, and MKL's matmuls past 128 rows on some CPUs, round a row
+differently in a batch): a part that would change a stream's audio runs stream by stream there.
+On CUDA every part is batched, and a stream's audio may differ from its solo decode by float
+rounding. The shapes are a bounded set (row buckets, power-of-two pieces), which keeps oneDNN's
+per-shape kernel cache bounded over hours of audio.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from .decoder import Decoder
 CNN_PIECE_FRAMES = 32
 #: The transformer's rows are padded to a multiple of this (a bounded set of matmul shapes).
 ROW_BUCKET = 16
+#: Most rows one transformer pass takes: row invariance is measured up to here.
+MAX_ROWS = 1024
 
 
 @dataclass
@@ -74,8 +80,62 @@ def pieces(frames: int, largest: int = CNN_PIECE_FRAMES) -> list[int]:
 @torch.no_grad()
 def decode_calls(decoder: Decoder, calls: list[DecodeCall]) -> None:
     """Compute every call (see the module docstring); results land in the calls."""
-    hidden = _transformer(decoder, calls)
-    _waveform(decoder, calls, hidden)
+    rows_batch, cnn_batch = batch_invariance(decoder) if len(calls) > 1 else (True, True)
+    groups: list[list[DecodeCall]] = []
+    rows = 0
+    for call in calls:  # one pass per group of calls (one call each, where rows are not invariant)
+        if not groups or not rows_batch or rows + call.block_frames > MAX_ROWS:
+            groups.append([])
+            rows = 0
+        groups[-1].append(call)
+        rows += call.block_frames
+    hidden = [state for group in groups for state in _transformer(decoder, group)]
+    _waveform(decoder, calls, hidden, stack=cnn_batch)
+
+
+@torch.no_grad()
+def batch_invariance(decoder: Decoder) -> tuple[bool, bool]:
+    """Whether the transformer's rows and the CNN's stacked streams compute the same numbers as
+    alone, in the decoder's dtype on its device: measured once on a CPU, assumed on CUDA."""
+    param = decoder.decoder_proj.weight
+    key = (param.device, param.dtype)
+    known = getattr(decoder, "_batch_invariance", {})
+    if key not in known:
+        if param.device.type == "cuda":
+            known[key] = (True, True)
+        else:
+            known[key] = (_rows_invariant(decoder), _stacking_invariant(decoder))
+        decoder._batch_invariance = known
+    return known[key]
+
+
+def _rows_invariant(decoder: Decoder) -> bool:
+    param = decoder.decoder_proj.weight
+    g = torch.Generator(device="cpu").manual_seed(0)
+    layer = decoder.local_attention_decoder.layers[0]
+    linears = [decoder.decoder_proj, layer.self_attn.qkv, layer.self_attn.out_proj, layer.ffn[0], layer.ffn[3]]
+    for linear in linears:
+        x = torch.randn(MAX_ROWS, linear.in_features, generator=g).to(param)
+        alone = linear(x[:ROW_BUCKET])
+        if not all(torch.equal(alone, linear(x[:rows])[:ROW_BUCKET]) for rows in (32, 64, 144, 272, 528, MAX_ROWS)):
+            return False
+    return True
+
+
+def _stacking_invariant(decoder: Decoder) -> bool:
+    cnn, param = decoder.wav_decoder, decoder.decoder_proj.weight
+    g = torch.Generator(device="cpu").manual_seed(0)
+    pair = [cnn.init_state(), cnn.init_state()]
+    alone = [cnn.init_state(), cnn.init_state()]
+    for length in (4, 1, 32):
+        x = torch.randn(2, decoder.config.hidden_dim, length, generator=g).to(param)
+        stacked = cnn.stack_states(pair)
+        together = cnn.push(stacked, x)
+        pair = cnn.unstack_states(stacked, 2)
+        for i in range(2):
+            if not torch.equal(together[i : i + 1], cnn.push(alone[i], x[i : i + 1])):
+                return False
+    return True
 
 
 def _transformer(decoder: Decoder, calls: list[DecodeCall]) -> list[torch.Tensor]:
@@ -108,7 +168,7 @@ def _transformer(decoder: Decoder, calls: list[DecodeCall]) -> list[torch.Tensor
     return states
 
 
-def _waveform(decoder: Decoder, calls: list[DecodeCall], hidden: list[torch.Tensor]) -> None:
+def _waveform(decoder: Decoder, calls: list[DecodeCall], hidden: list[torch.Tensor], stack: bool) -> None:
     cnn = decoder.wav_decoder
     plans = []
     for call, states in zip(calls, hidden):
@@ -121,8 +181,10 @@ def _waveform(decoder: Decoder, calls: list[DecodeCall], hidden: list[torch.Tens
         groups: dict[tuple, list[int]] = {}
         for i, (lengths, _) in enumerate(plans):
             if r < len(lengths):
-                groups.setdefault((lengths[r], cnn.state_signature(calls[i].cnn)), []).append(i)
-        for (length, _), members in groups.items():
+                key = (lengths[r], cnn.state_signature(calls[i].cnn)) if stack else i
+                groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            length = plans[members[0]][0][r]
             x = torch.cat([plans[i][1][:, :, offsets[i] : offsets[i] + length] for i in members])
             if len(members) == 1:
                 y = cnn.push(calls[members[0]].cnn, x)
