@@ -12,8 +12,9 @@ tick takes less than the audio one of its steps settles. Two things are learned 
   frame, which settle nothing, so it underestimates (a short stream's by half), erring on the safe
   side.
 
-A newcomer is admitted while ``margin x predicted tick time`` with it stays below every stream's
-audio per tick (:meth:`CapacityModel.admits`). Nothing here blocks or writes to the engine: the
+A newcomer is expected to add the running streams' typical rows and to settle what they settle. It
+is admitted while ``margin x predicted tick time`` with it stays below every stream's audio per
+tick (:meth:`CapacityModel.admits`). Nothing here blocks or writes to the engine: the
 server's event loop reads while the engine's worker ticks, so every shared container is copied
 before it is read.
 """
@@ -36,9 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CapacityModel", "TickFit", "fit_ticks"]
 
-#: Seconds of audio one LLM step (one token) settles before any stream has shown its own: a
-#: conservative guess (speech runs at about 3-4 tokens a second, i.e. 0.25-0.3 s a token), used only
-#: until a stream has settled :data:`TRUSTED_FRAMES`; after that the streams seen last stand in.
+#: Seconds of audio one LLM step (one token) settles, assumed until some stream has shown its own
+#: (:meth:`CapacityModel.rate`); after that the streams seen last stand in for newcomers. A default,
+#: on the safe side of English speech at about 3-4 tokens a second (0.25-0.3 s a token).
 DEFAULT_AUDIO_PER_STEP = 0.2
 #: LLM rows a newcomer is assumed to add when no stream runs: the spoken row and the guidance row.
 DEFAULT_ROWS = 2
