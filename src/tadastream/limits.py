@@ -7,7 +7,15 @@ with it before importing anything heavy.
 
 from __future__ import annotations
 
-__all__ = ["FLOAT_RANGES", "MAX_FIRST_CHUNK_MS", "MAX_SEED", "OPTION_LIMITS", "SPEED_RANGE"]
+__all__ = [
+    "ADMISSION_POLICIES",
+    "FLOAT_RANGES",
+    "MAX_FIRST_CHUNK_MS",
+    "MAX_SEED",
+    "OPTION_LIMITS",
+    "REALTIME_MARGIN",
+    "SPEED_RANGE",
+]
 
 #: The largest seed a stream's generators take (torch seeds are signed 64-bit).
 MAX_SEED = 2**63 - 1
@@ -35,3 +43,10 @@ FLOAT_RANGES = {
     "speed_up_factor": (0.0, 100.0),
     "text_only_logit_scale": (0.0, 100.0),
 }
+
+#: How a server admits requests: ``slots``, while a stream slot is free; ``realtime``, also while its
+#: engine's capacity model predicts every stream stays ahead of playback with one more.
+ADMISSION_POLICIES = ("slots", "realtime")
+
+#: ``realtime`` admission: predicted tick time times this must stay below each stream's audio per tick.
+REALTIME_MARGIN = 1.25

@@ -55,7 +55,12 @@ def create_app(
     """
     settings = settings or ServerSettings()
     service = SpeechService(
-        model, max_streams=settings.max_streams, queue=settings.queue, queue_timeout=settings.queue_timeout
+        model,
+        max_streams=settings.max_streams,
+        queue=settings.queue,
+        queue_timeout=settings.queue_timeout,
+        admission=settings.admission,
+        realtime_margin=settings.realtime_margin,
     )
 
     @contextlib.asynccontextmanager
@@ -107,6 +112,7 @@ def create_app(
             "model": settings.model_id,
             "sample_rate": SAMPLE_RATE,
             "streams": {"active": adm.active, "waiting": adm.waiting, "max": adm.max_active, "queue": adm.max_waiting},
+            "admission": adm.snapshot(),
             "engine": service.engine.stats(),
         }
 

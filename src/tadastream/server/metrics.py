@@ -9,8 +9,9 @@ that other exporters (the Ray Serve replicas, :mod:`tadastream.deploy.ray`) publ
   real-time factor, queue wait and audio made. Labels come from bounded sets only: a path that
   matches no route is ``other``, so a scanner cannot blow up the number of series.
 * **At scrape time**, read by a custom collector rather than kept in gauges on a timer: stream
-  slots (active, queued, free), the engine's ticks and seconds per phase, its KV cache bytes, and
-  how many voices the folder holds (counted at most every few seconds, off the event loop).
+  slots (active, queued, free), the engine's ticks and seconds per phase, its KV cache bytes, with
+  ``--admission realtime`` the capacity it predicts and the tick time it fitted, and how many voices
+  the folder holds (counted at most every few seconds, off the event loop).
 
 Each app has its own :class:`~prometheus_client.CollectorRegistry`, so several apps in one process
 (tests, one per replica) never share or collide. Who may read ``/metrics`` is the middleware's call
@@ -167,6 +168,17 @@ KV_ALLOCATED = MetricSpec(
     "(a compiled engine: its whole arena).",
 )
 KV_IN_USE = MetricSpec(PREFIX + "kv_cache_in_use_bytes", "gauge", "Bytes of KV cache in the slots streams hold now.")
+REALTIME_CAPACITY = MetricSpec(
+    PREFIX + "realtime_capacity_streams",
+    "gauge",
+    "Streams the engine is predicted to keep ahead of playback (--admission realtime only).",
+)
+TICK_FIT = MetricSpec(
+    PREFIX + "engine_tick_fit_seconds",
+    "gauge",
+    "The fitted engine tick time, seconds = intercept + per_row x LLM rows (--admission realtime only).",
+    ("term",),
+)
 VOICES = MetricSpec(
     PREFIX + "voices",
     "gauge",
@@ -185,6 +197,8 @@ LIVE_METRICS: tuple[MetricSpec, ...] = (
     ENGINE_ROWS,
     KV_ALLOCATED,
     KV_IN_USE,
+    REALTIME_CAPACITY,
+    TICK_FIT,
     VOICES,
 )
 
@@ -261,12 +275,10 @@ class _LiveCollector(Collector):
         return [_family(spec) for spec in LIVE_METRICS]
 
     def collect(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
+        # every family, those without a value now too (the realtime figures under slots admission)
+        families = {spec.name: _family(spec) for spec in LIVE_METRICS}
         for spec, labels, value in self.metrics.live():
-            family = families.get(spec.name)
-            if family is None:
-                family = families[spec.name] = _family(spec)
-            family.add_metric([labels[name] for name in spec.labels], value)
+            families[spec.name].add_metric([labels[name] for name in spec.labels], value)
         yield from families.values()
 
 
@@ -390,6 +402,11 @@ class ServerMetrics:
         ]
         found += [(ENGINE_SECONDS, {"phase": phase}, seconds) for phase, seconds in dict(engine.seconds).items()]
         found += [(VOICES, {"source": source}, n) for source, n in self._voice_count.counts().items()]
+        model = adm.capacity  # realtime admission: once the engine has ticked, what it learned
+        if model is not None and (fit := model.fit()) is not None:
+            found += [(TICK_FIT, {"term": "intercept"}, fit.intercept), (TICK_FIT, {"term": "per_row"}, fit.per_row)]
+            if (capacity := model.capacity()) is not None:
+                found.append((REALTIME_CAPACITY, {}, capacity))
         return found
 
     async def refresh(self) -> None:

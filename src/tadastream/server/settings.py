@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..limits import ADMISSION_POLICIES, REALTIME_MARGIN
+
 
 @dataclasses.dataclass
 class ServerSettings:
@@ -13,6 +15,8 @@ class ServerSettings:
     max_streams: int = 4
     queue: int = 16
     queue_timeout: float = 30.0
+    admission: str = "slots"  # or "realtime": also while every stream is predicted to stay real time
+    realtime_margin: float = REALTIME_MARGIN
     api_key: str | None = None
     max_input_chars: int = 4096
     max_body_bytes: int = 256 * 1024
@@ -29,6 +33,11 @@ class ServerSettings:
     metrics_public: bool = False  # serve /metrics without the API key
 
     def __post_init__(self) -> None:
+        if self.admission not in ADMISSION_POLICIES:
+            raise ValueError(f"--admission must be one of {', '.join(ADMISSION_POLICIES)}, got {self.admission!r}")
+        margin = self.realtime_margin
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not margin >= 1:
+            raise ValueError(f"--realtime-margin must be a number >= 1, got {margin!r}")
         # name -> whether 0 is allowed (no queue wait; no session cap)
         for name, zero_ok in (
             ("queue_timeout", True),

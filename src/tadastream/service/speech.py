@@ -9,7 +9,10 @@
   (:class:`~tadastream.generation.StreamRng`), never from torch's global ones: same seed, same
   audio, whatever else runs.
 * **Admission.** At most ``max_streams`` generations hold a slot; up to ``queue`` more wait in
-  FIFO order for at most ``queue_timeout`` seconds (:class:`Admission`).
+  FIFO order for at most ``queue_timeout`` seconds (:class:`Admission`). With
+  ``admission="realtime"`` a request also waits while the engine's
+  :class:`~tadastream.engine.capacity.CapacityModel` predicts that one more stream would make some
+  stream fall behind playback.
 * **One request type.** A front end checks its fields (:mod:`~tadastream.service.checks`) and
   hands :meth:`SpeechService.start` a :class:`~tadastream.generation.SpeechRequest`.
 """
@@ -30,7 +33,9 @@ from ..config import SAMPLE_RATE
 from ..drivers.longform import LongFormStream, open_stream
 from ..drivers.stream import AudioStream
 from ..engine import Engine
+from ..engine.capacity import CapacityModel
 from ..generation import GenerationInputError, SpeechRequest, StreamRng, TextInput
+from ..limits import ADMISSION_POLICIES, REALTIME_MARGIN
 from ..playback import playback_figures
 from .checks import input_error
 from .refusals import RequestRefused
@@ -42,44 +47,85 @@ T = TypeVar("T")
 class Admission:
     """At most ``max_active`` holders; up to ``max_waiting`` more wait (FIFO) for ``timeout`` s.
 
+    With a ``capacity`` model (``--admission realtime``) a request also needs the model to predict
+    that every stream stays ahead of playback with it; as that changes while streams progress,
+    waiters are re-checked every ``recheck`` seconds besides whenever a holder leaves.
+
     ``acquire`` raises :class:`RequestRefused` 429 when the queue is full and 503 when the wait
     times out; a waiter that is cancelled (client gone) leaves the queue.
     """
 
-    def __init__(self, max_active: int, max_waiting: int, timeout: float):
-        if max_active < 1 or max_waiting < 0 or timeout < 0:
-            raise ValueError("max_active must be >= 1, max_waiting and timeout >= 0")
+    def __init__(
+        self,
+        max_active: int,
+        max_waiting: int,
+        timeout: float,
+        capacity: CapacityModel | None = None,
+        recheck: float = 0.25,
+    ):
+        if max_active < 1 or max_waiting < 0 or timeout < 0 or not recheck > 0:
+            raise ValueError("max_active must be >= 1, max_waiting and timeout >= 0, recheck > 0")
         self.max_active, self.max_waiting, self.timeout = max_active, max_waiting, timeout
+        self.capacity, self.recheck = capacity, recheck
         self.active = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self.mean_hold: float | None = None  # seconds a slot is held, averaged over recent releases
 
+    @property
+    def policy(self) -> str:
+        return "slots" if self.capacity is None else "realtime"
+
     def retry_after(self) -> int:
-        """Seconds until a retry may find room: the queue ahead, served ``max_active`` at a time,
-        at the recent time a slot is held (5 s before any request finished)."""
+        """Seconds until a retry may find room: the queue ahead, served as many at a time as may run
+        (the slots, or the real-time capacity when that is lower), at the recent time a slot is held
+        (5 s before any request finished)."""
         hold = self.mean_hold if self.mean_hold is not None else 5.0
-        return max(1, min(3600, math.ceil(hold * (self.waiting + 1) / self.max_active)))
+        at_once = self.max_active
+        capacity = self.capacity.capacity() if self.capacity is not None else None
+        if capacity is not None:
+            at_once = max(1, min(at_once, capacity))
+        return max(1, min(3600, math.ceil(hold * (self.waiting + 1) / at_once)))
 
     @property
     def waiting(self) -> int:
         return sum(not f.done() for f in self._waiters)
 
+    def has_room(self) -> bool:
+        """Whether one more request may start now: a free slot and, with a capacity model, its word."""
+        if self.active >= self.max_active:
+            return False
+        if self.capacity is None or self.active == 0:  # alone, no stream is helped by waiting
+            return True
+        # holders whose stream is not running in the engine yet (being planned, between segments)
+        # are newcomers as much as this one
+        return self.capacity.admits(max(1, self.active + 1 - self.capacity.running()))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The policy, and with ``realtime`` what the capacity model sees (for /health)."""
+        return {"policy": "slots"} if self.capacity is None else self.capacity.snapshot()
+
     async def acquire(self) -> None:
-        if self.active < self.max_active and not self.waiting:
+        if not self.waiting and self.has_room():
             self.active += 1
             return
         if self.waiting >= self.max_waiting:
-            raise RequestRefused(
-                429,
-                f"all {self.max_active} streams are busy and the queue is full; retry shortly",
-                "queue_full",
-                retry_after=self.retry_after(),
-            )
+            retry_after = self.retry_after()
+            if self.active < self.max_active:  # slots free: the capacity model said no
+                message = (
+                    f"the server is at its real-time capacity ({self.active} running) and the queue is full; "
+                    f"retry in {retry_after} s"
+                )
+            else:
+                message = f"all {self.max_active} streams are busy and the queue is full; retry shortly"
+            raise RequestRefused(429, message, "queue_full", retry_after=retry_after)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
             async with asyncio.timeout(self.timeout):
-                await waiter
+                while not waiter.done():
+                    # without a capacity model only a release makes room, and it hands the slot over
+                    await asyncio.wait([waiter], timeout=None if self.capacity is None else self.recheck)
+                    self._hand_out()
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():
                 return  # the slot arrived together with the timeout: keep it
@@ -98,15 +144,19 @@ class Admission:
                 self._waiters.remove(waiter)
 
     def release(self, held: float | None = None) -> None:
-        """Hand the slot to the oldest live waiter, or free it; ``held``: seconds it was used."""
+        """Free a slot and hand room to the oldest live waiters; ``held``: seconds it was used."""
         if held is not None:
             self.mean_hold = held if self.mean_hold is None else 0.7 * self.mean_hold + 0.3 * held
-        while self._waiters:
+        self.active -= 1
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Admit waiters, oldest first, while there is room."""
+        while self._waiters and self.has_room():
             waiter = self._waiters.popleft()
             if not waiter.done():
+                self.active += 1
                 waiter.set_result(None)
-                return
-        self.active -= 1
 
 
 # -- one generation ---------------------------------------------------------------------------
@@ -199,11 +249,25 @@ class SpeechJob:
 
 
 class SpeechService:
-    """One loaded model, its batched engine (ticked by a worker thread) and admission control."""
+    """One loaded model, its batched engine (ticked by a worker thread) and admission control.
 
-    def __init__(self, model, *, max_streams: int = 4, queue: int = 16, queue_timeout: float = 30.0):
+    ``admission``: ``"slots"`` admits while one of ``max_streams`` slots is free; ``"realtime"`` also
+    asks the engine's :class:`~tadastream.engine.capacity.CapacityModel` (``realtime_margin``).
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        max_streams: int = 4,
+        queue: int = 16,
+        queue_timeout: float = 30.0,
+        admission: str = "slots",
+        realtime_margin: float = REALTIME_MARGIN,
+    ):
+        if admission not in ADMISSION_POLICIES:
+            raise ValueError(f"admission must be one of {', '.join(ADMISSION_POLICIES)}, got {admission!r}")
         self.model = model
-        self.admission = Admission(max_streams, queue, queue_timeout)
         # a compiled or warmed-up model brings its engine (load_model(compile=..., warmup=...))
         shared = model.engine
         if shared is not None and shared.max_streams < max_streams:
@@ -212,7 +276,10 @@ class SpeechService:
                 f"built with: load it with max_streams={max_streams}"
             )
         self._owns_engine = shared is None
-        self.engine = (shared if shared is not None else Engine(model, max_streams=max_streams)).start()
+        engine = shared if shared is not None else Engine(model, max_streams=max_streams)
+        capacity = CapacityModel(engine, margin=realtime_margin) if admission == "realtime" else None
+        self.admission = Admission(max_streams, queue, queue_timeout, capacity)  # checks before a thread starts
+        self.engine = engine.start()
         # Voice encoding (rare, seconds long) runs beside the engine, one at a time.
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tadastream-encode")
 
