@@ -65,13 +65,20 @@ def main(argv=None) -> int:
             row = run(source, folder / f"out.{args.output}", extra)
             row["chars"] = len(text)
             rows[name] = row
-            print(f"{name:>16}: {row['chars']:7d} chars, peak RSS {row['rss_mib']} MiB, {row['wall_s']} s, "
-                  f"{row['bytes'] / 2**20:.1f} MiB written")
+            print(
+                f"{name:>16}: {row['chars']:7d} chars, peak RSS {row['rss_mib']} MiB, {row['wall_s']} s, "
+                f"{row['bytes'] / 2**20:.1f} MiB written"
+            )
     short, long = rows.values()
     ratio = long["rss_mib"] / short["rss_mib"]
     print(f"peak RSS, long / one sentence: {ratio:.2f}x")
     bs.save_result(
-        args.out, f"book-memory-{args.output}", "bench_book_memory.py", argv, hours=args.hours, rows=rows,
+        args.out,
+        f"book-memory-{args.output}",
+        "bench_book_memory.py",
+        argv,
+        hours=args.hours,
+        rows=rows,
         rss_ratio=round(ratio, 3),
     )
     return 0

@@ -122,6 +122,9 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
+    def speak(self, text: str, seed: int) -> dict:
+        return speak(self.url, text, seed)
+
     def rss_mb(self) -> float:
         return _status_kib(self.proc.pid, "VmRSS") / 1024
 
@@ -139,6 +142,91 @@ class Server:
         import httpx
 
         return httpx.get(self.url + "/health", timeout=30, trust_env=False).json()["engine"]
+
+
+class InProcess:
+    """The same streams on one engine in this process, without HTTP: for machines without the
+    server's packages (a GPU box), and to see the engine alone. Same model, durations and counters."""
+
+    def __init__(self, args, max_streams: int):
+        import bench_streaming as bs
+
+        from tadastream.demo import demo_voice
+        from tadastream.engine import Engine
+
+        bs.fix_durations()
+        # compiled below for every level's slots (on a CPU torch.compile cannot trace prepacked weights)
+        plain = argparse.Namespace(
+            **{**vars(args), "compile": False, "layout": "plain" if args.compile else "optimized"}
+        )
+        self.model, _ = bs.build_model(plain)
+        if args.compile:
+            self.model.optimize_for_inference(prepack=False)
+        if args.compile:  # compiled steps (CUDA graphs on cuda) over a slot arena for every level
+            self.model.compile(max_streams=max_streams, warmup=True)
+            self.engine_ = self.model.engine.start()
+        else:
+            self.engine_ = Engine(self.model, max_streams=max_streams).start()
+        self.voice = demo_voice(self.model)
+        self.command = [sys.executable, __file__, "--in-process", f"--max-streams {max_streams}"]
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.engine_.close()
+
+    def speak(self, text: str, seed: int) -> dict:
+        from tadastream.playback import playback_figures
+
+        start = time.perf_counter()
+        stream = self.model.generate(self.voice, text, stream=True, seed=seed, engine=self.engine_)
+        times, sizes, first = [], [], None
+        for chunk, _ in stream:
+            now = time.perf_counter() - start
+            first = now if first is None else first
+            times.append(now)
+            sizes.append(chunk.numel())
+        total = time.perf_counter() - start
+        audio_s = sum(sizes) / 24000
+        play = playback_figures(times, sizes, 24000)
+        return {
+            "seed": seed,
+            "replica": "in-process",
+            "ttfa_s": first,
+            "playable_s": play.time_to_playable_audio,
+            "stall_count": play.stall_count,
+            "stall_s": play.stall_time,
+            "chunks": len(times),
+            "total_s": total,
+            "audio_s": audio_s,
+            "rtf": total / audio_s if audio_s else None,
+            "tokens": stream.tokens_done,
+            "server_timings": None,
+        }
+
+    def engine(self) -> dict:
+        return self.engine_.stats()
+
+    def rss_mb(self) -> float:
+        return _status_kib(os.getpid(), "VmRSS") / 1024
+
+    def reset_peak(self) -> None:
+        try:
+            Path(f"/proc/{os.getpid()}/clear_refs").write_text("5")
+        except OSError:
+            pass
+        if self.model.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_mb(self) -> float:
+        if self.model.device.type == "cuda":
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 2**20
+        return _status_kib(os.getpid(), "VmHWM") / 1024
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -204,7 +292,7 @@ def speak(url: str, text: str, seed: int) -> dict:
     }
 
 
-def run_level(server: Server, text: str, n: int, seed0: int) -> dict:
+def run_level(server: Server | InProcess, text: str, n: int, seed0: int) -> dict:
     results: list[dict | None] = [None] * n
     errors: list[str] = []
     peak_rss = [server.rss_mb()]
@@ -216,7 +304,7 @@ def run_level(server: Server, text: str, n: int, seed0: int) -> dict:
 
     def one(i: int) -> None:
         try:
-            results[i] = speak(server.url, text, seed0 + i)
+            results[i] = server.speak(text, seed0 + i)
         except Exception as exc:  # reported, and the level is marked failed
             errors.append(repr(exc))
 
@@ -237,8 +325,10 @@ def run_level(server: Server, text: str, n: int, seed0: int) -> dict:
         raise SystemExit(f"{len(errors)} of {n} requests failed: {errors[0]}")
     after = server.engine()
     ticks = after["ticks"] - before["ticks"]
-    # per tick, the server's own split: backbone, flow head, lm_head, programs (incl. codec decoding)
+    # per tick, the server's own split: backbone, flow head, lm_head, programs, the codec's decode phase
     tick_s = {k: (after["seconds"][k] - before["seconds"][k]) / max(ticks, 1) for k in after["seconds"]}
+    calls = after.get("decode_calls", 0) - before.get("decode_calls", 0)
+    decoded = after.get("decoded_streams", 0) - before.get("decoded_streams", 0)
     tokens = sum(r["tokens"] for r in results)
     ttfa = [r["ttfa_s"] for r in results]
     playable = [r["playable_s"] for r in results]
@@ -260,8 +350,25 @@ def run_level(server: Server, text: str, n: int, seed0: int) -> dict:
         "peak_rss_mb": max(max(peak_rss), server.peak_mb()),
         "ticks": ticks,
         "tick_s": tick_s,
+        "decode_calls": calls,
+        "streams_per_decode_call": decoded / calls if calls else None,
         "requests": results,
     }
+
+
+def median_row(repeats: list[dict]) -> dict:
+    """One level's figures: the median of each over its repeats (requests kept from all)."""
+    if len(repeats) == 1:
+        return repeats[0]
+    row = dict(repeats[0])
+    for key, value in repeats[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            middle = statistics.median(r[key] for r in repeats if r[key] is not None)
+            row[key] = round(middle) if isinstance(value, int) else middle
+    row["tick_s"] = {k: statistics.median(r["tick_s"][k] for r in repeats) for k in repeats[0]["tick_s"]}
+    row["requests"] = [q for r in repeats for q in r["requests"]]
+    row["repeats"] = len(repeats)
+    return row
 
 
 def p95(values: list[float]) -> float:
@@ -285,7 +392,7 @@ def print_table(rows: list[dict]) -> None:
         f"{h:>{w}}"
         for h, w in [("streams", 8), ("tok/s", 9), ("x one", 8), ("RTF mean", 10), ("RTF max", 9), ("TTFA s", 9)]
         + [("p95 TTFA", 10), ("play s", 8), ("p95 play", 10), ("stalls", 8), ("stall s", 9)]
-        + [("peak MB", 9), ("s/tick", 8), ("llm", 7), ("flow", 7), ("progs", 7)]
+        + [("peak MB", 9), ("s/tick", 8), ("llm", 7), ("flow", 7), ("progs", 7), ("decode", 8), ("str/call", 9)]
     )
     print(head)
     print("-" * len(head))
@@ -296,8 +403,23 @@ def print_table(rows: list[dict]) -> None:
             f"{r['ttfa_mean_s']:9.2f}{r['ttfa_p95_s']:10.2f}{r['playable_mean_s']:8.2f}{r['playable_p95_s']:10.2f}"
             f"{r['stall_count']:8d}{r['stall_s']:9.2f}{r['peak_rss_mb']:9.0f}"
             f"{sum(r['tick_s'].values()):8.3f}{r['tick_s']['llm']:7.3f}{r['tick_s']['flow']:7.3f}"
-            f"{r['tick_s']['programs']:7.3f}"
+            f"{r['tick_s']['programs']:7.3f}{r['tick_s'].get('decode', 0.0):8.3f}"
+            f"{r.get('streams_per_decode_call') or 0:9.2f}"
         )
+    if base and len(rows) > 1:
+        print("\nagainst one stream (per tick, medians where repeated):")
+        one = rows[0]
+        for r in rows[1:]:
+            ratios = {
+                k: r["tick_s"][k] / one["tick_s"][k]
+                for k in ("llm", "flow", "programs", "decode")
+                if one["tick_s"].get(k)
+            }
+            print(
+                f"  {r['streams']:>3} streams: tokens/s {r['tokens_per_s'] / one['tokens_per_s']:.2f}x, "
+                f"p95 TTFA {r['ttfa_p95_s'] / one['ttfa_p95_s']:.2f}x, "
+                + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+            )
 
 
 def plot(result: dict, path: Path) -> bool:
@@ -351,6 +473,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "tadastream-bench")
     ap.add_argument("--compile", action="store_true", help="serve with --compile --warmup (for GPUs)")
     ap.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
+    ap.add_argument("--in-process", action="store_true", help="streams on one engine in this process, no HTTP server")
+    ap.add_argument("--repeat", type=int, default=1, help="run the levels this many times; report medians")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     levels = sorted({int(x) for x in args.levels.split(",") if x.strip()})
@@ -358,15 +482,21 @@ def main(argv=None) -> int:
         ap.error("--levels takes positive integers, e.g. 1,2,4,8,16")
     import bench_streaming as bs
 
-    llm, codec = prepare_checkpoint(args.mode, args.dtype, args.cache)
     text = make_text(args.tokens)
-    rows = []
-    with Server(llm, codec, args, max(levels)) as server:
-        speak(server.url, "Warm up.", 0)
-        for n in levels:
-            rows.append(run_level(server, text, n, seed0=1000 * n))
-            print(f"{n} streams: {rows[-1]['tokens_per_s']:.2f} tok/s", file=sys.stderr)
+    if args.in_process:
+        host = InProcess(args, max(levels))
+    else:
+        llm, codec = prepare_checkpoint(args.mode, args.dtype, args.cache)
+        host = Server(llm, codec, args, max(levels))
+    runs: dict[int, list[dict]] = {n: [] for n in levels}
+    with host as server:
+        server.speak("Warm up.", 0)
+        for k in range(max(1, args.repeat)):  # rounds of every level, so drift hits all levels alike
+            for n in levels:
+                runs[n].append(run_level(server, text, n, seed0=1000 * n + k))
+                print(f"{n} streams: {runs[n][-1]['tokens_per_s']:.2f} tok/s", file=sys.stderr)
         command = server.command
+    rows = [median_row(runs[n]) for n in levels]
     print_table(rows)
     result, stem = bs.save_result(
         args.out,
@@ -380,6 +510,8 @@ def main(argv=None) -> int:
         text=text,
         text_tokens=args.tokens,
         server_command=" ".join(command[:1] + ["bench/bench_concurrency.py"] + command[2:]),
+        in_process=args.in_process,
+        repeat=args.repeat,
         levels=rows,
     )
     if args.plot and plot(result, Path(f"{stem}.png")):
