@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", default="100,25,400", help="StreamingDecoder window_size values")
     ap.add_argument("--repeat", type=int, default=3, help="timing repeats (minimum kept)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="the decoder's dtype (default fp32)")
     ap.add_argument("--mem", action=argparse.BooleanOptionalAction, default=True, help="peak RSS per case")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--_mem", help=argparse.SUPPRESS)
@@ -163,7 +164,8 @@ def main(argv=None) -> int:
     windows = [int(x) for x in args.windows.split(",")]
 
     t0 = time.perf_counter()
-    decoder = build_decoder()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    decoder = build_decoder().to(dtype)
     n_params = sum(p.numel() for p in decoder.parameters())
     print(
         f"decoder {n_params / 1e6:.1f} M params, built in {time.perf_counter() - t0:.1f} s, "
@@ -174,15 +176,15 @@ def main(argv=None) -> int:
     rows = []
     with torch.inference_mode():
         w_vec, w_tb = make_utterance(30, decoder.config.embed_dim)
-        decoder(expand_tokens(w_vec, w_tb).unsqueeze(0))
+        decoder(expand_tokens(w_vec, w_tb).unsqueeze(0).to(dtype))
         stream_decode(decoder, w_vec, w_tb, 100)
         for length in lengths:
             vectors, time_before = make_utterance(length, decoder.config.embed_dim)
-            frames = expand_tokens(vectors, time_before).unsqueeze(0)
+            frames = expand_tokens(vectors, time_before).unsqueeze(0).to(dtype)
             t_one, ref = float("inf"), None
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                ref = decoder(frames).reshape(-1)
+                ref = decoder(frames).reshape(-1).float()
                 t_one = min(t_one, time.perf_counter() - t0)
             t_win = float("inf")  # what non-streaming generate() runs: block-wise, window-sized calls
             for _ in range(args.repeat):
@@ -202,6 +204,7 @@ def main(argv=None) -> int:
                     if res[0] < best[0]:
                         best = res
                 t_str, t_first, calls, audio = best
+                audio = audio.float()
                 n = min(audio.numel(), ref.numel())
                 rows.append(
                     {
@@ -287,7 +290,8 @@ def main(argv=None) -> int:
         "ratios": ratios,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{_dt.date.today().isoformat()}-{machine_name()}-decoder.json"
+    suffix = "" if args.dtype == "fp32" else f"-{args.dtype}"
+    path = args.out / f"{_dt.date.today().isoformat()}-{machine_name()}-decoder{suffix}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {path}")
     return 0
