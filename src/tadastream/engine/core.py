@@ -255,7 +255,6 @@ class Engine:
     def _decode(self) -> bool:
         """The decode phase: every stream's due decode call (ended streams' tails included), as one
         batched call; each sink gets its samples."""
-        self._draining = [sink for sink in self._draining if sink.decoder is not None and not sink.decoder.finished]
         work = []
         for sink in [s.sink for s in self._running] + self._draining:
             decoder = getattr(sink, "decoder", None)
@@ -274,6 +273,7 @@ class Engine:
                     self._retire(stream, functools.partial(sink.fail, exc))
                 else:
                     sink.fail(exc)
+                    self._draining.remove(sink)
             return True
         self.seconds["decode"] += seconds
         self.decode_calls += 1
@@ -283,6 +283,7 @@ class Engine:
                 sink.decoded(decoder.complete(call), seconds)
             except Exception:
                 logger.exception("a stream's sink failed while taking decoded audio")
+        self._draining = [sink for sink in self._draining if sink.decoder is not None and not sink.decoder.finished]
         return True
 
     def _phase(self, streams: list[EngineStream], kind: type, name: str, call) -> None:
@@ -468,6 +469,7 @@ class Engine:
             worker.join(timeout=30)
         with self._tick_lock:
             self._apply_cancellations()
+            self._drop_tails()
         self._worker, self._stopping = None, False
 
     def _work(self) -> None:
@@ -494,6 +496,16 @@ class Engine:
             worker.join(timeout=30)
         with self._tick_lock:
             self._apply_cancellations()
+            self._drop_tails()
+
+    def _drop_tails(self) -> None:
+        """Streams that ended but still had audio to decode end now, without it (the engine stops)."""
+        draining, self._draining = self._draining, []
+        for sink in draining:
+            try:
+                sink.cancelled()
+            except Exception:
+                logger.exception("a stream's sink failed while ending it")
 
     def stats(self) -> dict[str, Any]:
         return {
