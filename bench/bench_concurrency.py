@@ -177,8 +177,6 @@ class InProcess:
         self.engine_.close()
 
     def speak(self, text: str, seed: int) -> dict:
-        from tadastream.playback import playback_figures
-
         start = time.perf_counter()
         stream = self.model.generate(self.voice, text, stream=True, seed=seed, engine=self.engine_)
         times, sizes, first = [], [], None
@@ -188,22 +186,7 @@ class InProcess:
             times.append(now)
             sizes.append(chunk.numel())
         total = time.perf_counter() - start
-        audio_s = sum(sizes) / 24000
-        play = playback_figures(times, sizes, 24000)
-        return {
-            "seed": seed,
-            "replica": "in-process",
-            "ttfa_s": first,
-            "playable_s": play.time_to_playable_audio,
-            "stall_count": play.stall_count,
-            "stall_s": play.stall_time,
-            "chunks": len(times),
-            "total_s": total,
-            "audio_s": audio_s,
-            "rtf": total / audio_s if audio_s else None,
-            "tokens": stream.tokens_done,
-            "server_timings": None,
-        }
+        return request_figures(seed, "in-process", first, times, sizes, total, stream.tokens_done, None)
 
     def engine(self) -> dict:
         return self.engine_.stats()
@@ -246,10 +229,8 @@ def speak(url: str, text: str, seed: int) -> dict:
     served it (``x-replica`` behind Ray Serve; "serve" for one server)."""
     import httpx
 
-    from tadastream.playback import playback_figures
-
     body = {"input": text, "seed": seed, "response_format": "pcm", "stream_format": "sse"}
-    samples, first, done = 0, None, None
+    first, done = None, None
     times: list[float] = []  # when each audio event with samples arrived, and its samples
     sizes: list[int] = []
     start = time.perf_counter()
@@ -265,7 +246,6 @@ def speak(url: str, text: str, seed: int) -> dict:
                 if event["type"] == "speech.audio.delta":
                     n = len(base64.b64decode(event["audio"])) // 2
                     now = time.perf_counter() - start
-                    samples += n
                     if first is None:
                         first = now
                     if n:
@@ -274,7 +254,16 @@ def speak(url: str, text: str, seed: int) -> dict:
                 elif event["type"] == "speech.audio.done":
                     done = event
     total = time.perf_counter() - start
-    audio_s = samples / 24000
+    tokens = done["usage"]["output_tokens"] if done else None
+    return request_figures(seed, replica, first, times, sizes, total, tokens, done["timings"] if done else None)
+
+
+def request_figures(seed, replica, first, times, sizes, total, tokens, server_timings) -> dict:
+    """One request's figures: its first audio and when each chunk came (``times``, seconds since the
+    request) with its samples (``sizes``)."""
+    from tadastream.playback import playback_figures
+
+    audio_s = sum(sizes) / 24000
     play = playback_figures(times, sizes, 24000)
     return {
         "seed": seed,
@@ -287,8 +276,8 @@ def speak(url: str, text: str, seed: int) -> dict:
         "total_s": total,
         "audio_s": audio_s,
         "rtf": total / audio_s if audio_s else None,
-        "tokens": done["usage"]["output_tokens"] if done else None,
-        "server_timings": done["timings"] if done else None,
+        "tokens": tokens,
+        "server_timings": server_timings,
     }
 
 

@@ -80,24 +80,11 @@ GPUS: dict[str, GPU] = {
     "rtx4090": GPU("RTX 4090", 1008e9, 165.2e12, 24e9, "GDDR6X 1008 GB/s, 165 TFLOPS dense bf16, fp32 accumulate"),
 }
 
-#: Row counts of the compiled engine's calls (tadastream.engine.graphs.ROW_BUCKETS, rows padded up
-#: to the next) and its KV arena's rows per slot (nn.kv_cache.ROWS_PER_SLOT); eager GPU matmuls pad
-#: to MIN_ROWS (nn.linear). Read from the package where it has them.
-try:
-    from tadastream.engine.graphs import DEFAULT_MAX_POSITIONS, ROW_BUCKETS
-    from tadastream.nn.kv_cache import ROWS_PER_SLOT
-    from tadastream.nn.linear import MIN_ROWS
-except ImportError:  # pragma: no cover - an older package
-    ROW_BUCKETS, DEFAULT_MAX_POSITIONS, ROWS_PER_SLOT, MIN_ROWS = (4, 8, 16, 32, 64, 128, 256, 512), 4096, 3, 4
-
-
-def bucket_for(rows: int) -> int:
-    """The compiled engine's row bucket for ``rows`` (as tadastream.engine.graphs.bucket_for)."""
-    for bucket in ROW_BUCKETS:
-        if rows <= bucket:
-            return bucket
-    last = ROW_BUCKETS[-1]
-    return -(-rows // last) * last
+#: Row counts of the compiled engine's calls (rows padded up to the next ``bucket_for``), its KV
+#: arena's rows per slot, and the rows eager GPU matmuls pad to: the package's own.
+from tadastream.engine.graphs import DEFAULT_MAX_POSITIONS, ROW_BUCKETS, bucket_for  # noqa: E402, F401
+from tadastream.nn.kv_cache import ROWS_PER_SLOT  # noqa: E402
+from tadastream.nn.linear import MIN_ROWS  # noqa: E402
 
 
 # -- assumptions --------------------------------------------------------------------------------
