@@ -81,7 +81,7 @@ def test_exposition_parses_and_names_every_metric(server):
     assert found.value("tadastream_stream_slots_free") == 2 and found.value("tadastream_streams_active") == 0
     assert found.value("tadastream_voices", source="builtin") == 1
     phases = {s.labels["phase"] for s in found.families["tadastream_engine_seconds"].samples}
-    assert phases == {"llm", "flow", "logits", "programs"}
+    assert phases == {"llm", "flow", "logits", "programs", "decode"}
     assert found.value("tadastream_kv_cache_allocated_bytes") >= found.value("tadastream_kv_cache_in_use_bytes") == 0
 
     with server.client() as c:  # what a Prometheus server asks for first

@@ -153,7 +153,7 @@ ENGINE_SECONDS = MetricSpec(
     PREFIX + "engine_seconds",
     "counter",
     "Seconds the engine spent per phase of its ticks: llm (backbone), flow (flow solve), logits, "
-    "programs (the streams' own logic and codec decoding).",
+    "programs (the streams' own logic), decode (the codec's batched decode phase).",
     ("phase",),
 )
 ENGINE_ROWS = MetricSpec(
