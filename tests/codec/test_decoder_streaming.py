@@ -6,7 +6,7 @@ import torch
 from tadastream.codec.decoder import Decoder, expand_tokens, frame_marks
 from tadastream.codec.streaming import StreamingDecoder
 from tadastream.config import DecoderConfig
-from tadastream.nn.attention import BlockCache, decoder_attention_mask, encoder_attention_mask
+from tadastream.nn.attention import BlockCache, BlockRun, decoder_attention_mask, encoder_attention_mask
 
 
 def tiny_decoder(seed=0):
@@ -85,9 +85,9 @@ def test_block_attention_equals_full_pass(decoder):
     with torch.no_grad():
         for end in ends:
             if end > start:
-                outs.append(
-                    decoder.local_attention_decoder.forward_block(decoder.decoder_proj(frames[:, start:end]), cache)
-                )
+                x = decoder.decoder_proj(frames[0, start:end])
+                run = BlockRun(0, [end - start], cache)
+                outs.append(decoder.local_attention_decoder.forward_runs(x, [run]).unsqueeze(0))
             start = end
     assert (torch.cat(outs, 1) - full).abs().max() < 1e-5
 
@@ -302,7 +302,7 @@ def test_grouped_block_attention_equals_full_pass(decoder, group):
     with torch.no_grad():
         for i in range(0, len(lengths), group):
             sizes = lengths[i : i + group]
-            x = decoder.decoder_proj(frames[:, start : start + sum(sizes)])
-            outs.append(decoder.local_attention_decoder.forward_blocks(x, sizes, cache))
+            x = decoder.decoder_proj(frames[0, start : start + sum(sizes)])
+            outs.append(decoder.local_attention_decoder.forward_runs(x, [BlockRun(0, sizes, cache)]).unsqueeze(0))
             start += sum(sizes)
     assert (torch.cat(outs, 1) - full).abs().max() < 1e-5

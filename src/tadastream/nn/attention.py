@@ -3,8 +3,9 @@
 The codec masks attention by blocks of frames delimited by "marked" frames (frames that carry
 a token's acoustic vector). The masks are built per call from the marks, never as a dense
 8192x8192 table. For the decoder rule (a frame sees its own block and the previous one),
-``forward_block`` computes one completed block against the cached keys/values of the block
-before it, which is what lets the streaming decoder run the transformer exactly once per frame.
+``LocalAttentionStack.forward_runs`` computes completed blocks (of any number of streams) against
+each stream's cached keys/values of the block before them, which is what lets the streaming
+decoder run the transformer exactly once per frame.
 """
 
 from __future__ import annotations
@@ -73,14 +74,11 @@ class LocalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         self.layer_norm = nn.LayerNorm(d_model)
 
-    def _project(self, x: torch.Tensor, positions: torch.Tensor):
-        return self.heads(self.qkv(x), positions)
-
-    def heads(self, qkv: torch.Tensor, positions: torch.Tensor):
-        """Rotated queries and keys, and values (B, H, T, D), from the ``qkv`` projection (B, T, 3 C)."""
+    def heads(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Rotated queries and keys, and values (B, H, T, D), from the ``qkv`` projection (B, T, 3 C)
+        and the positions' RoPE tables (:func:`rope_cos_sin`)."""
         b, t, _ = qkv.shape
         q, k, v = qkv.view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        cos, sin = rope_cos_sin(positions, self.head_dim)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -88,31 +86,11 @@ class LocalSelfAttention(nn.Module):
         return self.layer_norm(x + self.out_proj(attn.transpose(1, 2).reshape(b, t, -1)))
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-        positions = torch.arange(x.shape[1], device=x.device)
-        q, k, v = self._project(x, positions)
+        cos, sin = rope_cos_sin(torch.arange(x.shape[1], device=x.device), self.head_dim)
+        q, k, v = self.heads(self.qkv(x), cos, sin)
         mask = None if allowed is None else allowed.unsqueeze(1)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim))
         return self._finish(x, attn)
-
-    def forward_blocks(self, x, start: int, prev_kv, allowed: torch.Tensor | None, last_block: int):
-        """Consecutive complete blocks against the cached previous block; returns the output and
-        the keys/values of the last ``last_block`` frames (the block the next call attends to)."""
-        positions = torch.arange(start, start + x.shape[1], device=x.device)
-        q, k, v = self._project(x, positions)
-        if prev_kv is not None:
-            k_all, v_all = torch.cat((prev_kv[0], k), 2), torch.cat((prev_kv[1], v), 2)
-        else:
-            k_all, v_all = k, v
-        mask = None if allowed is None else allowed.unsqueeze(0).unsqueeze(0)
-        attn = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim))
-        return self._finish(x, attn), (k[:, :, -last_block:], v[:, :, -last_block:])
-
-    def forward_block(self, x: torch.Tensor, start: int, prev_kv: tuple[torch.Tensor, torch.Tensor] | None):
-        positions = torch.arange(start, start + x.shape[1], device=x.device)
-        q, k, v = self._project(x, positions)
-        keys, values = (k, v) if prev_kv is None else (torch.cat((prev_kv[0], k), 2), torch.cat((prev_kv[1], v), 2))
-        attn = F.scaled_dot_product_attention(q, keys, values, scale=1.0 / math.sqrt(self.head_dim))
-        return self._finish(x, attn), (k, v)
 
 
 class LocalAttentionLayer(nn.Module):
@@ -126,14 +104,6 @@ class LocalAttentionLayer(nn.Module):
     def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
         x = self.self_attn(x, allowed)
         return self.norm(x + self.ffn(x))
-
-    def forward_block(self, x, start, prev_kv):
-        x, kv = self.self_attn.forward_block(x, start, prev_kv)
-        return self.norm(x + self.ffn(x)), kv
-
-    def forward_blocks(self, x, start, prev_kv, allowed, last_block):
-        x, kv = self.self_attn.forward_blocks(x, start, prev_kv, allowed, last_block)
-        return self.norm(x + self.ffn(x)), kv
 
 
 @dataclass
@@ -181,38 +151,17 @@ class LocalAttentionStack(nn.Module):
             x = layer(x, allowed)
         return self.final_norm(x)
 
-    def forward_blocks(self, x: torch.Tensor, block_lengths: list[int], cache: BlockCache) -> torch.Tensor:
-        """Several consecutive complete decoder blocks in one pass (weights read once).
-
-        Under the decoder's rule a frame sees its own block and the previous one; the block
-        before the first is the cached one.
-        """
-        if len(block_lengths) == 1:
-            return self.forward_block(x, cache)
-        prev = 0 if cache.kv is None else cache.kv[0][0].shape[2]
-        ids = torch.repeat_interleave(
-            torch.arange(len(block_lengths), device=x.device), torch.tensor(block_lengths, device=x.device)
-        )
-        key_ids = torch.cat((torch.full((prev,), -1, device=x.device), ids))
-        diff = ids.unsqueeze(1) - key_ids.unsqueeze(0)
-        allowed = (diff == 0) | (diff == 1)
-        new_kv = []
-        for i, layer in enumerate(self.layers):
-            x, kv = layer.forward_blocks(
-                x, cache.next_position, None if cache.kv is None else cache.kv[i], allowed, block_lengths[-1]
-            )
-            new_kv.append(kv)
-        cache.kv = new_kv
-        cache.next_position += x.shape[1]
-        return self.final_norm(x)
-
     def forward_runs(self, x: torch.Tensor, runs: list[BlockRun]) -> torch.Tensor:
         """Several streams' complete blocks in one pass: ``x`` (rows, d_model) packs every run's frames
         (rows past the last run are padding). Every linear layer reads its weights once for all rows;
         attention runs per stream, against that stream's cached block. Returns (rows, d_model)."""
         masks = [run.allowed(x.device) for run in runs]
-        positions = [
-            torch.arange(run.cache.next_position, run.cache.next_position + run.length, device=x.device) for run in runs
+        head_dim = self.layers[0].self_attn.head_dim
+        tables = [  # every layer rotates a run's frames by the same angles
+            rope_cos_sin(
+                torch.arange(run.cache.next_position, run.cache.next_position + run.length, device=x.device), head_dim
+            )
+            for run in runs
         ]
         new_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in runs]
         for i, layer in enumerate(self.layers):
@@ -221,7 +170,7 @@ class LocalAttentionStack(nn.Module):
             attn = torch.zeros_like(x)
             for j, run in enumerate(runs):
                 rows = slice(run.start, run.start + run.length)
-                q, k, v = attn_layer.heads(qkv[rows].unsqueeze(0), positions[j])
+                q, k, v = attn_layer.heads(qkv[rows].unsqueeze(0), *tables[j])
                 prev = None if run.cache.kv is None else run.cache.kv[i]
                 keys = k if prev is None else torch.cat((prev[0], k), 2)
                 values = v if prev is None else torch.cat((prev[1], v), 2)
@@ -236,14 +185,4 @@ class LocalAttentionStack(nn.Module):
         for run, kv in zip(runs, new_kv):
             run.cache.kv = kv
             run.cache.next_position += run.length
-        return self.final_norm(x)
-
-    def forward_block(self, x: torch.Tensor, cache: BlockCache) -> torch.Tensor:
-        """One whole decoder block; valid only under the decoder's own+previous block rule."""
-        new_kv = []
-        for i, layer in enumerate(self.layers):
-            x, kv = layer.forward_block(x, cache.next_position, None if cache.kv is None else cache.kv[i])
-            new_kv.append(kv)
-        cache.kv = new_kv
-        cache.next_position += x.shape[1]
         return self.final_norm(x)
