@@ -61,3 +61,14 @@ def test_closing_the_engine_ends_a_stream_whose_tail_was_still_decoding(demo_mod
     engine.close()
     assert s.finished and not engine._draining
     list(s)  # what was decoded before the close; no wait, no error
+
+
+def test_warmup_measures_which_decode_parts_batch_exactly(demo_voice):
+    from tadastream.codec import batch
+    from tadastream.demo import build_demo_model
+
+    model = build_demo_model().optimize_for_inference()  # a fresh decoder: nothing measured yet
+    assert not getattr(model.decoder, "_batch_invariance", None)
+    Engine(model, max_streams=2).warmup()
+    key = (model.decoder.decoder_proj.weight.device, model.decoder.decoder_proj.weight.dtype)
+    assert model.decoder._batch_invariance[key] == batch.batch_invariance(model.decoder)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from ..codec.batch import batch_invariance
 from ..generation.outputs import SyncTokGenerationOutput
 from ..generation.program import PREFILL_CHUNK, ModelShape, SpeechProgram
 from ..generation.requests import FlowSolve, LlmStep, Logits, NeedText
@@ -404,8 +405,8 @@ class Engine:
     def warmup(self) -> Engine:
         """Build what the first streams would otherwise wait for: with ``compile``, every bucket's
         compiled (and captured) LLM step and flow solve for the default options; without, one LLM
-        step, flow solve and logits call at batch 1 (kernel choices, allocations). Touches no slot
-        a stream holds."""
+        step, flow solve and logits call at batch 1 (kernel choices, allocations); and which parts
+        of a decode call batch exactly on this machine. Touches no slot a stream holds."""
         from ..generation.options import InferenceOptions
 
         model, dim = self.model, self.model.config.acoustic_dim
@@ -424,6 +425,8 @@ class Engine:
                 built = self.graphs.warmup(self.max_streams * ROWS_PER_SLOT, solves)
             else:
                 built = self._warm_eager(solves(1))
+            if self.max_streams > 1 and model.decoder is not None:  # measured once, else by the first shared call
+                batch_invariance(model.decoder)
             logger.info("warm-up: %d call(s) built in %.1f s", built, time.perf_counter() - started)
         return self
 
