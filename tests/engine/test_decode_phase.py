@@ -72,3 +72,20 @@ def test_warmup_measures_which_decode_parts_batch_exactly(demo_voice):
     Engine(model, max_streams=2).warmup()
     key = (model.decoder.decoder_proj.weight.device, model.decoder.decoder_proj.weight.dtype)
     assert model.decoder._batch_invariance[key] == batch.batch_invariance(model.decoder)
+
+
+def test_a_stream_whose_end_fails_after_its_tail_raises_instead_of_waiting(demo_model, demo_voice, monkeypatch):
+    import pytest
+
+    from tadastream.drivers import stream as stream_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("timestamps went astray")
+
+    monkeypatch.setattr(stream_module, "finish_output", broken)
+    engine = Engine(demo_model, max_streams=1)
+    s = stream(demo_model, demo_voice, TEXTS[0], engine)
+    with pytest.raises(RuntimeError, match="astray"):
+        for _ in s:  # the consumer ticks the engine; without the failure it would wait for an end
+            pass
+    assert s.finished and not engine._draining and engine.active == 0

@@ -87,8 +87,12 @@ class _Delivery:
         self.hold.produced(self.decoder.frames_in, self.tokens_done)
 
     def decoded(self, samples: torch.Tensor, seconds: float) -> None:
-        """A decode call's samples (the engine's decode phase); after the tail's last, the end."""
+        """A decode call's samples (the engine's decode phase)."""
         self.hold.decoded(seconds)
+        self._settle(samples)
+
+    def _settle(self, samples: torch.Tensor) -> None:
+        """Queue decoded samples; after the tail's last, the end of the stream."""
         if self.decoder.finished and self.raw is not None:
             if self.clock is not None:
                 self.words.extend(self.clock.finish(self.samples + samples.numel()))
@@ -102,7 +106,7 @@ class _Delivery:
         self.raw = raw
         self.decoder.flush(int(raw.time_before[0, -1]))
         if self.decoder.finished:
-            self.decoded(self.decoder.decoder.decoder_proj.weight.new_zeros(0), 0.0)
+            self._settle(torch.zeros(0))
 
     def fail(self, error: BaseException) -> None:
         self.error = error

@@ -269,23 +269,30 @@ class Engine:
         except Exception as exc:  # no stream's audio from this call can be trusted
             logger.exception("batched decode call failed for %d stream(s)", len(work))
             for sink, _, _ in work:
-                stream = next((s for s in self._running if s.sink is sink), None)
-                if stream is not None:
-                    self._retire(stream, functools.partial(sink.fail, exc))
-                else:
-                    sink.fail(exc)
-                    self._draining.remove(sink)
-            return True
-        self.seconds["decode"] += seconds
-        self.decode_calls += 1
-        self.decoded_streams += len(work)
-        for sink, decoder, call in work:
-            try:
-                sink.decoded(decoder.complete(call), seconds)
-            except Exception:
-                logger.exception("a stream's sink failed while taking decoded audio")
+                self._fail_sink(sink, exc)
+        else:
+            self.seconds["decode"] += seconds
+            self.decode_calls += 1
+            self.decoded_streams += len(work)
+            for sink, decoder, call in work:
+                try:
+                    sink.decoded(decoder.complete(call), seconds)
+                except Exception as exc:  # its audio or its end went astray: the stream fails
+                    logger.exception("a stream's sink failed while taking decoded audio")
+                    self._fail_sink(sink, exc)
         self._draining = [sink for sink in self._draining if sink.decoder is not None and not sink.decoder.finished]
         return True
+
+    def _fail_sink(self, sink: Sink, error: BaseException) -> None:
+        """End the stream of ``sink`` with ``error``, running (its slot freed) or with a tail left."""
+        stream = next((s for s in self._running if s.sink is sink), None)
+        if stream is not None:
+            self._retire(stream, functools.partial(sink.fail, error))
+            return
+        try:
+            sink.fail(error)
+        except Exception:
+            logger.exception("a stream's sink failed while ending it")
 
     def _phase(self, streams: list[EngineStream], kind: type, name: str, call) -> None:
         """Answer every ``kind`` request among ``streams`` with one call, and resume them."""
