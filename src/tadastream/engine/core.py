@@ -4,13 +4,25 @@ A tick (:meth:`Engine.tick`) applies cancellations, admits queued streams into f
 streams whose text arrived, then answers the pending requests of every running stream in phase
 order: one backbone call for all LLM steps, one flow solve for all streams that need a frame,
 one ``lm_head`` call for all that need logits. A stream's program then settles its frame and
-asks for its next LLM step, which the next tick answers. The engine decides who runs; the
-:class:`~tadastream.engine.runner.Runner` owns every tensor operation.
+asks for its next LLM step, which the next tick answers. The decode phase follows: every stream's
+due codec call (ended streams' tails too) as one batched call. Last comes the boost pass, when it
+runs. The engine decides who runs; the :class:`~tadastream.engine.runner.Runner` owns every tensor
+operation.
 
 Two ways to drive it, same ticks: a background worker (:meth:`Engine.start`, what the server
 does), or whoever waits for output calling :meth:`Engine.tick` (a single stream runs inline at
 batch 1 in its consumer's thread; several consumers of one engine take turns ticking for all).
 A stream waiting for text is parked: it holds its slot but no thread and no tick time.
+
+First audio under load: a stream that joins a busy engine spends its first ticks (prefill, and the
+steps before its first audio frame) making nothing a listener hears, each as slow as a full tick.
+While such a stream runs beside others, a tick ends with one *boost pass*: the LLM, flow and logits
+phases again for the joining streams alone, at the cost of a small batch. Bounded: one pass per
+tick; only steps before a stream's first frame (the steps after it feed the first chunk's
+play-through estimate, which must see the steady rate); and under the default ``"guarded"`` policy
+only while every stream a listener already hears is ahead of playback by :data:`BOOST_LEAD_MARGIN`
+times the pass's cost. Rows are batch-invariant, so a boosted stream's audio is bit for bit what
+it would be without.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from ..codec.batch import batch_invariance
+from ..config import SAMPLE_RATE
 from ..generation.outputs import SyncTokGenerationOutput
 from ..generation.program import PREFILL_CHUNK, ModelShape, SpeechProgram
 from ..generation.requests import FlowSolve, LlmStep, Logits, NeedText
@@ -43,6 +56,12 @@ logger = logging.getLogger("tadastream.engine")
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
 TICK_LOG_LENGTH = 256
+#: ``first_audio_boost`` policies: ``guarded`` (boost while every heard stream stays ahead of
+#: playback), ``always`` (boost whenever a joining stream runs beside others), ``off``.
+BOOST_POLICIES = ("guarded", "always", "off")
+#: ``guarded`` boost: each heard stream's audio decoded ahead of playback must exceed the pass's
+#: predicted seconds this many times (room for the ticks the boost lasts, and for noise).
+BOOST_LEAD_MARGIN = 4.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,7 @@ class EngineStream:
         self.submitted_at = time.perf_counter()
         self._run = None
         self.steps = 0  # LLM steps answered (prefill chunks included)
+        self.first_audio_at: float | None = None  # when its decoder first gave samples (perf_counter)
 
     @property
     def done(self) -> bool:
@@ -100,6 +120,20 @@ class EngineStream:
         """Audio frames (50 a second) this stream has settled for its listener so far."""
         decoder = getattr(self.sink, "decoder", None)
         return decoder.frames_in if decoder is not None else 0
+
+    @property
+    def joining(self) -> bool:
+        """A speaking stream whose next LLM step comes before its first audio frame: what a boost pass runs."""
+        decoder = getattr(self.sink, "decoder", None)
+        return decoder is not None and decoder.frames_in == 0 and isinstance(self.pending, LlmStep)
+
+    def lead(self, now: float) -> float | None:
+        """Seconds of audio decoded ahead of a playback that started at its first audio; None before
+        that. A listener's playback starts later (the first chunk is held), so its buffer is larger."""
+        decoder = getattr(self.sink, "decoder", None)
+        if self.first_audio_at is None or decoder is None:
+            return None
+        return decoder.samples_out / SAMPLE_RATE - (now - self.first_audio_at)
 
     @property
     def waiting_for_text(self) -> bool:
@@ -120,6 +154,8 @@ class Engine:
         compile: ``True`` or :class:`~tadastream.engine.graphs.CompileOptions` to run the LLM step
             and the flow solve as compiled fixed-shape calls (CUDA graphs on CUDA) over a
             preallocated slot arena; :meth:`warmup` builds them ahead of the first stream.
+        first_audio_boost: one of :data:`BOOST_POLICIES`: when a joining stream gets a boost pass
+            (see the module docstring). An attribute: a server may change it on a shared engine.
     """
 
     def __init__(
@@ -129,9 +165,12 @@ class Engine:
         max_streams: int = 8,
         prefill_chunk: int = PREFILL_CHUNK,
         compile: CompileOptions | bool | None = None,
+        first_audio_boost: str = "guarded",
     ):
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {max_streams}")
+        self._first_audio_boost = "guarded"
+        self.first_audio_boost = first_audio_boost
         self.model = model
         self.shape = ModelShape.of(model)
         spec = CacheSpec.for_config(model.config, model.dtype, model.device)
@@ -162,9 +201,21 @@ class Engine:
         self.seconds = dict.fromkeys(("llm", "flow", "logits", "programs", "decode"), 0.0)
         self.decode_calls = 0  # batched decode calls, and the streams' calls in them
         self.decoded_streams = 0
+        self.boost_passes = 0  # ticks that ended with a boost pass for joining streams
+        self._boost_seconds: float | None = None  # the latest boost pass's wall time
         self._draining: list[Sink] = []  # ended streams whose decoders still have a tail to decode
         #: The latest ticks that ran an LLM step (what a capacity model learns tick time from).
         self.tick_log: collections.deque[TickRecord] = collections.deque(maxlen=TICK_LOG_LENGTH)
+
+    @property
+    def first_audio_boost(self) -> str:
+        return self._first_audio_boost
+
+    @first_audio_boost.setter
+    def first_audio_boost(self, policy: str) -> None:
+        if policy not in BOOST_POLICIES:
+            raise ValueError(f"first_audio_boost must be one of {', '.join(BOOST_POLICIES)}, got {policy!r}")
+        self._first_audio_boost = policy
 
     # -- submitting and cancelling (any thread) ---------------------------------------------
     def submit(self, program: SpeechProgram, sink: Sink, text: TextInput | None = None) -> EngineStream:
@@ -240,24 +291,54 @@ class Engine:
             moved = self._admit()
             moved = self._wake_parked() or moved
             llm = [s for s in self._running if isinstance(s.pending, LlmStep)]
+            rows = self._rows(llm)
             if llm:
-                rows = sum(s.pending.rows * s.pending.length for s in llm)
-                self._phase(llm, LlmStep, "llm", lambda reqs: self.runner.llm([(s.slot, r) for s, r in reqs]))
-                self._phase(llm, FlowSolve, "flow", lambda reqs: self.runner.flow([r for _, r in reqs]))
-                self._phase(llm, Logits, "logits", lambda reqs: self.runner.logits([r for _, r in reqs]))
-            decoded = self._decode()
+                self._model_phases(llm)
+            decoded = self._decode([s.sink for s in self._running] + self._draining)
             if llm:
                 self.ticks += 1
-                self.tick_log.append(TickRecord(rows, len(llm), time.perf_counter() - started))
+                seconds = time.perf_counter() - started
+                self.tick_log.append(TickRecord(rows, len(llm), seconds))
+                self._boost(seconds)
             self._apply_cancellations()
         self.notify()
         return moved or bool(llm) or decoded
 
-    def _decode(self) -> bool:
-        """The decode phase: every stream's due decode call (ended streams' tails included), as one
-        batched call; each sink gets its samples."""
+    @staticmethod
+    def _rows(streams: list[EngineStream]) -> int:
+        return sum(s.pending.rows * s.pending.length for s in streams)
+
+    def _model_phases(self, streams: list[EngineStream]) -> None:
+        """One LLM call for every stream's step, one flow solve, one logits call, each resuming them."""
+        self._phase(streams, LlmStep, "llm", lambda reqs: self.runner.llm([(s.slot, r) for s, r in reqs]))
+        self._phase(streams, FlowSolve, "flow", lambda reqs: self.runner.flow([r for _, r in reqs]))
+        self._phase(streams, Logits, "logits", lambda reqs: self.runner.logits([r for _, r in reqs]))
+
+    def _boost(self, tick_seconds: float) -> None:
+        """The boost pass for joining streams, when the policy lets it (see the module docstring)."""
+        if self.first_audio_boost == "off":
+            return
+        joining = [s for s in self._running if s.joining]
+        if not joining or len(joining) == len(self._running):  # no one else: the next tick serves them all
+            return
+        if self.first_audio_boost == "guarded":
+            cost = self._boost_seconds if self._boost_seconds is not None else tick_seconds
+            now = time.perf_counter()
+            leads = [lead for lead in (s.lead(now) for s in self._running) if lead is not None]
+            if not leads or min(leads) < BOOST_LEAD_MARGIN * cost:
+                return
+        started = time.perf_counter()
+        rows = self._rows(joining)
+        self._model_phases(joining)  # no decode: before its first frame a stream has nothing to decode
+        self._boost_seconds = time.perf_counter() - started
+        self.boost_passes += 1
+        self.tick_log.append(TickRecord(rows, len(joining), self._boost_seconds))
+
+    def _decode(self, sinks: list[Sink]) -> bool:
+        """The decode phase: the due decode call of each of ``sinks`` (ended streams' tails included),
+        as one batched call; each sink gets its samples."""
         work = []
-        for sink in [s.sink for s in self._running] + self._draining:
+        for sink in sinks:
             decoder = getattr(sink, "decoder", None)
             call = decoder.take_call() if decoder is not None else None
             if call is not None:
@@ -274,14 +355,24 @@ class Engine:
             self.seconds["decode"] += seconds
             self.decode_calls += 1
             self.decoded_streams += len(work)
+            now = time.perf_counter()
             for sink, decoder, call in work:
                 try:
-                    sink.decoded(decoder.complete(call), seconds)
+                    samples = decoder.complete(call)
+                    if samples.numel():
+                        self._heard(sink, now)
+                    sink.decoded(samples, seconds)
                 except Exception as exc:  # its audio or its end went astray: the stream fails
                     logger.exception("a stream's sink failed while taking decoded audio")
                     self._fail_sink(sink, exc)
         self._draining = [sink for sink in self._draining if sink.decoder is not None and not sink.decoder.finished]
         return True
+
+    def _heard(self, sink: Sink, now: float) -> None:
+        """Stamp the first audio of the running stream of ``sink`` (what its lead counts from)."""
+        for s in self._running:
+            if s.sink is sink and s.first_audio_at is None:
+                s.first_audio_at = now
 
     def _fail_sink(self, sink: Sink, error: BaseException) -> None:
         """End the stream of ``sink`` with ``error``, running (its slot freed) or with a tail left."""
@@ -529,6 +620,7 @@ class Engine:
             "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
             "decode_calls": self.decode_calls,
             "decoded_streams": self.decoded_streams,
+            "boost_passes": self.boost_passes,
         }
 
 
