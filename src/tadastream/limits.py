@@ -15,6 +15,7 @@ __all__ = [
     "OPTION_LIMITS",
     "REALTIME_MARGIN",
     "SPEED_RANGE",
+    "check_admission",
 ]
 
 #: The largest seed a stream's generators take (torch seeds are signed 64-bit).
@@ -50,3 +51,13 @@ ADMISSION_POLICIES = ("slots", "realtime")
 
 #: ``realtime`` admission: predicted tick time times this must stay below each stream's audio per tick.
 REALTIME_MARGIN = 1.25
+
+
+def check_admission(admission: object, realtime_margin: object) -> None:
+    """Raise ValueError naming the flag for an ``--admission`` or ``--realtime-margin`` that cannot work:
+    one check for every server that takes them, so each refuses them in the same words."""
+    if admission not in ADMISSION_POLICIES:
+        raise ValueError(f"--admission must be one of {', '.join(ADMISSION_POLICIES)}, got {admission!r}")
+    margin = realtime_margin
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not margin >= 1:
+        raise ValueError(f"--realtime-margin must be a number >= 1, got {margin!r}")

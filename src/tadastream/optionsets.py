@@ -15,9 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import DEFAULT_CODEC, DEFAULT_MODEL, QUANTIZE_ACTIVATIONS
+from .limits import ADMISSION_POLICIES, REALTIME_MARGIN
 
 __all__ = [
     "OptionError",
+    "add_admission_arguments",
     "add_compile_arguments",
     "add_model_arguments",
     "add_process_arguments",
@@ -91,6 +93,29 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="positions each stream's cache holds with --compile (default 4096; a longer text fails clearly)",
+    )
+
+
+def add_admission_arguments(parser: argparse.ArgumentParser, refused: str) -> None:
+    """How a server admits requests to its engine (:class:`tadastream.service.speech.Admission`):
+    one pair of flags, so ``serve`` and ``wyoming`` take the same names and defaults; ``refused``
+    says what a request past ``--queue`` gets ("429", "an error event"). Checked by
+    :func:`tadastream.limits.check_admission`."""
+    add = adder(parser)
+    add(
+        "--admission",
+        choices=ADMISSION_POLICIES,
+        default="slots",
+        help="slots: start a request whenever one of --max-streams is free; realtime: also only while every "
+        "stream is predicted (from the engine's measured tick times) to stay ahead of playback, else it "
+        f"queues, and past --queue gets {refused} (default slots)",
+    )
+    add(
+        "--realtime-margin",
+        type=float,
+        default=REALTIME_MARGIN,
+        help=f"with --admission realtime: how much faster than playback each stream must be predicted to "
+        f"generate (default {REALTIME_MARGIN})",
     )
 
 

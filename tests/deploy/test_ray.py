@@ -34,6 +34,7 @@ from tadastream.deploy.ray import (
     check_ray_options,
     deployment_options,
     ray_options,
+    replica_options,
 )
 from tests.helpers.paths import ROOT, SRC
 from tests.helpers.processes import interruptible
@@ -190,6 +191,8 @@ def test_limits_follow_the_engine_and_the_queue_is_bounded():
         (dict(num_replicas=2, max_replicas=3), "not both"),
         (dict(min_replicas=3, max_replicas=2), "--max-replicas"),
         (dict(send_timeout=0), "--send-timeout"),
+        (dict(admission="fast"), "--admission must be one of slots, realtime"),
+        (dict(realtime_margin=0.5), "--realtime-margin must be a number >= 1"),
     ):
         with pytest.raises(ValueError, match=flag):
             check_ray_options(ray_options(model="demo", **bad))
@@ -217,6 +220,29 @@ def test_builder_takes_serve_run_strings_and_the_example_config():
     autoscaling = deployment_options(ray_options(**spec.args))["autoscaling_config"]
     assert 1 <= autoscaling["min_replicas"] <= autoscaling["max_replicas"]
     assert autoscaling["target_ongoing_requests"] == spec.args["max_streams"]
+
+
+def test_each_replica_admits_to_its_own_engine_by_the_policy_given():
+    """--admission reaches every replica's app (its capacity model sees that replica's engine only),
+    with the replica's small queue; a bad value is refused by the builder, before Ray starts anything."""
+    from tadastream.server import build_app as build_server_app
+
+    args = {"model": "demo", "dtype": "float32", "threads": "1", "admission": "realtime", "realtime_margin": "1.5"}
+    deployment = build_app({**args, "replica_queue": "3", "queue": "24"})._bound_deployment
+    assert deployment.max_ongoing_requests == 4 + 3 and deployment.max_queued_requests == 24
+    opts = replica_options(ray_options(**{**args, "threads": 1, "realtime_margin": 1.5, "replica_queue": 3}))
+    threads = torch.get_num_threads()
+    app = build_server_app(opts)  # what each replica's constructor builds (_replica_app)
+    try:
+        admission = app.state.service.admission
+        assert (admission.policy, admission.capacity.margin, admission.max_waiting) == ("realtime", 1.5, 3)
+    finally:
+        app.state.service.shutdown()
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="invalid choice: 'fast'"):
+        build_app({"model": "demo", "admission": "fast"})
+    with pytest.raises(ValueError, match="--realtime-margin must be a number >= 1, got 0.5"):
+        build_app({"model": "demo", "realtime_margin": "0.5"})
 
 
 def test_cmd_ray_refuses_bad_options_before_starting_anything():

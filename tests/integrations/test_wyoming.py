@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -41,8 +42,11 @@ from tadastream.integrations.wyoming import (
     run_wyoming,
     wyoming_options,
 )
-from tadastream.optionsets import OptionError
+from tadastream.limits import REALTIME_MARGIN
+from tadastream.optionsets import OptionError, option_namespace
+from tadastream.server import add_serve_arguments
 from tests.helpers.paths import SRC
+from tests.helpers.slow import slow_llm
 
 
 def main(argv: list[str]) -> int:
@@ -313,6 +317,104 @@ def test_a_stream_without_new_text_times_out(server):
     assert error.code == "timeout" and "synthesize-stop" in error.text
     assert 0.4 < time.monotonic() - started < 10
     server.wait_idle()
+
+
+# -- admission by real-time capacity --------------------------------------------------------------
+MEDIUM = " ".join(["This sentence keeps a stream busy for a good while."] * 2)
+PCM_BYTES_PER_SECOND = 2 * 24000
+
+
+@pytest.fixture
+def realtime_server():
+    """A server of its own under ``--admission realtime`` with no queue, its LLM slowed by a cost per
+    stream row the engine really pays: a demo stream (0.12-0.16 s of audio a step, 2 rows) then
+    takes a little over 0.08 s a tick alone, ahead of playback, and two would fall behind."""
+    threads = torch.get_num_threads()
+    tts = build_wyoming(
+        model="demo",
+        threads=1,
+        seed=SEED,
+        samples_per_chunk=SAMPLES_PER_CHUNK,
+        max_streams=4,
+        queue=0,
+        admission="realtime",
+        realtime_margin=1.5,
+    )
+    slow_llm(tts.service.engine, per_row=0.04)
+    try:
+        with LiveWyoming(tts) as live:
+            yield live
+    finally:
+        tts.close()
+        torch.set_num_threads(threads)
+
+
+def test_realtime_admission_refuses_with_an_error_event_while_the_running_synthesis_completes(realtime_server):
+    live = realtime_server
+    admission = live.tts.service.admission
+    assert (admission.policy, admission.capacity.margin) == ("realtime", 1.5)  # the options reached the service
+
+    async def refused(streamed: bool) -> tuple[list[Event], Event | None]:
+        async with live.client() as client:
+            if streamed:
+                await client.write_event(SynthesizeStart().event())
+                await client.write_event(SynthesizeChunk(text=TEXT).event())
+            else:
+                await client.write_event(Synthesize(text=TEXT).event())
+            return await read_until(client, "error"), await client.read_event()
+
+    async def go():
+        async with live.client() as first:
+            started = time.monotonic()
+            await first.write_event(Synthesize(text=MEDIUM).event())
+            events, heard = [], 0
+            while heard < 1.5 * PCM_BYTES_PER_SECOND:  # enough audio for the capacity model to know its rate
+                events.append(await first.read_event())
+                if AudioChunk.is_type(events[-1].type):
+                    heard += len(AudioChunk.from_event(events[-1]).audio)
+            others = [await refused(streamed=False), await refused(streamed=True)]
+            events += await read_until(first, "audio-stop")
+            return events, others, time.monotonic() - started
+
+    events, others, elapsed = run(go())
+    # three slots free, yet each newcomer is turned away: one more stream would fall behind playback
+    for answer, after in others:
+        assert [e.type for e in answer] == ["error"]  # refused before any audio
+        error = Error.from_event(answer[0])
+        assert error.code == "queue_full"
+        assert re.fullmatch(
+            r"the server is at its real-time capacity \(1 running\) and the queue is full; retry in \d+ s", error.text
+        ), error.text
+        assert after is None  # then the connection closes: the client is not left waiting for audio
+    # the running synthesis went on, whole and ahead of playback
+    assert [e.type for e in events[:1] + events[-1:]] == ["audio-start", "audio-stop"]
+    assert "error" not in [e.type for e in events]
+    model, voice = live.tts.service.model, live.tts.voices.default
+    reference = torch.cat([chunk for chunk, _rate in AudioStream(model, SpeechRequest(MEDIUM, voice, seed=SEED))])
+    assert audio_of(events) == float_to_pcm16(reference)
+    audio = len(audio_of(events)) / PCM_BYTES_PER_SECOND
+    assert audio / elapsed > 1, f"{audio:.2f} s of audio took {elapsed:.2f} s: the running stream fell behind"
+    live.wait_idle()
+
+
+def test_the_admission_flags_are_the_servers(capsys):
+    serve = option_namespace(add_serve_arguments)
+    opts = wyoming_options()
+    assert (opts.admission, opts.realtime_margin) == ("slots", REALTIME_MARGIN)
+    assert (serve.admission, serve.realtime_margin) == ("slots", REALTIME_MARGIN)
+    with pytest.raises(OptionError, match=r"^--admission must be one of slots, realtime, got 'fast'$"):
+        run_wyoming(wyoming_options(model="demo", admission="fast"))
+    for argv, said in (
+        (["--realtime-margin", "0.5"], "--realtime-margin must be a number >= 1, got 0.5"),
+        (["--admission", "fast"], "argument --admission: invalid choice: 'fast'"),
+    ):
+        try:
+            status = main(["--model", "demo", *argv])
+        except SystemExit as exc:  # argparse's own refusal
+            status = exc.code
+        assert status == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
 
 
 # -- reading events: size cap, unfinished events, clients that leave ------------------------------

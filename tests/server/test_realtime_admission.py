@@ -21,6 +21,7 @@ from tadastream.demo import build_demo_model, demo_voice
 from tadastream.server import add_serve_arguments
 from tadastream.server.app import ServerSettings, create_app
 from tests.helpers.server_harness import LiveServer
+from tests.helpers.slow import slow_llm
 
 SPEECH = "/v1/audio/speech"
 SHORT = "Hello there, how are you today?"
@@ -42,19 +43,6 @@ def realtime_app(demo, **settings):
     return create_app(model, settings=ServerSettings(admission="realtime", **settings), default_voice=voice)
 
 
-def slow_llm(app, per_row: float) -> None:
-    """Make each batched LLM call of the app's engine cost ``per_row`` seconds more per stream row
-    (whatever the positions, so a prefill costs what a step does)."""
-    runner = app.state.service.engine.runner
-    llm = runner.llm
-
-    def slowed(batch):
-        time.sleep(per_row * sum(step.rows for _, step in batch))
-        return llm(batch)
-
-    runner.llm = slowed
-
-
 def error_of(res: httpx.Response) -> dict:
     return res.json()["error"]
 
@@ -63,7 +51,7 @@ def test_the_stream_that_would_fall_behind_queues_then_429_while_the_running_one
     # A demo stream settles 0.12-0.16 s of audio a step (2 rows). One stream: ticks of 0.08 s and a
     # little, real time with the 1.25 margin; two: 0.16 s and more, behind playback even without it.
     app = realtime_app(demo, max_streams=4, queue=1, queue_timeout=60)
-    slow_llm(app, per_row=0.04)
+    slow_llm(app.state.service.engine, per_row=0.04)
     with LiveServer(app) as live, live.client() as client:
         started = time.perf_counter()
         with client.stream("POST", SPEECH, json={"input": MEDIUM, "seed": 1, "response_format": "pcm"}) as first:

@@ -150,6 +150,11 @@ def test_realtime_admission_times_out_with_a_503():
         with pytest.raises(RequestRefused) as refused:
             await adm.acquire()
         assert refused.value.code == "queue_timeout" and time.perf_counter() - started < 1
+        # slots were free all along: the model said no; nobody else waits, one stream at a time, 5 s each
+        assert refused.value.retry_after == 5
+        assert refused.value.message == (
+            "the server stayed at its real-time capacity (1 running) for 0.05 s; retry in 5 s"
+        )
         assert adm.active == 1 and adm.waiting == 0
         adm.release(held=3.0)
         assert adm.active == 0

@@ -67,6 +67,7 @@ __all__ = [
     "run_ray",
     "deployment_options",
     "ray_options",
+    "replica_options",
     "tada_deployment",
 ]
 
@@ -210,8 +211,10 @@ def check_ray_options(opts: argparse.Namespace) -> None:
     for name in ("retry_after", "graceful_shutdown_timeout", "health_check_period"):
         if not getattr(opts, name) >= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a number of seconds >= 0")
-    ServerSettings(  # its own checks of the timeouts, with the flags' names
+    ServerSettings(  # its own checks of the timeouts and the admission policy, with the flags' names
         queue_timeout=opts.queue_timeout,
+        admission=opts.admission,
+        realtime_margin=opts.realtime_margin,
         ws_idle_timeout=opts.ws_idle_timeout,
         send_timeout=opts.send_timeout,
         max_session_seconds=opts.max_session_seconds,
@@ -246,6 +249,13 @@ def deployment_options(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- the replica --------------------------------------------------------------------------------
+def replica_options(opts: argparse.Namespace) -> argparse.Namespace:
+    """The ``tadastream serve`` options each replica builds its app from: all of ``opts`` (``--admission``
+    too: each replica admits to its own engine), but its ``--queue`` is ``--replica-queue``, since
+    the deployment-wide queue is Ray's (``max_queued_requests``)."""
+    return argparse.Namespace(**{**vars(opts), "queue": opts.replica_queue})
+
+
 class ReplicaHeader:
     """ASGI middleware naming the replica on every HTTP response and WebSocket handshake (``x-replica``),
     so clients, logs and load tests can tell which replica served them."""
@@ -376,8 +386,7 @@ def tada_deployment(opts: argparse.Namespace) -> Deployment:
     ``.bind()``. Its replicas serve the app :func:`tadastream.server.build_app` makes, via Ray's ingress."""
     _ray, serve = _require_ray()
     check_ray_options(opts)
-    # in the replica, --queue is its own small queue: the deployment-wide one is Ray's (max_queued_requests)
-    replica_opts = argparse.Namespace(**{**vars(opts), "queue": opts.replica_queue})
+    replica_opts = replica_options(opts)
 
     def build_replica_app() -> FastAPI:
         return _replica_app(replica_opts)

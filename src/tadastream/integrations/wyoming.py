@@ -21,6 +21,9 @@ per-request seeds), so several clients are served at once. Events, per connectio
 * Errors (unknown voice, text too long, all streams busy, no new text for ``--idle-timeout`` s in
   a stream, audio left unread for ``--send-timeout`` s): an ``error`` event (``text``, ``code``),
   then the server closes the connection, so a client waiting for audio is not left hanging.
+  Admission is ``tadastream serve``'s (``--admission``, ``--realtime-margin``): a request it
+  refuses where the HTTP server answers 429 or 503 gets the same ``code`` (``queue_full``,
+  ``queue_timeout``) and words, which say when to retry (Wyoming has no Retry-After).
 * Events are read with limits of their own (``tcp://`` and ``unix://``): an event whose header
   declares more than ``--max-event-bytes`` in all (header line, ``data_length``,
   ``payload_length``) is refused from its header, before any of its body is read (``error``,
@@ -48,8 +51,10 @@ import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from ..limits import check_admission
 from ..optionsets import (
     OptionError,
+    add_admission_arguments,
     add_model_arguments,
     add_process_arguments,
     adder,
@@ -100,6 +105,7 @@ def add_wyoming_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-streams", type=int, default=4, help="generations at once (default 4)")
     add("--queue", type=int, default=16, help="requests that may wait for a stream; more get an error (default 16)")
     add("--queue-timeout", type=float, default=30.0, help="seconds a request may wait for a stream (default 30)")
+    add_admission_arguments(parser, refused="an error event")
     add("--max-input-chars", type=int, default=4096, help="longest text of one request (default 4096)")
     add(
         "--seed",
@@ -172,6 +178,7 @@ def check_options(opts: argparse.Namespace) -> None:
         zero_ok = name == "queue_timeout"
         if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0 or zero_ok and value == 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {value!r}")
+    check_admission(opts.admission, opts.realtime_margin)
     if opts.seed is not None:
         from ..service import RequestRefused, check_seed
 
@@ -311,7 +318,14 @@ def build_wyoming(args: argparse.Namespace | None = None, **kwargs: Any) -> Wyom
     model, default_voice = load_model_from_options(opts)
     if opts.default_voice:
         default_voice = VoiceStore(opts.voices, None, model).resolve(opts.default_voice)
-    service = SpeechService(model, max_streams=opts.max_streams, queue=opts.queue, queue_timeout=opts.queue_timeout)
+    service = SpeechService(
+        model,
+        max_streams=opts.max_streams,
+        queue=opts.queue,
+        queue_timeout=opts.queue_timeout,
+        admission=opts.admission,
+        realtime_margin=opts.realtime_margin,
+    )
     return WyomingTTS(
         service,
         VoiceStore(opts.voices, default_voice, model),

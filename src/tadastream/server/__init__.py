@@ -58,8 +58,14 @@ import logging
 import os
 from typing import Any
 
-from ..limits import ADMISSION_POLICIES, REALTIME_MARGIN
-from ..optionsets import add_model_arguments, add_process_arguments, adder, configure_logging, option_namespace
+from ..optionsets import (
+    add_admission_arguments,
+    add_model_arguments,
+    add_process_arguments,
+    adder,
+    configure_logging,
+    option_namespace,
+)
 
 __all__ = ["add_serve_arguments", "create_app", "main", "run_server"]
 
@@ -79,21 +85,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-streams", type=int, default=4, help="generations at once (default 4)")
     add("--queue", type=int, default=16, help="requests that may wait for a stream; more get 429 (default 16)")
     add("--queue-timeout", type=float, default=30.0, help="seconds a request may wait before a 503 (default 30)")
-    add(
-        "--admission",
-        choices=ADMISSION_POLICIES,
-        default="slots",
-        help="slots: start a request whenever one of --max-streams is free; realtime: also only while every "
-        "stream is predicted (from the engine's measured tick times) to stay ahead of playback, else it "
-        "queues, and past --queue gets 429 (default slots)",
-    )
-    add(
-        "--realtime-margin",
-        type=float,
-        default=REALTIME_MARGIN,
-        help=f"with --admission realtime: how much faster than playback each stream must be predicted to "
-        f"generate (default {REALTIME_MARGIN})",
-    )
+    add_admission_arguments(parser, refused="429")
     add(
         "--api-key",
         default=os.environ.get("TADASTREAM_API_KEY"),

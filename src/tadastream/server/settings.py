@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..limits import ADMISSION_POLICIES, REALTIME_MARGIN
+from ..limits import REALTIME_MARGIN, check_admission
 
 
 @dataclasses.dataclass
@@ -33,11 +33,7 @@ class ServerSettings:
     metrics_public: bool = False  # serve /metrics without the API key
 
     def __post_init__(self) -> None:
-        if self.admission not in ADMISSION_POLICIES:
-            raise ValueError(f"--admission must be one of {', '.join(ADMISSION_POLICIES)}, got {self.admission!r}")
-        margin = self.realtime_margin
-        if isinstance(margin, bool) or not isinstance(margin, int | float) or not margin >= 1:
-            raise ValueError(f"--realtime-margin must be a number >= 1, got {margin!r}")
+        check_admission(self.admission, self.realtime_margin)
         # name -> whether 0 is allowed (no queue wait; no session cap)
         for name, zero_ok in (
             ("queue_timeout", True),

@@ -129,12 +129,17 @@ class Admission:
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():
                 return  # the slot arrived together with the timeout: keep it
-            raise RequestRefused(
-                503,
-                f"no stream became free within {self.timeout:g} s; retry later",
-                "queue_timeout",
-                retry_after=self.retry_after(),
-            ) from None
+            if waiter in self._waiters:  # so the estimate counts only those still waiting ahead
+                self._waiters.remove(waiter)
+            retry_after = self.retry_after()
+            if self.capacity is not None and self.active < self.max_active:  # slots free: the model said no
+                message = (
+                    f"the server stayed at its real-time capacity ({self.active} running) for "
+                    f"{self.timeout:g} s; retry in {retry_after} s"
+                )
+            else:
+                message = f"no stream became free within {self.timeout:g} s; retry later"
+            raise RequestRefused(503, message, "queue_timeout", retry_after=retry_after) from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot, but nobody will use it
