@@ -15,6 +15,7 @@ __all__ = [
     "OPTION_LIMITS",
     "REALTIME_MARGIN",
     "SPEED_RANGE",
+    "BOOST_POLICIES",
     "check_admission",
 ]
 
@@ -52,10 +53,18 @@ ADMISSION_POLICIES = ("slots", "realtime")
 #: ``realtime`` admission: predicted tick time times this must stay below each stream's audio per tick.
 REALTIME_MARGIN = 1.25
 
+#: When an engine gives a stream joining beside others a boost pass (its steps before its first frame
+#: run twice a tick): ``guarded``, while every stream being heard stays ahead of playback; ``always``;
+#: ``off``.
+BOOST_POLICIES = ("guarded", "always", "off")
 
-def check_admission(admission: object, realtime_margin: object) -> None:
-    """Raise ValueError naming the flag for an ``--admission`` or ``--realtime-margin`` that cannot work:
-    one check for every server that takes them, so each refuses them in the same words."""
+
+def check_admission(admission: object, realtime_margin: object, first_audio_boost: object = "guarded") -> None:
+    """Raise ValueError naming the flag for an ``--admission``, ``--realtime-margin`` or
+    ``--first-audio-boost`` that cannot work: one check for every server that takes them, so each
+    refuses them in the same words."""
+    if first_audio_boost not in BOOST_POLICIES:
+        raise ValueError(f"--first-audio-boost must be one of {', '.join(BOOST_POLICIES)}, got {first_audio_boost!r}")
     if admission not in ADMISSION_POLICIES:
         raise ValueError(f"--admission must be one of {', '.join(ADMISSION_POLICIES)}, got {admission!r}")
     margin = realtime_margin

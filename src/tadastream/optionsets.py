@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import DEFAULT_CODEC, DEFAULT_MODEL, QUANTIZE_ACTIVATIONS
-from .limits import ADMISSION_POLICIES, REALTIME_MARGIN
+from .limits import ADMISSION_POLICIES, BOOST_POLICIES, REALTIME_MARGIN
 
 __all__ = [
     "OptionError",
@@ -97,8 +97,8 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_admission_arguments(parser: argparse.ArgumentParser, refused: str) -> None:
-    """How a server admits requests to its engine (:class:`tadastream.service.speech.Admission`):
-    one pair of flags, so ``serve`` and ``wyoming`` take the same names and defaults; ``refused``
+    """How a server shares its engine among requests: admission (:class:`tadastream.service.speech.Admission`)
+    and the first-audio boost; the same flags, names and defaults for ``serve`` and ``wyoming``; ``refused``
     says what a request past ``--queue`` gets ("429", "an error event"). Checked by
     :func:`tadastream.limits.check_admission`."""
     add = adder(parser)
@@ -116,6 +116,13 @@ def add_admission_arguments(parser: argparse.ArgumentParser, refused: str) -> No
         default=REALTIME_MARGIN,
         help=f"with --admission realtime: how much faster than playback each stream must be predicted to "
         f"generate (default {REALTIME_MARGIN})",
+    )
+    add(
+        "--first-audio-boost",
+        choices=BOOST_POLICIES,
+        default="guarded",
+        help="a request joining running streams gets a second step per engine tick until its first audio "
+        "frame: guarded, while every stream being heard stays ahead of playback; always; off (default guarded)",
     )
 
 

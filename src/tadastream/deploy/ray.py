@@ -215,6 +215,7 @@ def check_ray_options(opts: argparse.Namespace) -> None:
         queue_timeout=opts.queue_timeout,
         admission=opts.admission,
         realtime_margin=opts.realtime_margin,
+        first_audio_boost=opts.first_audio_boost,
         ws_idle_timeout=opts.ws_idle_timeout,
         send_timeout=opts.send_timeout,
         max_session_seconds=opts.max_session_seconds,

@@ -44,6 +44,7 @@ from ..generation.outputs import SyncTokGenerationOutput
 from ..generation.program import PREFILL_CHUNK, ModelShape, SpeechProgram
 from ..generation.requests import FlowSolve, LlmStep, Logits, NeedText
 from ..generation.text_input import TextCancelled, TextInput
+from ..limits import BOOST_POLICIES
 from ..nn.kv_cache import ROWS_PER_SLOT, CacheFullError, CacheSpec, SlotPool
 from .graphs import CompileOptions, StepGraphs, bucket_for
 from .runner import Runner
@@ -56,9 +57,6 @@ logger = logging.getLogger("tadastream.engine")
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
 TICK_LOG_LENGTH = 256
-#: ``first_audio_boost`` policies: ``guarded`` (boost while every heard stream stays ahead of
-#: playback), ``always`` (boost whenever a joining stream runs beside others), ``off``.
-BOOST_POLICIES = ("guarded", "always", "off")
 #: ``guarded`` boost: each heard stream's audio decoded ahead of playback must exceed the pass's
 #: predicted seconds this many times (room for the ticks the boost lasts, and for noise).
 BOOST_LEAD_MARGIN = 4.0
@@ -154,7 +152,7 @@ class Engine:
         compile: ``True`` or :class:`~tadastream.engine.graphs.CompileOptions` to run the LLM step
             and the flow solve as compiled fixed-shape calls (CUDA graphs on CUDA) over a
             preallocated slot arena; :meth:`warmup` builds them ahead of the first stream.
-        first_audio_boost: one of :data:`BOOST_POLICIES`: when a joining stream gets a boost pass
+        first_audio_boost: one of :data:`~tadastream.limits.BOOST_POLICIES`: when a joining stream gets a boost pass
             (see the module docstring). An attribute: a server may change it on a shared engine.
     """
 

@@ -178,7 +178,7 @@ def check_options(opts: argparse.Namespace) -> None:
         zero_ok = name == "queue_timeout"
         if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0 or zero_ok and value == 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {value!r}")
-    check_admission(opts.admission, opts.realtime_margin)
+    check_admission(opts.admission, opts.realtime_margin, opts.first_audio_boost)
     if opts.seed is not None:
         from ..service import RequestRefused, check_seed
 
@@ -325,6 +325,7 @@ def build_wyoming(args: argparse.Namespace | None = None, **kwargs: Any) -> Wyom
         queue_timeout=opts.queue_timeout,
         admission=opts.admission,
         realtime_margin=opts.realtime_margin,
+        first_audio_boost=opts.first_audio_boost,
     )
     return WyomingTTS(
         service,

@@ -164,6 +164,7 @@ def build_app(opts: argparse.Namespace):
         queue_timeout=opts.queue_timeout,
         admission=opts.admission,
         realtime_margin=opts.realtime_margin,
+        first_audio_boost=opts.first_audio_boost,
         api_key=opts.api_key or None,
         max_input_chars=opts.max_input_chars,
         max_body_bytes=max(256 * 1024, 8 * opts.max_input_chars),

@@ -61,6 +61,7 @@ def create_app(
         queue_timeout=settings.queue_timeout,
         admission=settings.admission,
         realtime_margin=settings.realtime_margin,
+        first_audio_boost=settings.first_audio_boost,
     )
 
     @contextlib.asynccontextmanager

@@ -149,6 +149,11 @@ ENGINE_STREAMS = MetricSpec(
     ("state",),
 )
 ENGINE_TICKS = MetricSpec(PREFIX + "engine_ticks", "counter", "Engine ticks that ran a batched LLM step.")
+ENGINE_BOOSTS = MetricSpec(
+    PREFIX + "engine_boost_passes",
+    "counter",
+    "Extra passes the engine ran for streams joining others, before their first audio frame (--first-audio-boost).",
+)
 ENGINE_SECONDS = MetricSpec(
     PREFIX + "engine_seconds",
     "counter",
@@ -193,6 +198,7 @@ LIVE_METRICS: tuple[MetricSpec, ...] = (
     QUEUE_LIMIT,
     ENGINE_STREAMS,
     ENGINE_TICKS,
+    ENGINE_BOOSTS,
     ENGINE_SECONDS,
     ENGINE_ROWS,
     KV_ALLOCATED,
@@ -396,6 +402,7 @@ class ServerMetrics:
             (ENGINE_STREAMS, {"state": "running"}, engine.active),
             (ENGINE_STREAMS, {"state": "queued"}, engine.queued),
             (ENGINE_TICKS, {}, engine.ticks),
+            (ENGINE_BOOSTS, {}, engine.boost_passes),
             (ENGINE_ROWS, {}, engine.tick_rows),
             (KV_ALLOCATED, {}, _retry(lambda: engine.pool.nbytes)),
             (KV_IN_USE, {}, engine.kv_cache_bytes_in_use),

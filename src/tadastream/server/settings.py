@@ -17,6 +17,7 @@ class ServerSettings:
     queue_timeout: float = 30.0
     admission: str = "slots"  # or "realtime": also while every stream is predicted to stay real time
     realtime_margin: float = REALTIME_MARGIN
+    first_audio_boost: str = "guarded"  # when a joining stream gets a second step per tick (BOOST_POLICIES)
     api_key: str | None = None
     max_input_chars: int = 4096
     max_body_bytes: int = 256 * 1024
@@ -33,7 +34,7 @@ class ServerSettings:
     metrics_public: bool = False  # serve /metrics without the API key
 
     def __post_init__(self) -> None:
-        check_admission(self.admission, self.realtime_margin)
+        check_admission(self.admission, self.realtime_margin, self.first_audio_boost)
         # name -> whether 0 is allowed (no queue wait; no session cap)
         for name, zero_ok in (
             ("queue_timeout", True),

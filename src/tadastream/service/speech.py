@@ -258,6 +258,7 @@ class SpeechService:
 
     ``admission``: ``"slots"`` admits while one of ``max_streams`` slots is free; ``"realtime"`` also
     asks the engine's :class:`~tadastream.engine.capacity.CapacityModel` (``realtime_margin``).
+    ``first_audio_boost`` sets the engine's policy for streams joining others (None keeps its own).
     """
 
     def __init__(
@@ -269,6 +270,7 @@ class SpeechService:
         queue_timeout: float = 30.0,
         admission: str = "slots",
         realtime_margin: float = REALTIME_MARGIN,
+        first_audio_boost: str | None = None,
     ):
         if admission not in ADMISSION_POLICIES:
             raise ValueError(f"admission must be one of {', '.join(ADMISSION_POLICIES)}, got {admission!r}")
@@ -282,6 +284,8 @@ class SpeechService:
             )
         self._owns_engine = shared is None
         engine = shared if shared is not None else Engine(model, max_streams=max_streams)
+        if first_audio_boost is not None:  # the engine's policy (checked there); None keeps it
+            engine.first_audio_boost = first_audio_boost
         capacity = CapacityModel(engine, margin=realtime_margin) if admission == "realtime" else None
         self.admission = Admission(max_streams, queue, queue_timeout, capacity)  # checks before a thread starts
         self.engine = engine.start()
