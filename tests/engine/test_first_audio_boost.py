@@ -3,6 +3,8 @@ first frame, bounded by the heard streams' lead over playback, and its audio doe
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -12,12 +14,19 @@ from .test_decode_phase import stream
 from .test_engine import TEXTS
 
 
+def ahead(handle, seconds: float) -> bool:
+    """Whether the stream has been heard and is ``seconds`` ahead of its playback."""
+    lead = handle.lead(time.perf_counter())
+    return lead is not None and lead >= seconds
+
+
 def join_busy_engine(model, voice, policy: str):
-    """One stream plays; a second joins once the first is heard. Returns (engine, joiner, regular
-    ticks from the join to the joiner's first frame)."""
+    """One stream plays; a second joins once the first is 1 s ahead of its playback (the demo model
+    makes audio far faster than it plays, so this holds however busy the machine). Returns (engine,
+    the busy stream, the joiner, regular ticks from the join to the joiner's first frame)."""
     engine = Engine(model, max_streams=2, first_audio_boost=policy)
     busy = stream(model, voice, TEXTS[2] * 3, engine, seed=1)
-    while busy._handle.first_audio_at is None:
+    while not ahead(busy._handle, 1.0):
         assert engine.tick()
     joiner = stream(model, voice, TEXTS[0], engine, seed=2)
     joined_at = engine.ticks
@@ -46,7 +55,6 @@ def test_a_joining_stream_is_boosted_to_its_first_frame_and_its_audio_is_unchang
 
 
 def test_guarded_boosts_while_the_heard_stream_is_ahead_of_playback(demo_model, demo_voice):
-    # the demo model makes audio far faster than it plays: the playing stream's lead covers the pass
     engine, *_ = join_busy_engine(demo_model, demo_voice, "guarded")
     assert engine.boost_passes > 0
 
@@ -73,3 +81,22 @@ def test_an_unknown_policy_is_refused_with_the_choices():
         engine.first_audio_boost = "eager"
     with pytest.raises(ValueError, match="first_audio_boost must be one of"):
         Engine(build_demo_model(), max_streams=1, first_audio_boost="sometimes")
+
+
+def test_a_stream_parked_for_text_does_not_hold_back_the_boost(demo_model, demo_voice):
+    from tadastream.generation.text_input import TextInput
+
+    engine = Engine(demo_model, max_streams=3, first_audio_boost="guarded")
+    text = TextInput(["Hello there, how are you doing on this fine morning? "])  # the rest never comes
+    parked = demo_model.generate(demo_voice, text, stream=True, seed=5, engine=engine)
+    busy = stream(demo_model, demo_voice, TEXTS[2] * 3, engine, seed=1)
+    while not (parked._handle.waiting_for_text and ahead(busy._handle, 1.0)):
+        assert engine.tick()
+    assert parked._handle.first_audio_at is not None, "the parked stream was heard"
+    parked._handle.first_audio_at -= 1000.0  # long silent: far behind a playback that never paused
+    joiner = stream(demo_model, demo_voice, TEXTS[0], engine, seed=2)
+    while joiner._delivery.decoder.frames_in == 0:
+        assert engine.tick()
+    assert engine.boost_passes > 0, "the playing stream's lead, not the parked one's, decides"
+    parked.close()
+    engine.close()

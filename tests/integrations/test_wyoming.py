@@ -339,7 +339,9 @@ def realtime_server():
         queue=0,
         admission="realtime",
         realtime_margin=1.5,
+        first_audio_boost="off",
     )
+    assert tts.service.engine.first_audio_boost == "off"
     slow_llm(tts.service.engine, per_row=0.04)
     try:
         with LiveWyoming(tts) as live:
@@ -397,15 +399,19 @@ def test_realtime_admission_refuses_with_an_error_event_while_the_running_synthe
     live.wait_idle()
 
 
-def test_the_admission_flags_are_the_servers(capsys):
+def test_the_admission_and_boost_flags_are_the_servers(capsys):
     serve = option_namespace(add_serve_arguments)
     opts = wyoming_options()
     assert (opts.admission, opts.realtime_margin) == ("slots", REALTIME_MARGIN)
     assert (serve.admission, serve.realtime_margin) == ("slots", REALTIME_MARGIN)
+    assert opts.first_audio_boost == serve.first_audio_boost == "guarded"
     with pytest.raises(OptionError, match=r"^--admission must be one of slots, realtime, got 'fast'$"):
         run_wyoming(wyoming_options(model="demo", admission="fast"))
+    with pytest.raises(OptionError, match=r"^--first-audio-boost must be one of guarded, always, off, got 'x'$"):
+        run_wyoming(wyoming_options(model="demo", first_audio_boost="x"))
     for argv, said in (
         (["--realtime-margin", "0.5"], "--realtime-margin must be a number >= 1, got 0.5"),
+        (["--first-audio-boost", "x"], "argument --first-audio-boost: invalid choice: 'x'"),
         (["--admission", "fast"], "argument --admission: invalid choice: 'fast'"),
     ):
         try:

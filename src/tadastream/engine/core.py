@@ -322,7 +322,8 @@ class Engine:
         if self.first_audio_boost == "guarded":
             cost = self._boost_seconds if self._boost_seconds is not None else tick_seconds
             now = time.perf_counter()
-            leads = [lead for lead in (s.lead(now) for s in self._running) if lead is not None]
+            # a stream parked for text is not slowed by a boost: its gap is its text's
+            leads = [lead for s in self._running if not s.waiting_for_text and (lead := s.lead(now)) is not None]
             if not leads or min(leads) < BOOST_LEAD_MARGIN * cost:
                 return
         started = time.perf_counter()
