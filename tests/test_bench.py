@@ -123,3 +123,15 @@ def test_longform_bench_tiny_reports_first_audio_and_memory(tmp_path):
     assert long["audio_s"] > short["audio_s"] > 0 and long["time_to_first_audio_s"] > 0
     assert len(long["memory_by_segment"]) == long["segments"] and long["kv_mib_max"] > 0
     assert result["first_audio_ratio"] == round(long["time_to_first_audio_s"] / short["time_to_first_audio_s"], 3)
+
+
+def test_first_audio_bench_tiny_joins_a_busy_engine(tmp_path):
+    args = ["--mode", "tiny", "--dtype", "fp32", "--busy", "1", "--policies", "off,always", "--repeat", "1"]
+    _run("bench_first_audio.py", *args, "--tokens", "8", "--busy-tokens", "60", "--out", str(tmp_path))
+    (path,) = tmp_path.glob("*-first-audio-tiny-fp32.json")
+    rows = {row["policy"]: row for row in json.loads(path.read_text())["rows"]}
+    assert rows["off"]["boost_passes"] == 0 < rows["always"]["boost_passes"]
+    for row in rows.values():
+        assert row["busy"] == 1 and row["busy_playing_at_join"] == 1, "the joiner joined a stream still playing"
+        assert 0 < row["ttfa_s"] and 0 < row["solo_ttfa_s"] and row["busy_steps_per_s"] > 0
+        assert row["ttfa_over_solo"] == pytest.approx(row["ttfa_s"] / row["solo_ttfa_s"])
