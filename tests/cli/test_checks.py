@@ -109,6 +109,36 @@ def test_demo_seed_has_the_same_range(capsys, no_loading):
     assert code == 2 and "--seed" in line and "from 0 to 9223372036854775807, got '-1'" in line
 
 
+@pytest.mark.parametrize(
+    "flag, value, said",
+    [
+        ("--realtime-margin", "0.5", "--realtime-margin must be a number >= 1, got 0.5"),  # the server's own check
+        ("--send-timeout", "0", "--send-timeout must be a number of seconds > 0, got 0.0"),
+        ("--first-audio-boost", "x", "argument --first-audio-boost: invalid choice: 'x'"),  # argparse's
+    ],
+)
+def test_serve_refuses_a_bad_option_as_a_usage_error(capsys, no_loading, flag, value, said):
+    """As ``wyoming`` and ``ray`` do: status 2 and one line on stderr, whichever check finds it."""
+    try:
+        code = main(["serve", "--model", "demo", flag, value])
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and said in err, err
+
+
+def test_serve_failing_to_load_its_model_is_a_failure(capsys, monkeypatch):
+    """The options were good: a checkpoint that cannot be loaded is status 1, not a usage error."""
+    import tadastream.loading
+
+    def unloadable(*_args, **_kwargs):
+        raise ValueError("the checkpoint has no weights")
+
+    monkeypatch.setattr(tadastream.loading, "load_model", unloadable)
+    code, line = run(capsys, "serve", "--model", "demo")
+    assert (code, line) == (1, "error: the checkpoint has no weights")
+
+
 def test_the_cli_and_the_server_share_one_table(demo_model):
     """The edges the parser accepts are the server's: one past them both refuse."""
     from tadastream.cli import build_parser

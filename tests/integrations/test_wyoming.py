@@ -319,6 +319,95 @@ def test_a_stream_without_new_text_times_out(server):
     server.wait_idle()
 
 
+# -- a stream waiting for a slot ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_slot_server():
+    """A server of its own with one stream slot, so a second synthesis waits in the queue."""
+    threads = torch.get_num_threads()
+    tts = build_wyoming(model="demo", threads=1, seed=SEED, samples_per_chunk=SAMPLES_PER_CHUNK, max_streams=1)
+    try:
+        with LiveWyoming(tts) as live:
+            yield live
+    finally:
+        tts.close()
+        torch.set_num_threads(threads)
+
+
+async def hold_the_slot(live, queued: AsyncTcpClient, seconds: float) -> tuple[list[Event], int]:
+    """Hold the only slot with a streamed synthesis that gets a word every 0.1 s (never idle) while
+    ``queued`` starts a stream of TEXT, waits in the queue, and sends synthesize-stop once its audio
+    starts (as a client that paces its text by the audio would); then stop. Returns ``queued``'s
+    events up to its synthesize-stopped or error, and how many waited in the queue at the stop."""
+    admission = live.tts.service.admission
+    async with live.client() as holder:
+        await holder.write_event(SynthesizeStart().event())
+        await holder.write_event(SynthesizeChunk(text="Hold ").event())
+        while admission.active == 0:
+            await asyncio.sleep(0.01)
+        await queued.write_event(SynthesizeStart().event())
+        await queued.write_event(SynthesizeChunk(text=TEXT).event())
+
+        async def listen() -> list[Event]:
+            events: list[Event] = []
+            while (event := await queued.read_event()) is not None:
+                events.append(event)
+                if AudioStart.is_type(event.type):
+                    await queued.write_event(SynthesizeStop().event())
+                elif event.type in ("synthesize-stopped", "error"):
+                    break
+            return events
+
+        listening = asyncio.create_task(listen())
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            await asyncio.sleep(0.1)
+            await holder.write_event(SynthesizeChunk(text="on ").event())
+        waited = admission.waiting
+        await holder.write_event(SynthesizeStop().event())
+        await read_until(holder, "synthesize-stopped")
+        return await listening, waited
+
+
+def test_the_idle_clock_does_not_run_while_a_stream_waits_for_a_slot(one_slot_server):
+    live = one_slot_server
+
+    async def go():
+        async with live.client() as queued:
+            return await hold_the_slot(live, queued, seconds=1.5)
+
+    with limits(live, idle_timeout=0.5):  # the wait in the queue is three times as long
+        events, waited = run(go())
+    assert waited == 1  # it was still in the queue when the holder stopped
+    assert "error" not in [e.type for e in events], [Error.from_event(e).text for e in events if Error.is_type(e.type)]
+    assert [e.type for e in events[:1] + events[-2:]] == ["audio-start", "audio-stop", "synthesize-stopped"]
+    model, voice = live.tts.service.model, live.tts.voices.default
+    reference = torch.cat([chunk for chunk, _rate in AudioStream(model, SpeechRequest(TEXT, voice, seed=SEED))])
+    assert audio_of(events) == float_to_pcm16(reference)
+    live.wait_idle()
+
+
+def test_a_stream_waiting_for_a_slot_gets_the_queue_timeout(one_slot_server):
+    live = one_slot_server
+    admission = live.tts.service.admission
+
+    async def go():
+        async with live.client() as queued:
+            events, _waited = await hold_the_slot(live, queued, seconds=1.5)
+            return events, await queued.read_event()
+
+    admission.timeout = 0.6
+    try:
+        with limits(live, idle_timeout=0.3):  # the idle clock would have run out first
+            events, after = run(go())
+    finally:
+        admission.timeout = 30.0
+    assert [e.type for e in events] == ["error"]  # refused before any audio
+    error = Error.from_event(events[0])
+    assert error.code == "queue_timeout" and "0.6 s" in error.text, error.text
+    assert after is None  # then the connection closes
+    live.wait_idle()
+
+
 # -- admission by real-time capacity --------------------------------------------------------------
 MEDIUM = " ".join(["This sentence keeps a stream busy for a good while."] * 2)
 PCM_BYTES_PER_SECOND = 2 * 24000

@@ -532,7 +532,12 @@ def cmd_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``tadastream serve``: hand the parsed options to the server."""
+    """``tadastream serve``: hand the parsed options to the server; a bad option is a usage error
+    (nothing loaded), as for ``wyoming`` and ``ray``."""
+    from ..optionsets import OptionError
     from ..server import run_server
 
-    return run_server(args)
+    try:
+        return run_server(args)
+    except OptionError as exc:
+        raise UsageError(one_line(exc)) from None

@@ -19,8 +19,9 @@ per-request seeds), so several clients are served at once. Events, per connectio
   for backward compatibility (Home Assistant sends it before ``synthesize-stop``) and are ignored,
   as wyoming-piper does.
 * Errors (unknown voice, text too long, all streams busy, no new text for ``--idle-timeout`` s in
-  a stream, audio left unread for ``--send-timeout`` s): an ``error`` event (``text``, ``code``),
-  then the server closes the connection, so a client waiting for audio is not left hanging.
+  a stream once it holds a slot, audio left unread for ``--send-timeout`` s): an ``error`` event
+  (``text``, ``code``), then the server closes the connection, so a client waiting for audio is
+  not left hanging.
   Admission is ``tadastream serve``'s (``--admission``, ``--realtime-margin``): a request it
   refuses where the HTTP server answers 429 or 503 gets the same ``code`` (``queue_full``,
   ``queue_timeout``) and words, which say when to retry (Wyoming has no Retry-After).
@@ -129,7 +130,8 @@ def add_wyoming_arguments(parser: argparse.ArgumentParser) -> None:
         "--idle-timeout",
         type=float,
         default=60.0,
-        help="seconds a streamed synthesis may wait for more text or synthesize-stop before it is stopped (default 60)",
+        help="seconds a streamed synthesis may wait for more text or synthesize-stop before it is stopped; counted"
+        " from when it starts generating, so a wait in the queue (--queue-timeout) does not count (default 60)",
     )
     add(
         "--max-event-bytes",

@@ -261,10 +261,13 @@ class TadaEventHandler(AsyncEventHandler):
             check_input_length(len(text), tts.max_input_chars, "text")
         seed = tts.seed if tts.seed is not None else new_seed()
         job: SpeechJob | None = None
-        watchdog = asyncio.create_task(self._watch_idle(text)) if streamed else None
+        watchdog: asyncio.Task | None = None
         self.speaking = True
         try:
             job = await tts.service.start(speech_request(text, prompt, tts.options, seed, param="text"), started)
+            # the idle clock starts once a slot is held: a wait in the queue is the server's, not the
+            # client's (a client may pace its text by the audio), and --queue-timeout bounds it
+            watchdog = asyncio.create_task(self._watch_idle(text)) if streamed else None
             await self._send(AudioStart(rate=SAMPLE_RATE, width=SAMPLE_WIDTH, channels=CHANNELS).event())
             sent = await self._send_audio(job)
             if watchdog is not None and watchdog.done() and watchdog.result():
@@ -313,7 +316,8 @@ class TadaEventHandler(AsyncEventHandler):
             raise
 
     async def _watch_idle(self, text: TextInput) -> bool:
-        """Close ``text`` (stopping its generation) when no word came for ``idle_timeout`` s; True if it did."""
+        """Close ``text`` (stopping its generation) when no word came for ``idle_timeout`` s since this
+        started (its slot was granted) or since the last word; True if it did."""
         loop = asyncio.get_running_loop()
         self.last_words = loop.time()
         while not text.ended:

@@ -56,9 +56,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from typing import Any
 
 from ..optionsets import (
+    OptionError,
     add_admission_arguments,
     add_model_arguments,
     add_process_arguments,
@@ -66,6 +68,7 @@ from ..optionsets import (
     configure_logging,
     option_namespace,
 )
+from .settings import ServerSettings
 
 __all__ = ["add_serve_arguments", "create_app", "main", "run_server"]
 
@@ -152,12 +155,9 @@ def _load_encoder(opts: argparse.Namespace, model):
     return Encoder.from_pretrained(opts.encoder, tokenizer=model.tokenizer).to(model.device).eval()
 
 
-def build_app(opts: argparse.Namespace):
-    """The app for parsed ``serve`` options: load the model, voices and encoder."""
-    from ..service import VoiceStore
-    from .app import ServerSettings, create_app
-
-    settings = ServerSettings(  # checked before the model loads: a bad flag fails in a second
+def server_settings(opts: argparse.Namespace) -> ServerSettings:
+    """The server's limits for parsed ``serve`` options; ValueError naming the flag of one that cannot work."""
+    return ServerSettings(
         model_id=opts.model if isinstance(opts.model, str) else "tada",
         max_streams=opts.max_streams,
         queue=opts.queue,
@@ -180,6 +180,14 @@ def build_app(opts: argparse.Namespace):
         max_session_seconds=opts.max_session_seconds,
         ws_idle_timeout=opts.ws_idle_timeout,
     )
+
+
+def build_app(opts: argparse.Namespace):
+    """The app for parsed ``serve`` options: load the model, voices and encoder."""
+    from ..service import VoiceStore
+    from .app import create_app
+
+    settings = server_settings(opts)  # checked before the model loads: a bad flag fails in a second
     from ..loading import load_model_from_options  # the one loader every entry point uses
 
     model, default_voice = load_model_from_options(opts)
@@ -193,11 +201,16 @@ def run_server(args: argparse.Namespace | None = None, **kwargs: Any) -> int:
 
     ``args`` comes from a parser set up by :func:`add_serve_arguments` (other attributes, such as
     a CLI's handler, are ignored); keyword arguments override it (``run_server(model="demo",
-    port=8001)``; ``model`` may also be an already loaded model). Loading errors propagate.
+    port=8001)``; ``model`` may also be an already loaded model). Raises OptionError for a bad
+    option before anything loads (a usage error, as for ``wyoming`` and ``ray``); loading errors propagate.
     """
     import uvicorn
 
     opts = _options(args, kwargs)
+    try:
+        server_settings(opts)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
     configure_logging(opts.log_level)
     log = logging.getLogger("tadastream.server")
     if opts.host not in LOOPBACK and not opts.api_key:
@@ -233,4 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m tadastream.server [options]``."""
     parser = argparse.ArgumentParser(prog="tadastream serve", description="Serve TADA speech over HTTP/WebSocket")
     add_serve_arguments(parser)
-    return run_server(parser.parse_args(argv))
+    opts = parser.parse_args(argv)
+    try:
+        return run_server(opts)
+    except OptionError as exc:  # as `tadastream serve` says it: one line, the usage status
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
