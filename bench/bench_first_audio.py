@@ -84,11 +84,13 @@ def trial(bench, busy: int, policy: str, args, seed0: int) -> dict:
     for listener in others:
         listener.heard.wait()
 
-    def busy_steps() -> tuple[float, int]:
-        return time.perf_counter(), sum(listener.stream._handle.steps for listener in others)
+    def busy_steps() -> tuple[float, int, int]:
+        """(now, the busy streams' LLM steps so far, how many still generate)."""
+        handles = [listener.stream._handle for listener in others]
+        return time.perf_counter(), sum(h.steps for h in handles), sum(not h.done for h in handles)
 
     at_join = busy_steps()
-    at_heard: list[tuple[float, int]] = []
+    at_heard: list[tuple[float, int, int]] = []
     joiner = Listener(bench, bs.make_text(tok, args.tokens), seed0 + busy, t0, lambda: at_heard.append(busy_steps()))
     joiner.heard.wait()
     heard_at = joiner.times[0] if joiner.times else time.perf_counter() - t0
@@ -98,15 +100,14 @@ def trial(bench, busy: int, policy: str, args, seed0: int) -> dict:
         listener.thread.join()
         if listener.error is not None:
             raise SystemExit(f"a stream failed: {listener.error!r}")
-    # a join into a busy engine: the others still played when the joiner was first heard
-    playing = sum(1 for listener in others if listener.times and listener.times[-1] >= heard_at)
     stalls = [listener.stalls_until(heard_at) for listener in others]
-    (t_join, steps_join), (t_heard, steps_heard) = at_join, at_heard[0]
+    (t_join, steps_join, _), (t_heard, steps_heard, generating) = at_join, at_heard[0]
     return {
         "ttfa_s": joiner.ttfa,
         # what the boost costs the others: their LLM steps a second while the joiner warms up
         "busy_steps_per_s": (steps_heard - steps_join) / busy / (t_heard - t_join),
-        "busy_playing_at_join": playing,
+        # a join into a busy engine: the others still generated when the joiner was first heard
+        "busy_generating_at_first_audio": generating,
         "busy_stalls": sum(n for n, _ in stalls),
         "busy_stall_s": sum(s for _, s in stalls),
         "boost_passes": bench.engine_.boost_passes - boosts_before,
