@@ -320,15 +320,7 @@ def build_wyoming(args: argparse.Namespace | None = None, **kwargs: Any) -> Wyom
     model, default_voice = load_model_from_options(opts)
     if opts.default_voice:
         default_voice = VoiceStore(opts.voices, None, model).resolve(opts.default_voice)
-    service = SpeechService(
-        model,
-        max_streams=opts.max_streams,
-        queue=opts.queue,
-        queue_timeout=opts.queue_timeout,
-        admission=opts.admission,
-        realtime_margin=opts.realtime_margin,
-        first_audio_boost=opts.first_audio_boost,
-    )
+    service = SpeechService.from_options(model, opts)
     return WyomingTTS(
         service,
         VoiceStore(opts.voices, default_voice, model),

@@ -54,15 +54,7 @@ def create_app(
     only ``.voice`` uploads are accepted.
     """
     settings = settings or ServerSettings()
-    service = SpeechService(
-        model,
-        max_streams=settings.max_streams,
-        queue=settings.queue,
-        queue_timeout=settings.queue_timeout,
-        admission=settings.admission,
-        realtime_margin=settings.realtime_margin,
-        first_audio_boost=settings.first_audio_boost,
-    )
+    service = SpeechService.from_options(model, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):

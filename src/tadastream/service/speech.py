@@ -292,6 +292,15 @@ class SpeechService:
         # Voice encoding (rare, seconds long) runs beside the engine, one at a time.
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tadastream-encode")
 
+    #: What a server's options set on its service: ``serve``'s and ``wyoming``'s flags of these names.
+    OPTIONS = ("max_streams", "queue", "queue_timeout", "admission", "realtime_margin", "first_audio_boost")
+
+    @classmethod
+    def from_options(cls, model, options: Any) -> SpeechService:
+        """The service for parsed server options or :class:`~tadastream.server.settings.ServerSettings`:
+        anything with the attributes in :attr:`OPTIONS`."""
+        return cls(model, **{name: getattr(options, name) for name in cls.OPTIONS})
+
     async def start(self, request: SpeechRequest, started: float) -> SpeechJob:
         """Wait for a slot, then start speaking ``request`` (made by :func:`speech_request`, with a
         seed); ``started``: when the request arrived. Raises RequestRefused (400/429/503).
