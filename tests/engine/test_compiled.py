@@ -302,3 +302,25 @@ def test_a_streamed_text_that_outgrows_its_slot_fails_alone(model, voice):
             pass
     audio = torch.cat([chunk for chunk, _ in keeper])
     assert audio.numel() > 0 and keeper.result is not None and engine.pool.in_use == 0
+
+
+def test_a_boosted_joiner_on_captured_calls_equals_it_alone(model, voice):
+    """A boost pass replays the same captured buckets as the tick before it, in the same tick: each
+    call's output is consumed before the next replay rewrites its buffer."""
+    from tadastream.drivers.stream import AudioStream
+    from tadastream.generation import SpeechRequest
+
+    engine = Engine(model, max_streams=2, compile=CompileOptions(max_positions=512, backend="eager"))
+    engine.first_audio_boost = "always"
+    engine.graphs = StepGraphs(model, engine.pool.arena, CompileOptions(512, "eager"), capture=cpu_capture)
+    engine.runner.graphs = engine.graphs
+    long_text = " ".join([TEXT] * 3)
+    busy = AudioStream(model, SpeechRequest(long_text, voice, seed=1), engine=engine)
+    while busy._handle.first_audio_at is None:
+        assert engine.tick()
+    joiner = AudioStream(model, SpeechRequest(TEXT, voice, seed=2), engine=engine)
+    audio = take_turns([busy, joiner])
+    assert engine.boost_passes > 0
+    for got, (text, seed) in zip(audio, [(long_text, 1), (TEXT, 2)]):
+        want = model.generate(voice, text, seed=seed).audio[0]
+        assert got.shape == want.shape and (got - want).abs().max() <= 1e-4
