@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import gc
 import io
 import json
@@ -826,6 +827,83 @@ def test_websocket_spaces_do_not_keep_a_session_alive(guarded):
     assert messages[-1]["type"] == "error" and messages[-1]["error"]["code"] == "timeout", messages[-1]
     assert 1.4 < seconds < 8, seconds
     guarded.wait_for(lambda s: s["active"] == 0, timeout=5)
+
+
+# -- a WebSocket waiting for a slot ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_slot(demo):
+    """One stream slot and a 0.4 s WebSocket idle timeout, so a second session can wait in the queue
+    several idle timeouts long."""
+    model, voice = demo
+    settings = ServerSettings(max_streams=1, queue=2, queue_timeout=30, ws_idle_timeout=0.4)
+    with LiveServer(create_app(model, settings=settings, default_voice=voice)) as live:
+        yield live
+
+
+def ws_paced(server, text: str, seed: int) -> tuple[bytes, list[dict], int | None]:
+    """A session that sends ``text`` at once but ``end`` only when its audio starts, as a client that
+    paces its text by the audio does: (pcm, JSON messages up to 'result' or 'error', close code)."""
+    from websockets.sync import client as ws_client
+    frames, messages = [], []
+    with ws_client.connect(server.url.replace("http", "ws") + "/v1/audio/stream", proxy=None) as ws:
+        ws.send(json.dumps({"seed": seed}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        ws.send(json.dumps({"type": "text", "text": text}))
+        while not messages or messages[-1]["type"] not in ("result", "error"):
+            message = ws.recv(timeout=60)
+            if isinstance(message, bytes):
+                if not frames:
+                    ws.send(json.dumps({"type": "end"}))
+                frames.append(message)
+            else:
+                messages.append(json.loads(message))
+        with contextlib.suppress(Exception):
+            ws.recv(timeout=5)  # the close
+    return b"".join(frames), messages, ws.close_code
+
+
+def while_the_slot_is_held(server, seconds: float, queued):
+    """Hold the only slot with a session that gets a word every 0.1 s (never idle) while ``queued()``
+    runs in a thread and waits in the queue; then end it. (queued()'s result, sessions waiting at the end)."""
+    from websockets.sync import client as ws_client
+    with ws_client.connect(server.url.replace("http", "ws") + "/v1/audio/stream", proxy=None) as holder:
+        holder.send(json.dumps({"seed": 1}))
+        holder.send(json.dumps({"type": "text", "text": "Hold "}))
+        server.wait_for(lambda s: s["active"] == 1)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            result = pool.submit(queued)
+            server.wait_for(lambda s: s["waiting"] == 1)
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                time.sleep(0.1)
+                holder.send(json.dumps({"type": "text", "text": "on "}))
+            waited = server.health()["streams"]["waiting"]
+            holder.send(json.dumps({"type": "end"}))
+            while not isinstance(message := holder.recv(timeout=30), str) or json.loads(message)["type"] != "result":
+                pass
+            return result.result(timeout=60), waited
+
+
+def test_the_idle_clock_does_not_run_while_a_websocket_waits_for_a_slot(one_slot, demo):
+    (pcm, messages, code), waited = while_the_slot_is_held(one_slot, 1.5, lambda: ws_paced(one_slot, SHORT, 4))
+    assert [m["type"] for m in messages] == ["audio.done", "result"], messages
+    assert waited == 1  # still in the queue, more than three idle timeouts after it sent its text
+    assert code == 1000 and pcm == reference_pcm(demo, SHORT, 4)
+    one_slot.wait_for(lambda s: s["active"] == 0 and s["waiting"] == 0)
+
+
+def test_a_websocket_waiting_for_a_slot_gets_the_queue_timeout(one_slot):
+    admission = one_slot.app.state.service.admission
+    admission.timeout = 1.0  # the 0.4 s idle clock would have run out first
+    try:
+        (pcm, messages, code), _ = while_the_slot_is_held(one_slot, 1.5, lambda: ws_paced(one_slot, SHORT, 4))
+    finally:
+        admission.timeout = 30.0
+    assert pcm == b"" and [m["type"] for m in messages] == ["error"], messages
+    error = messages[0]
+    assert error["status"] == 503 and error["retry_after"] >= 1 and code == 1013
+    assert error["error"]["code"] == "queue_timeout" and "1 s" in error["error"]["message"], error
+    one_slot.wait_for(lambda s: s["active"] == 0 and s["waiting"] == 0)
 
 
 def test_max_session_seconds_caps_requests_and_sessions(demo, caplog):

@@ -37,10 +37,10 @@ is set; without a key, requests carrying an ``Origin`` other than the server's o
   (1000). ``{"type": "cancel"}`` stops generation after the current step (the two final messages
   still come; before any text it just closes); a disconnect
   stops it too. Errors (an empty or whitespace-only text, found at ``end``; text over the limit;
-  no word for ``--ws-idle-timeout`` s (whitespace-only pieces do not count); audio left unread
-  for ``--send-timeout`` s; a session past ``--max-session-seconds``): ``{"type": "error", "status"
-  (the HTTP status of the same refusal), "retry_after" (when busy), "error": {...}}`` then a close
-  (1008; 1003 for a malformed message; 1013 when busy).
+  no word for ``--ws-idle-timeout`` s (whitespace-only pieces and a wait in the queue do not
+  count); audio left unread for ``--send-timeout`` s; a session past ``--max-session-seconds``):
+  ``{"type": "error", "status" (the HTTP status of the same refusal), "retry_after" (when busy),
+  "error": {...}}`` then a close (1008; 1003 for a malformed message; 1013 when busy).
 * ``GET /v1/voices``, ``POST /v1/voices`` (multipart ``name`` + ``file`` = a ``.voice`` file, or
   ``audio`` + ``transcript`` when the server has an encoder), ``GET /v1/voices/{name}`` (metadata;
   ``?download=true``: the file), ``DELETE /v1/voices/{name}``; names ignore case.
@@ -136,7 +136,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--ws-idle-timeout",
         type=float,
         default=60.0,
-        help="seconds a WebSocket may stay open without sending a word (default 60)",
+        help="seconds a WebSocket may stay open without sending a word; a wait in the queue (--queue-timeout)"
+        " does not count (default 60)",
     )
     add("--max-voice-mb", type=float, default=16.0, help="largest voice upload in MiB (default 16)")
     add("--max-voice-seconds", type=float, default=60.0, help="longest voice prompt in seconds (default 60)")

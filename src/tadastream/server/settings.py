@@ -24,7 +24,7 @@ class ServerSettings:
     max_voice_bytes: int = 16 * 1024 * 1024
     max_voice_seconds: float = 60.0
     voices_dir: str | None = None
-    ws_idle_timeout: float = 60.0  # seconds a WebSocket may go without a word (whitespace does not count)
+    ws_idle_timeout: float = 60.0  # seconds a WebSocket may go without a word (whitespace, queue waits do not count)
     send_timeout: float = 30.0  # seconds one write may wait for a client that stopped reading
     max_session_seconds: float = 1800.0  # longest a request or WebSocket may hold a stream slot; 0 = no cap
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*" for any)

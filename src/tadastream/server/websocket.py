@@ -81,7 +81,9 @@ class _Session:
         self.cancelled = False
         self.timestamps = False
         self.first_chunk_ms: float | None = None
-        self._idle_deadline = 0.0  # event-loop time, set at accept; whitespace-only pieces do not move it
+        self._idle_deadline: float | None = 0.0  # event-loop time, set at accept; whitespace-only pieces do not move it
+        self._idle_timer: asyncio.Timeout | None = None  # the pending receive's, so the deadline can move under it
+        self._queued = False  # waiting for a stream slot: the idle clock stands still
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -178,7 +180,13 @@ class _Session:
 
     async def _generate_and_send(self, prompt, seed: int, options: InferenceOptions) -> None:
         speech = speech_request(self.text, prompt, options, seed, self.first_chunk_ms, "text")
-        self.job = await self.service.start(speech, self.started)
+        # a wait in the queue is the server's, not the client's (which may pace its text by the
+        # audio), and --queue-timeout bounds it: the idle clock stops, and starts afresh with the slot
+        self._wait_for_slot(True)
+        try:
+            self.job = await self.service.start(speech, self.started)
+        finally:
+            self._wait_for_slot(False)
         if self.cancelled:
             self.job.cancel()
         while True:
@@ -236,21 +244,32 @@ class _Session:
 
     # -- messages and errors ------------------------------------------------------------------
     def _active(self) -> None:
-        """The client did something: the idle clock starts again."""
-        self._idle_deadline = asyncio.get_running_loop().time() + self.settings.ws_idle_timeout
+        """The client did something: the idle clock starts again (none runs while waiting for a slot)."""
+        loop = asyncio.get_running_loop()
+        self._idle_deadline = None if self._queued else loop.time() + self.settings.ws_idle_timeout
+        if self._idle_timer is not None and not self._idle_timer.expired():
+            self._idle_timer.reschedule(self._idle_deadline)  # the reader is waiting under the old deadline
+
+    def _wait_for_slot(self, waiting: bool) -> None:
+        """Stop the idle clock while the request waits for a slot; start it afresh once that wait ends."""
+        self._queued = waiting
+        self._active()
 
     async def _receive(self) -> dict[str, Any]:
         """The next JSON object; raises RequestRefused for a bad message or silence, _ClientGone when the client left.
 
         Silence is ``ws_idle_timeout`` seconds without a message that counts as activity: a text
-        piece of only whitespace does not, so a client cannot hold its slot by sending spaces.
+        piece of only whitespace does not, so a client cannot hold its slot by sending spaces. A
+        wait for a stream slot is not silence.
         """
         try:
-            async with asyncio.timeout_at(self._idle_deadline):
+            async with asyncio.timeout_at(self._idle_deadline) as self._idle_timer:
                 message = await self.ws.receive()
         except TimeoutError:
             timeout = self.settings.ws_idle_timeout
             raise RequestRefused(408, f"no words for {timeout:g} s; send text, 'end' or 'cancel'", "timeout") from None
+        finally:
+            self._idle_timer = None
         if message["type"] == "websocket.disconnect":
             raise _ClientGone
         if message.get("text") is None:
