@@ -100,3 +100,18 @@ def test_a_stream_parked_for_text_does_not_hold_back_the_boost(demo_model, demo_
     assert engine.boost_passes > 0, "the playing stream's lead, not the parked one's, decides"
     parked.close()
     engine.close()
+
+
+def test_no_boost_beside_a_stream_that_only_waits_for_text(demo_model, demo_voice):
+    from tadastream.generation.text_input import TextInput
+
+    engine = Engine(demo_model, max_streams=2, first_audio_boost="always")
+    parked = demo_model.generate(demo_voice, TextInput(["Hello there, "]), stream=True, seed=5, engine=engine)
+    while not parked._handle.waiting_for_text:
+        assert engine.tick()
+    joiner = stream(demo_model, demo_voice, TEXTS[0], engine, seed=2)
+    while not joiner.finished:
+        engine.tick()
+    assert engine.boost_passes == 0, "the joiner steps alone: a boost pass would only be another tick"
+    parked.close()
+    engine.close()

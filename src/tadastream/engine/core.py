@@ -317,7 +317,8 @@ class Engine:
         if self.first_audio_boost == "off":
             return
         joining = [s for s in self._running if s.joining]
-        if not joining or len(joining) == len(self._running):  # no one else: the next tick serves them all
+        stepping = sum(isinstance(s.pending, LlmStep) for s in self._running)  # parked streams do not
+        if not joining or len(joining) == stepping:  # no one else steps: the next tick serves them alone
             return
         if self.first_audio_boost == "guarded":
             cost = self._boost_seconds if self._boost_seconds is not None else tick_seconds
