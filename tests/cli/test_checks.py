@@ -139,6 +139,22 @@ def test_serve_failing_to_load_its_model_is_a_failure(capsys, monkeypatch):
     assert (code, line) == (1, "error: the checkpoint has no weights")
 
 
+
+@pytest.mark.parametrize("flag", ["--model", "--codec", "--tokenizer", "--encoder"])
+def test_serve_refuses_a_checkpoint_folder_that_does_not_exist(capsys, no_loading, tmp_path, flag):
+    """As ``speak`` does: status 2 and one line, before the model loads."""
+    missing = tmp_path / "nonexistent"
+    args = ["serve", flag, missing] if flag == "--model" else ["serve", "--model", "demo", flag, missing]
+    code, line = run(capsys, *args)
+    assert code == 2 and line.startswith(f"error: {flag} {missing}: no such directory"), line
+
+
+@pytest.mark.parametrize("package", ["fastapi", "uvicorn", "prometheus_client"])
+def test_serve_without_the_server_extra_says_how_to_install(capsys, monkeypatch, no_loading, package):
+    monkeypatch.setitem(sys.modules, package, None)  # as if the extra were not installed
+    code, line = run(capsys, "serve", "--model", "demo")
+    assert code == 2 and package in line and 'pip install "tadastream[server]"' in line, line
+
 def test_the_cli_and_the_server_share_one_table(demo_model):
     """The edges the parser accepts are the server's: one past them both refuse."""
     from tadastream.cli import build_parser

@@ -906,6 +906,53 @@ def test_a_websocket_waiting_for_a_slot_gets_the_queue_timeout(one_slot):
     one_slot.wait_for(lambda s: s["active"] == 0 and s["waiting"] == 0)
 
 
+def test_the_session_cap_does_not_count_the_wait_for_a_slot(demo):
+    """--max-session-seconds bounds how long a slot is held: sessions queued longer than the cap
+    behind two holders still get their whole audio once they have the slot."""
+    from websockets.sync import client as ws_client
+    model, voice = demo
+    settings = ServerSettings(max_streams=1, queue=3, max_session_seconds=2.0)
+    url = "/v1/audio/stream"
+
+    def hold_then_end(ws, seconds: float) -> None:
+        time.sleep(seconds)
+        with contextlib.suppress(Exception):  # already cut off at the cap: its error is still to be read
+            ws.send(json.dumps({"type": "end"}))
+        while not isinstance(message := ws.recv(timeout=30), str) or json.loads(message)["type"] not in (
+            "result",
+            "error",
+        ):
+            pass
+
+    def http_queued() -> tuple[int, bytes]:
+        with live.client() as c:
+            res = c.post("/v1/audio/speech", json={"input": SHORT, "seed": 5, "response_format": "pcm"})
+            return res.status_code, res.content
+
+    with (
+        LiveServer(create_app(model, settings=settings, default_voice=voice)) as live,
+        ws_client.connect(live.url.replace("http", "ws") + url, proxy=None) as first,
+        ws_client.connect(live.url.replace("http", "ws") + url, proxy=None) as second,
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
+        for n, holder in enumerate((first, second)):
+            holder.send(json.dumps({"seed": 1}))
+            holder.send(json.dumps({"type": "text", "text": "Hold on "}))
+            live.wait_for(lambda s, n=n: s["active"] == 1 and s["waiting"] == n)
+        queued_ws = pool.submit(ws_paced, live, SHORT, 4)
+        live.wait_for(lambda s: s["waiting"] == 2)
+        queued_http = pool.submit(http_queued)
+        live.wait_for(lambda s: s["waiting"] == 3)
+        hold_then_end(first, 1.2)  # the second holder now has the slot, the others wait on
+        hold_then_end(second, 1.2)  # by now both have waited longer than the 2 s cap
+        pcm, messages, code = queued_ws.result(timeout=60)
+        status, http_pcm = queued_http.result(timeout=60)
+    assert [m["type"] for m in messages] == ["audio.done", "result"], messages
+    assert messages[-1]["queue_time"] > 2.0, messages
+    assert code == 1000 and pcm == reference_pcm(demo, SHORT, 4)
+    assert status == 200 and http_pcm == reference_pcm(demo, SHORT, 5)
+
+
 def test_max_session_seconds_caps_requests_and_sessions(demo, caplog):
     caplog.set_level(logging.INFO, logger="tadastream.server")
     model, voice = demo

@@ -532,12 +532,13 @@ def cmd_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``tadastream serve``: hand the parsed options to the server; a bad option is a usage error
-    (nothing loaded), as for ``wyoming`` and ``ray``."""
-    from ..optionsets import OptionError
+    """``tadastream serve``: hand the parsed options to the server; a bad option, a checkpoint folder
+    that does not exist or a missing server package is a usage error (nothing loaded), as for ``speak``,
+    ``wyoming`` and ``ray``."""
+    check_source(args.model, "--model", "TADA checkpoint")
+    check_source(args.codec, "--codec", "codec")
+    check_source(args.tokenizer, "--tokenizer", "tokenizer")
+    check_source(args.encoder, "--encoder", "codec")
     from ..server import run_server
 
-    try:
-        return run_server(args)
-    except OptionError as exc:
-        raise UsageError(one_line(exc)) from None
+    return _run_service(run_server, args)

@@ -54,6 +54,7 @@ Same seed, same audio: each stream carries its own RNG state (see :mod:`.service
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -73,6 +74,8 @@ from .settings import ServerSettings
 __all__ = ["add_serve_arguments", "create_app", "main", "run_server"]
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# what the server cannot start without (python-multipart, PyAV and the rest of the extra only add features)
+SERVER_PACKAGES = ("fastapi", "uvicorn", "prometheus_client")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,14 +200,25 @@ def build_app(opts: argparse.Namespace):
     return create_app(model, settings=settings, default_voice=default_voice, encoder=_load_encoder(opts, model))
 
 
+def _require_server() -> None:
+    """ImportError saying how to install the server's packages, checked before anything loads."""
+    for name in SERVER_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise ImportError(f'the server needs the {name} package: pip install "tadastream[server]"') from None
+
+
 def run_server(args: argparse.Namespace | None = None, **kwargs: Any) -> int:
     """Load the model and serve until interrupted; returns 0 (an exit status) when stopped.
 
     ``args`` comes from a parser set up by :func:`add_serve_arguments` (other attributes, such as
     a CLI's handler, are ignored); keyword arguments override it (``run_server(model="demo",
     port=8001)``; ``model`` may also be an already loaded model). Raises OptionError for a bad
-    option before anything loads (a usage error, as for ``wyoming`` and ``ray``); loading errors propagate.
+    option and ImportError for a missing server package before anything loads (usage errors, as for
+    ``wyoming`` and ``ray``); loading errors propagate.
     """
+    _require_server()
     import uvicorn
 
     opts = _options(args, kwargs)

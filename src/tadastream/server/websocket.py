@@ -150,21 +150,16 @@ class _Session:
         """Generate and send while reading the client's messages; then the final messages, or the error."""
         work = asyncio.create_task(self._generate_and_send(prompt, seed, options))
         reader = asyncio.create_task(self._read())
-        cap = self.settings.session_cap
-        over_cap = False
         try:
-            done, _ = await asyncio.wait({work, reader}, timeout=cap, return_when=asyncio.FIRST_COMPLETED)
-            over_cap = not done
+            await asyncio.wait({work, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not work.done():  # the reader failed (bad message, timeout, disconnect), the cap, or we were cancelled
+            if not work.done():  # the reader failed (bad message, timeout, disconnect), or we were cancelled
                 self._cancel()
                 work.cancel()
             reader.cancel()
             await asyncio.gather(work, reader, return_exceptions=True)
-        if over_cap:
-            error = RequestRefused(408, f"the session reached its {cap:g} s limit; open a new one", "session_limit")
-        elif not work.cancelled():
-            error = work.exception()  # busy, the text was empty or too long, a stalled client, or a failure
+        if not work.cancelled():
+            error = work.exception()  # busy, the text was empty or too long, a stalled client, the cap, or a failure
         elif reader.done() and not reader.cancelled():
             error = reader.exception()  # what stopped generation early
         else:
@@ -189,6 +184,18 @@ class _Session:
             self._wait_for_slot(False)
         if self.cancelled:
             self.job.cancel()
+        # --max-session-seconds bounds how long the slot is held, so its clock starts only now
+        cap = self.settings.session_cap
+        try:
+            async with asyncio.timeout(cap):
+                await self._send_audio()
+        except TimeoutError:
+            raise RequestRefused(
+                408, f"the session reached its {cap:g} s limit; open a new one", "session_limit"
+            ) from None
+
+    async def _send_audio(self) -> None:
+        """Send the job's chunks (each with the words it ends) until its end; raises when the client stalls."""
         while True:
             chunk = await self.job.next_chunk()
             try:
