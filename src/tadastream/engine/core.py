@@ -292,7 +292,7 @@ class Engine:
             rows = self._rows(llm)
             if llm:
                 self._model_phases(llm)
-            decoded = self._decode([s.sink for s in self._running] + self._draining)
+            decoded = self._decode()
             if llm:
                 self.ticks += 1
                 seconds = time.perf_counter() - started
@@ -334,11 +334,13 @@ class Engine:
         self.boost_passes += 1
         self.tick_log.append(TickRecord(rows, len(joining), self._boost_seconds))
 
-    def _decode(self, sinks: list[Sink]) -> bool:
-        """The decode phase: the due decode call of each of ``sinks`` (ended streams' tails included),
-        as one batched call; each sink gets its samples."""
+    def _decode(self) -> bool:
+        """The decode phase: every stream's due decode call (ended streams' tails included), as one
+        batched call; each sink gets its samples, and a running stream's first samples stamp
+        ``first_audio_at``."""
+        unheard = {id(s.sink): s for s in self._running if s.first_audio_at is None}
         work = []
-        for sink in sinks:
+        for sink in [s.sink for s in self._running] + self._draining:
             decoder = getattr(sink, "decoder", None)
             call = decoder.take_call() if decoder is not None else None
             if call is not None:
@@ -359,20 +361,14 @@ class Engine:
             for sink, decoder, call in work:
                 try:
                     samples = decoder.complete(call)
-                    if samples.numel():
-                        self._heard(sink, now)
+                    if samples.numel() and (stream := unheard.get(id(sink))) is not None:
+                        stream.first_audio_at = now
                     sink.decoded(samples, seconds)
                 except Exception as exc:  # its audio or its end went astray: the stream fails
                     logger.exception("a stream's sink failed while taking decoded audio")
                     self._fail_sink(sink, exc)
         self._draining = [sink for sink in self._draining if sink.decoder is not None and not sink.decoder.finished]
         return True
-
-    def _heard(self, sink: Sink, now: float) -> None:
-        """Stamp the first audio of the running stream of ``sink`` (what its lead counts from)."""
-        for s in self._running:
-            if s.sink is sink and s.first_audio_at is None:
-                s.first_audio_at = now
 
     def _fail_sink(self, sink: Sink, error: BaseException) -> None:
         """End the stream of ``sink`` with ``error``, running (its slot freed) or with a tail left."""
