@@ -108,20 +108,31 @@ class LiveWyoming:
         raise AssertionError(f"slot not freed: engine {service.engine.stats()}, admission {service.admission.active}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def served(prepare=None, **options):
+    """A live server of ``build_wyoming(model="demo", threads=1, seed=SEED, ...)`` with ``options``;
+    ``prepare(tts)`` runs before it listens. Closed, and torch's threads restored, afterwards."""
     threads = torch.get_num_threads()
-    voices = tmp_path_factory.mktemp("voices")
-    tts = build_wyoming(
-        model="demo", threads=1, voices=str(voices), seed=SEED, samples_per_chunk=SAMPLES_PER_CHUNK, max_streams=2
-    )
-    tts.voices.default.save(voices / "calm.voice")  # a second voice, found by the next describe
+    tts = build_wyoming(model="demo", threads=1, seed=SEED, samples_per_chunk=SAMPLES_PER_CHUNK, **options)
     try:
+        if prepare is not None:
+            prepare(tts)
         with LiveWyoming(tts) as live:
             yield live
     finally:
         tts.close()
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    voices = tmp_path_factory.mktemp("voices")
+
+    def second_voice(tts) -> None:  # found by the next describe
+        tts.voices.default.save(voices / "calm.voice")
+
+    with served(second_voice, voices=str(voices), max_streams=2) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
@@ -323,14 +334,8 @@ def test_a_stream_without_new_text_times_out(server):
 @pytest.fixture(scope="module")
 def one_slot_server():
     """A server of its own with one stream slot, so a second synthesis waits in the queue."""
-    threads = torch.get_num_threads()
-    tts = build_wyoming(model="demo", threads=1, seed=SEED, samples_per_chunk=SAMPLES_PER_CHUNK, max_streams=1)
-    try:
-        with LiveWyoming(tts) as live:
-            yield live
-    finally:
-        tts.close()
-        torch.set_num_threads(threads)
+    with served(max_streams=1) as live:
+        yield live
 
 
 async def hold_the_slot(live, queued: AsyncTcpClient, seconds: float) -> tuple[list[Event], int]:
@@ -418,26 +423,14 @@ def realtime_server():
     """A server of its own under ``--admission realtime`` with no queue, its LLM slowed by a cost per
     stream row the engine really pays: a demo stream (0.12-0.16 s of audio a step, 2 rows) then
     takes a little over 0.08 s a tick alone, ahead of playback, and two would fall behind."""
-    threads = torch.get_num_threads()
-    tts = build_wyoming(
-        model="demo",
-        threads=1,
-        seed=SEED,
-        samples_per_chunk=SAMPLES_PER_CHUNK,
-        max_streams=4,
-        queue=0,
-        admission="realtime",
-        realtime_margin=1.5,
-        first_audio_boost="off",
-    )
-    assert tts.service.engine.first_audio_boost == "off"
-    slow_llm(tts.service.engine, per_row=0.04)
-    try:
-        with LiveWyoming(tts) as live:
-            yield live
-    finally:
-        tts.close()
-        torch.set_num_threads(threads)
+
+    def slowed(tts) -> None:
+        assert tts.service.engine.first_audio_boost == "off"  # the option reached the engine
+        slow_llm(tts.service.engine, per_row=0.04)
+
+    options = dict(max_streams=4, queue=0, admission="realtime", realtime_margin=1.5, first_audio_boost="off")
+    with served(slowed, **options) as live:
+        yield live
 
 
 def test_realtime_admission_refuses_with_an_error_event_while_the_running_synthesis_completes(realtime_server):

@@ -13,7 +13,7 @@ from tadastream.server import add_serve_arguments
 from tadastream.server.app import ServerSettings, create_app
 from tests.helpers.server_harness import LiveServer
 
-from .test_realtime_admission import MEDIUM, PCM_BYTES_PER_SECOND, SHORT, SPEECH, demo  # noqa: F401
+from .test_realtime_admission import MEDIUM, PCM_BYTES_PER_SECOND, SHORT, SPEECH
 
 
 def boost_count(client) -> float:
@@ -21,7 +21,7 @@ def boost_count(client) -> float:
     return sum(s.value for s in families["tadastream_engine_boost_passes"].samples)
 
 
-def join_a_playing_request(demo, policy: str) -> tuple[bytes, bytes, int, float]:  # noqa: F811
+def join_a_playing_request(demo, policy: str) -> tuple[bytes, bytes, int, float]:
     """(audio of the playing request, of the one that joined it, the engine's boost passes, /metrics' count)."""
     model, voice = demo
     app = create_app(model, settings=ServerSettings(max_streams=2, first_audio_boost=policy), default_voice=voice)
@@ -47,7 +47,7 @@ def join_a_playing_request(demo, policy: str) -> tuple[bytes, bytes, int, float]
         return playing, joined_audio, app.state.service.engine.boost_passes, boost_count(client)
 
 
-def test_a_request_joining_a_playing_one_is_boosted_and_both_sound_the_same(demo):  # noqa: F811
+def test_a_request_joining_a_playing_one_is_boosted_and_both_sound_the_same(demo):
     boosted = join_a_playing_request(demo, "always")
     plain = join_a_playing_request(demo, "off")
     assert boosted[2] > 0 and boosted[3] == boosted[2], "the joiner got boost passes, and /metrics counts them"
@@ -64,7 +64,7 @@ def test_the_boost_flag_and_its_check():
         ServerSettings(first_audio_boost="eager")
 
 
-def test_a_service_sets_the_policy_of_the_engine_it_serves_from(demo):  # noqa: F811
+def test_a_service_sets_the_policy_of_the_engine_it_serves_from(demo):
     from tadastream.service import SpeechService
 
     model, _ = demo

@@ -14,10 +14,8 @@ import time
 
 import httpx
 import pytest
-import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from tadastream.demo import build_demo_model, demo_voice
 from tadastream.server import add_serve_arguments
 from tadastream.server.app import ServerSettings, create_app
 from tests.helpers.server_harness import LiveServer
@@ -27,15 +25,6 @@ SPEECH = "/v1/audio/speech"
 SHORT = "Hello there, how are you today?"
 MEDIUM = " ".join(["This sentence keeps a stream busy for a good while."] * 2)
 PCM_BYTES_PER_SECOND = 2 * 24000
-
-
-@pytest.fixture(scope="module")
-def demo():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the demo model is tiny: one thread is fastest, and test machines are shared
-    model = build_demo_model()
-    yield model, demo_voice(model)
-    torch.set_num_threads(threads)
 
 
 def realtime_app(demo, **settings):

@@ -19,7 +19,6 @@ import soundfile
 import torch
 
 from tadastream.audio import float_to_pcm16, load_audio
-from tadastream.demo import build_demo_model, demo_voice
 from tadastream.drivers.stream import AudioStream
 from tadastream.model import generate
 from tadastream.server.app import ServerSettings, create_app
@@ -28,15 +27,6 @@ from tests.helpers.server_harness import LiveServer
 SHORT = "Hello there, how are you today?"
 LONG = " ".join(["This sentence keeps the only stream busy for a good while."] * 40)
 KEY = "test-key-123"
-
-
-@pytest.fixture(scope="module")
-def demo():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the demo model is tiny: one thread is fastest, and CI machines are shared
-    model = build_demo_model()
-    yield model, demo_voice(model)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
